@@ -1,0 +1,270 @@
+"""The one training loop, shared by teacher training, KD, pruning fine-tune and QAT.
+
+AdamW + cosine schedule with linear warm-up (per step), label smoothing, gradient clipping, AMP and
+channels_last on CUDA, seeded, best-on-val checkpointing, resume from its own state file, NaN/inf stop,
+progress bars, optional TensorBoard scalars, and DistributedDataParallel under torchrun.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from edgecv import distributed as D
+from edgecv.errors import TrainingError, UserError
+from edgecv.utils import atomic_path, progress, seed_everything
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0
+    workers: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # CUDA only
+    channels_last: bool = True  # CUDA only
+    tensorboard: str | None = None
+    desc: str = "train"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    best_top1: float
+    best_epoch: int
+    last_top1: float
+    history: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    effective_batch: int = 0
+
+
+def default_workers() -> int:
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(8, n // max(1, D.world_size()) - 1)
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
+                pin: bool = False):
+    sampler = None
+    if D.is_distributed() and shuffle:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=drop_last)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, drop_last=drop_last and len(ds) > batch_size, generator=g,
+                      pin_memory=pin, persistent_workers=workers > 0)
+
+
+class _Shard(Dataset):
+    """Every ``world``-th sample starting at ``rank``: exact (unpadded) sharding for validation."""
+
+    def __init__(self, ds: Dataset, rank: int, world: int):
+        self.ds, self.idx = ds, list(range(rank, len(ds), world))
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.ds[self.idx[i]]
+
+
+@torch.no_grad()
+def evaluate_top1(model: nn.Module, val_ds: Dataset, batch_size: int, device: torch.device, workers: int = 0,
+                  amp: bool = False, desc: str = "val") -> tuple[float, float]:
+    """(top-1 %, mean CE loss) over ``val_ds``; sharded and all-reduced under DDP."""
+    model.eval()
+    ds = _Shard(val_ds, D.rank(), D.world_size()) if D.is_distributed() else val_ds
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss_sum, n
+    for x, y in progress(loader, desc=desc):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            logits = model(x)
+        stats[0] += (logits.argmax(1) == y).sum()
+        stats[1] += F.cross_entropy(logits.float(), y, reduction="sum")
+        stats[2] += y.numel()
+    D.all_reduce_sum(stats)
+    n = max(stats[2].item(), 1.0)
+    return 100.0 * stats[0].item() / n, stats[1].item() / n
+
+
+def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def fit(
+    model: nn.Module,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    cfg: TrainConfig,
+    loss_fn: LossFn | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    on_best: Callable[[nn.Module, dict], None] | None = None,
+    on_epoch_start: Callable[[int, nn.Module], None] | None = None,
+    params: list[nn.Parameter] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-on-val weights.
+
+    ``loss_fn(logits, targets, images)`` replaces the default label-smoothed cross-entropy (KD uses it).
+    ``state_path`` is written after every epoch (rank 0) so that ``resume=True`` continues where it stopped.
+    ``on_best`` is called on rank 0 whenever val top-1 improves (write the checkpoint there).
+    ``on_epoch_start(epoch, model)`` runs before each epoch (QAT freezes observers/BN from it).
+    """
+    if cfg.epochs < 0:
+        raise UserError(f"epochs must be >= 0, got {cfg.epochs}")
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise UserError("empty training or validation set")
+    log = log or (lambda s: None)
+    device = D.resolve_device(cfg.device)
+    if D.is_distributed() and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    seed_everything(cfg.seed + D.rank())
+    cuda = device.type == "cuda"
+    amp = cfg.amp and cuda
+    model.to(device)
+    if cuda and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+
+    train_loader = make_loader(train_ds, cfg.batch_size, True, workers, cfg.seed, drop_last=True, pin=cuda)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = steps_per_epoch * max(1, cfg.epochs)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch)) if cfg.epochs > 1 else 0
+
+    trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, total_steps, warmup, cfg.min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    ddp_model: nn.Module = model
+    if D.is_distributed():
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+    start_epoch, best, best_epoch = 0, -1.0, -1
+    best_state: dict | None = None
+    history: list[dict] = []
+    if state_path and resume and Path(state_path).is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        start_epoch, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
+        best_state = st.get("best_state")
+        history = list(st.get("history", []))
+        torch.set_rng_state(st["rng"])
+        log(f"{cfg.desc}: resumed after epoch {start_epoch} (best top-1 {best:.2f} at epoch {best_epoch + 1})")
+
+    writer = None
+    if cfg.tensorboard and D.is_main():
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise UserError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from e
+        writer = SummaryWriter(cfg.tensorboard)
+
+    t0 = time.perf_counter()
+    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    for epoch in range(start_epoch, cfg.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch, model)
+        if isinstance(getattr(train_loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        ddp_model.train()
+        tl, tn, tc = 0.0, 0, 0
+        te = time.perf_counter()
+        bar = progress(train_loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
+        for step, (x, y) in enumerate(bar):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = ddp_model(x)
+                loss = loss_fn(logits, y, x) if loss_fn is not None else crit(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{cfg.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower --lr (now {cfg.lr:g}) or check the data")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            tl += loss.item() * y.numel()
+            tn += y.numel()
+            tc += (logits.argmax(1) == y).sum().item()
+            if hasattr(bar, "set_postfix") and step % 10 == 0:
+                bar.set_postfix(loss=f"{tl / tn:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        train_stats = D.all_reduce_sum(torch.tensor([tl, tc, tn], dtype=torch.float64, device=device))
+        top1, vloss = evaluate_top1(model, val_ds, max(cfg.batch_size, 64), device, workers, amp,
+                                    desc=f"{cfg.desc} val")
+        rec = {"epoch": epoch + 1, "train_loss": train_stats[0].item() / max(train_stats[2].item(), 1),
+               "train_top1": 100.0 * train_stats[1].item() / max(train_stats[2].item(), 1),
+               "val_loss": vloss, "val_top1": top1, "lr": sched.get_last_lr()[0],
+               "epoch_s": time.perf_counter() - te}
+        history.append(rec)
+        improved = top1 > best
+        if improved:
+            best, best_epoch = top1, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if D.is_main():
+            msg = (f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
+                   f"val top-1 {top1:.2f}% (best {best:.2f}%) {rec['epoch_s']:.1f}s")
+            log(msg)
+            if writer is not None:
+                for k in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+                    writer.add_scalar(f"{cfg.desc}/{k}", rec[k], epoch + 1)
+            if improved and on_best is not None:
+                on_best(model, {"val_top1": top1, "epoch": epoch + 1})
+            if state_path:
+                with atomic_path(state_path) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                                "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                                "best_state": best_state, "history": history,
+                                "rng": torch.get_rng_state()}, tmp)
+        D.barrier()
+    if writer is not None:
+        writer.close()
+    last = history[-1]["val_top1"] if history else float("nan")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu")
+    if cuda and cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return FitResult(best_top1=best, best_epoch=best_epoch + 1, last_top1=last, history=history,
+                     wall_s=time.perf_counter() - t0, effective_batch=cfg.batch_size * D.world_size())

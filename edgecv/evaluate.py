@@ -1,0 +1,28 @@
+"""``edgecv eval``: accuracy of a checkpoint on a dataset, through PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecv.data.datasets import load_eval_dataset
+from edgecv.errors import UserError
+from edgecv.metrics import classification_report, predict_logits, save_confusion_png
+from edgecv.models.checkpoint import load_checkpoint
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 256, confusion_png: str | None = None,
+                        skip_bad: bool = False, trust_pickle: bool = False, arch: str | None = None) -> dict:
+    ck = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    if ck.class_names is None or ck.preprocess is None:
+        raise UserError(f"{checkpoint}: not an edgecv checkpoint (no class names / preprocessing); "
+                        "eval needs one written by 'edgecv train' or 'edgecv compress'")
+    ds = load_eval_dataset(data, ck.class_names, skip_bad=skip_bad)
+    model = ck.build()
+    logits, labels = predict_logits(model, ds.with_transform(ck.preprocess.eval_transform()), batch_size)
+    rep = classification_report(logits, labels, ck.class_names)
+    rep.update({"checkpoint": str(checkpoint), "arch": ck.arch, "data": data,
+                "trained_val_top1": ck.metrics.get("val_top1")})
+    if confusion_png:
+        rep["confusion_png"] = str(save_confusion_png(rep["confusion_matrix"], ck.class_names, confusion_png,
+                                                      title=f"{ck.arch} on {data}"))
+    return rep

@@ -1,0 +1,137 @@
+"""Registry of teacher and student architectures (torchvision and timm), heads sized to the dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgecv.errors import UserError
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    role: str  # "teacher" | "student"
+    source: str  # "torchvision" | "timm"
+    build: Callable[[int], nn.Module]
+    int8_friendly: bool = False
+    note: str = ""
+
+
+def _tv(name: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    return build
+
+
+def _tv_mobilenet(name: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        m = _tv(name)(num_classes)
+        # torchvision's MobileNetV3 uses BN momentum 0.01 (tuned for ImageNet-length training). On small data
+        # the running statistics lag for many epochs and val accuracy stays near chance; 0.1 is the PyTorch
+        # default and tracks within an epoch.
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = 0.1
+        return m
+
+    return build
+
+
+def _timm(name: str, **kwargs) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+    return build
+
+
+_ARCHS: dict[str, ArchInfo] = {}
+
+
+def _register(info: ArchInfo) -> None:
+    _ARCHS[info.name] = info
+
+
+for _n in ("resnet18", "resnet34", "resnet50"):
+    _register(ArchInfo(_n, "teacher", "torchvision", _tv(_n)))
+for _i in range(4):
+    _register(ArchInfo(f"efficientnet_b{_i}", "teacher", "torchvision", _tv(f"efficientnet_b{_i}")))
+for _n in ("mobilenet_v3_small", "mobilenet_v3_large"):
+    _register(ArchInfo(_n, "student", "torchvision", _tv_mobilenet(_n), note="hardswish + SE"))
+# INT8-friendly students: ReLU, no squeeze-excite. timm's tf_* variants default to TF "same" padding, a
+# dynamic Pad before every strided conv; we train from scratch, so symmetric padding (pad_type="") is used:
+# identical architecture otherwise, and a cleaner graph for every exporter.
+for _n in ("tf_mobilenetv3_small_minimal_100", "tf_mobilenetv3_large_minimal_100"):
+    _register(ArchInfo(_n, "student", "timm", _timm(_n, pad_type=""), int8_friendly=True, note="ReLU, no SE"))
+for _i in range(3):
+    _register(
+        ArchInfo(f"efficientnet_lite{_i}", "student", "timm", _timm(f"efficientnet_lite{_i}"), int8_friendly=True,
+                 note="ReLU6, no SE")
+    )
+
+TEACHERS = [n for n, a in _ARCHS.items() if a.role == "teacher"]
+STUDENTS = [n for n, a in _ARCHS.items() if a.role == "student"]
+ARCHS = list(_ARCHS)
+
+
+def arch_info(arch: str) -> ArchInfo:
+    try:
+        return _ARCHS[arch]
+    except KeyError:
+        raise UserError(f"unknown arch '{arch}' (known: {', '.join(ARCHS)})") from None
+
+
+def create_model(arch: str, num_classes: int, channel_spec: dict | None = None) -> nn.Module:
+    """Build ``arch`` with a ``num_classes`` head; with ``channel_spec``, reshape it to a pruned layout."""
+    if num_classes < 2:
+        raise UserError(f"num_classes must be >= 2, got {num_classes}")
+    model = arch_info(arch).build(num_classes)
+    if channel_spec:
+        from edgecv.models.spec import apply_channel_spec
+
+        apply_channel_spec(model, channel_spec)
+    return model
+
+
+def count_macs(model: nn.Module, img_size: int, in_ch: int = 3) -> int:
+    """Multiply-accumulates of one forward pass at ``img_size`` (conv + linear layers; the standard count)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * k
+
+    def lin_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += out.numel() // out.shape[0] * m.in_features
+
+    hooks = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            hooks.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            hooks.append(mod.register_forward_hook(lin_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, in_ch, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
