@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Both create the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgecv-installed
+
+.PHONY: demo test test-fast lint clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,android]'
+	touch $(STAMP)
+
+## the main job on the built-in default dataset (digits)
+demo: $(STAMP)
+	$(VENV)/bin/edgecv compress --out runs/demo
+
+## the whole test suite, slow tests included (this is what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow" -n 2 -q
+
+## the fast subset, for development
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgecv tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

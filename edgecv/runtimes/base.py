@@ -1,0 +1,103 @@
+"""One Runner protocol for every runtime.
+
+A runner loads one artifact and maps an ``NCHW float32`` batch (preprocessed with the manifest's
+:class:`~edgecv.data.preprocess.Preprocess`) to ``float32`` logits. Runtimes that are not installed (or whose
+hardware is absent) raise :class:`RuntimeUnavailable` with a reason; callers report ``skipped: <reason>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime (package, delegate or device) is missing here; ``str(e)`` is the reason."""
+
+
+@runtime_checkable
+class Runner(Protocol):
+    runtime: str  # e.g. "onnxruntime"
+    device: str  # e.g. "cpu", "cuda:0", "GPU"
+    threads: int | None
+    batch_size: int | None  # fixed batch size the artifact accepts, None if dynamic
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def warmup(self, batch: np.ndarray, n: int = 5) -> None: ...
+
+    def describe(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+class RunnerBase:
+    """Shared behaviour; subclasses set ``runtime`` and implement ``predict``."""
+
+    runtime = "?"
+    device = "cpu"
+    threads: int | None = None
+    batch_size: int | None = None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must implement predict")
+
+    def warmup(self, batch: np.ndarray, n: int = 5) -> None:
+        for _ in range(n):
+            self.predict(batch)
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "device": self.device, "threads": self.threads,
+                "host": host_description()}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# runtime name -> module implementing ``load(path, threads=..., device=..., **opts) -> Runner``
+RUNTIME_MODULES = {
+    "onnxruntime": "edgecv.runtimes.ort",
+    "openvino": "edgecv.runtimes.openvino",
+    "ptl": "edgecv.runtimes.ptl",
+    "executorch": "edgecv.runtimes.pte",
+    "tensorrt": "edgecv.runtimes.tensorrt",
+    "torch_cuda": "edgecv.runtimes.torch_cuda",
+}
+
+
+def load_runner(runtime: str, path: str | Path, threads: int | None = 1, device: str = "cpu", **opts) -> Runner:
+    """Load ``path`` with ``runtime``. Raises :class:`RuntimeUnavailable` when it cannot run here."""
+    mod_name = RUNTIME_MODULES.get(runtime)
+    if mod_name is None:
+        raise RuntimeUnavailable(f"unknown runtime '{runtime}'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:  # the runtime module itself imports lazily; this is a packaging error
+        raise RuntimeUnavailable(f"{runtime}: {e}") from None
+    return mod.load(Path(path), threads=threads, device=device, **opts)
+
+
+def host_description() -> str:
+    """CPU model name (and core count) of this host, for ``measured_on``."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return f"{name} ({os.cpu_count()} logical cores)"

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny synthetic ImageFolder data, the real cifar10-mini (slow tests), CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_TARBALL = REPO.parent / "shared" / "datasets" / "cifar10-mini.tar.gz"
+
+os.environ.setdefault("EDGECV_CACHE", str(REPO / ".cache" / "test-cache"))
+
+
+def make_image_folder(root: Path, classes=("red", "green", "blue"), n_train=12, n_val=4, size=16,
+                      split=True, seed=0) -> Path:
+    """Class-coloured noisy images: learnable in a few steps, real JPEG/PNG files on disk."""
+    rng = np.random.default_rng(seed)
+    base = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200), 3: (200, 200, 40), 4: (40, 200, 200)}
+    splits = {"train": n_train, "val": n_val} if split else {"": n_train + n_val}
+    for sp, n in splits.items():
+        for ci, c in enumerate(classes):
+            d = root / sp / c if sp else root / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                col = np.array(base[ci % len(base)], dtype=np.float32)
+                a = np.clip(col + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                ext = "png" if i % 3 == 0 else "jpg"
+                Image.fromarray(a).save(d / f"{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_session(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="session")
+def cifar10_mini() -> Path:
+    """The real cifar10-mini ImageFolder (extracted once into the cache); skips when the tarball is absent."""
+    if not CIFAR_TARBALL.is_file():
+        pytest.skip(f"real data not found: {CIFAR_TARBALL}")
+    cache = Path(os.environ.get("EDGECV_CIFAR_CACHE", Path.home() / ".cache" / "edgecv"))
+    root = cache / "cifar10-mini"
+    if not (root / "val").is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(CIFAR_TARBALL) as t:
+            t.extractall(cache, filter="data")
+    return root
+
+
+def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m edgecv ARGS`` in a subprocess (real exit codes, real stderr)."""
+    e = {**os.environ, **(env or {})}
+    e.setdefault("PYTHONPATH", str(REPO))
+    p = subprocess.run([sys.executable, "-m", "edgecv", *args], capture_output=True, text=True, timeout=timeout,
+                       env=e, cwd=str(REPO))
+    if check and p.returncode != 0:
+        raise AssertionError(f"edgecv {' '.join(args)} -> {p.returncode}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture
+def cli():
+    return run_cli
