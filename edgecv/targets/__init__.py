@@ -73,7 +73,7 @@ def get_target(name: str) -> TargetProfile:
         for a in (("onnx", "fp32"), ("ptl", "fp32")):
             if a not in arts:
                 arts.append(a)
-        return TargetProfile("all", "every format", "host", tuple(arts), (*rts, "ptl"), (1,))
+        return TargetProfile("all", "every format", "host", tuple(arts), tuple(rts), (1,))
     try:
         return TARGETS[name]
     except KeyError:
