@@ -6,7 +6,6 @@ Human output goes to stderr, ``--json`` output to stdout.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click

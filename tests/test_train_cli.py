@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from edgecv.compress.train import TrainConfig, fit
+from edgecv.data.datasets import load_train_val
+from edgecv.errors import TrainingError
+from edgecv.models.registry import create_model
+
+
+def test_train_then_eval_agree(tmp_path, tiny_folder, cli):
+    out = tmp_path / "t.pt"
+    p = cli("train", "--data", str(tiny_folder), "--arch", "resnet18", "--epochs", "2", "--img-size", "16",
+            "--batch-size", "8", "--out", str(out), "--json", check=True)
+    res = json.loads(p.stdout)
+    assert out.is_file() and not (tmp_path / "t.pt.state").exists()
+    assert res["effective_batch"] == 8 and len(res["history"]) == 2
+    cm = tmp_path / "cm.png"
+    e = cli("eval", str(out), "--data", str(tiny_folder), "--confusion", str(cm), "--json", check=True)
+    rep = json.loads(e.stdout)
+    assert abs(rep["top1"] - res["best_val_top1"]) < 1e-6
+    assert rep["n"] == 12 and set(rep["per_class"]) == {"blue", "green", "red"}
+    assert cm.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--data", "/definitely/not/here"], "no such directory"),
+    (["train", "--arch", "nope"], "unknown arch"),
+    (["eval", "/nope.pt"], "no such checkpoint"),
+    (["train", "--epochs", "-1"], "Invalid value"),
+])
+def test_bad_input_exits_2_with_one_line(cli, args, needle):
+    p = cli(*args)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr
+
+
+def test_corrupt_image_exit_2_then_skip_bad(tmp_path, tiny_folder, cli):
+    (tiny_folder / "train" / "red" / "zz.jpg").write_bytes(b"garbage")
+    p = cli("train", "--data", str(tiny_folder), "--epochs", "0", "--img-size", "16", "--out", str(tmp_path / "x.pt"))
+    assert p.returncode == 2 and "zz.jpg" in p.stderr
+    assert not (tmp_path / "x.pt").exists()
+    p = cli("train", "--data", str(tiny_folder), "--epochs", "1", "--img-size", "16", "--skip-bad",
+            "--out", str(tmp_path / "x.pt"), check=True)
+    assert (tmp_path / "x.pt").is_file()
+
+
+def test_resume_continues_after_last_epoch(tmp_path, tiny_folder):
+    b = load_train_val(str(tiny_folder), img_size=16)
+    tr = b.train.with_transform(b.preprocess.train_transform())
+    va = b.val.with_transform(b.preprocess.eval_transform())
+    state = tmp_path / "s.state"
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=0)
+    fit(create_model("resnet18", 3), tr, va, cfg, state_path=state)
+    cfg2 = TrainConfig(epochs=3, batch_size=8, workers=0)
+    logs = []
+    r = fit(create_model("resnet18", 3), tr, va, cfg2, state_path=state, resume=True, log=logs.append)
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    assert any("resumed after epoch 1" in s for s in logs)
+
+
+def test_nan_loss_stops_with_clear_error(tiny_folder):
+    b = load_train_val(str(tiny_folder), img_size=16)
+    tr = b.train.with_transform(b.preprocess.train_transform())
+    va = b.val.with_transform(b.preprocess.eval_transform())
+
+    def nan_loss(logits, y, x):
+        return logits.sum() * torch.tensor(float("nan"))
+
+    with pytest.raises(TrainingError, match="loss became nan"):
+        fit(create_model("resnet18", 3), tr, va, TrainConfig(epochs=1, batch_size=8, workers=0), loss_fn=nan_loss)
+
+
+def test_tensorboard_scalars(tmp_path, tiny_folder):
+    pytest.importorskip("tensorboard")
+    b = load_train_val(str(tiny_folder), img_size=16)
+    tr = b.train.with_transform(b.preprocess.train_transform())
+    va = b.val.with_transform(b.preprocess.eval_transform())
+    fit(create_model("resnet18", 3), tr, va, TrainConfig(epochs=1, batch_size=8, workers=0,
+                                                         tensorboard=str(tmp_path / "tb")))
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_digits_default_reaches_95(tmp_path, cli):
+    out = tmp_path / "digits.pt"
+    p = cli("train", "--data", "digits", "--epochs", "3", "--out", str(out), "--json", check=True)
+    res = json.loads(p.stdout)
+    assert res["best_val_top1"] >= 95.0
+    rep = json.loads(cli("eval", str(out), "--data", "digits", "--json", check=True).stdout)
+    assert abs(rep["top1"] - res["best_val_top1"]) < 1e-6
