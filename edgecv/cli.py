@@ -7,6 +7,7 @@ Human output goes to stderr, ``--json`` output to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -40,8 +41,15 @@ def quiet_option(f):
 def log(msg: str) -> None:
     from edgecv.utils import is_quiet
 
-    if not is_quiet():
+    if not is_quiet() and _rank() == 0:  # under torchrun only rank 0 logs
         echo(msg)
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -95,20 +103,22 @@ def train(data, arch, epochs, img_size, batch_size, lr, weight_decay, label_smoo
 
     D.init(device)
     try:
+        main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
                           tensorboard=tensorboard, desc=arch)
         res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log)
     finally:
         D.shutdown()
-    if not D.is_main():
+    if not main_rank:  # under torchrun only rank 0 prints the result / --json
         return
     d = res.to_dict()
     if as_json:
         emit_json(d)
     else:
         echo(f"saved {res.checkpoint}: {arch}, best val top-1 {d['best_val_top1']:.2f}% (epoch {d['best_epoch']}), "
-             f"{d['wall_s']:.1f}s, effective batch {d['effective_batch']}")
+             f"{d['wall_s']:.1f}s, effective batch {d['effective_batch']} "
+             f"({batch_size} x {d['world_size']} process{'es' if d['world_size'] > 1 else ''})")
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -183,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"edgecv: error: {e.format_message()}", err=True)
         sys.exit(2)
     except EdgecvError as e:
-        click.echo(f"edgecv: error: {e}", err=True)
+        where = f" [rank {_rank()}]" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+        click.echo(f"edgecv: error{where}: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("edgecv: interrupted", err=True)
