@@ -61,7 +61,8 @@ class FitResult:
 
 def default_workers() -> int:
     n = os.cpu_count() or 1
-    return 0 if n <= 2 else min(8, n // max(1, D.world_size()) - 1)
+    # cores are shared by the processes of *this node* (not the global world size)
+    return 0 if n <= 2 else max(0, min(8, n // max(1, D.local_world_size() if D.is_distributed() else 1) - 1))
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
