@@ -7,7 +7,6 @@ Human output goes to stderr, ``--json`` output to stdout.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -46,10 +45,18 @@ def log(msg: str) -> None:
 
 
 def _rank() -> int:
+    import os
+
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
+
+
+def _launched_by_torchrun() -> bool:
+    import os
+
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"edgecv: error: {e.format_message()}", err=True)
         sys.exit(2)
     except EdgecvError as e:
-        where = f" [rank {_rank()}]" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+        where = f" [rank {_rank()}]" if _launched_by_torchrun() else ""
         click.echo(f"edgecv: error{where}: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
