@@ -101,6 +101,28 @@ def test_single_process_loader_replays_an_epoch_from_its_seed(no_torchrun_env):
     assert sorted(order(0)) == list(range(20))
 
 
+class _RandomAug(torch.utils.data.Dataset):
+    """Stands in for random augmentation: each item draws from the (worker's) torch RNG."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.rand(1), 0
+
+
+def test_worker_augmentation_is_seeded_per_epoch_and_rank(no_torchrun_env):
+    dl = make_loader(_RandomAug(), 4, True, 1, seed=0, drop_last=True)  # one worker process
+
+    def draws(epoch, rank=0):
+        dl.generator.manual_seed(epoch_seed(0, epoch, rank))
+        return [round(float(v), 6) for x, _ in dl for v in x]
+
+    assert draws(2) == draws(2)  # replayable (what --resume relies on), also with DataLoader workers
+    assert draws(2) != draws(3)
+    assert draws(2, rank=0) != draws(2, rank=1)
+
+
 # ---------------------------------------------------------------------------------------------- 2 processes (gloo)
 def _torchrun(script: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -89,7 +89,9 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
     g.manual_seed(epoch_seed(seed, 0, D.rank()))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, drop_last=drop_last and n > batch_size, generator=g,
-                      pin_memory=pin, persistent_workers=workers > 0)
+                      # not persistent: workers are re-forked each epoch and seeded from the per-epoch generator,
+                      # so every epoch's augmentation is replayable (persistent workers keep their first seed)
+                      pin_memory=pin, persistent_workers=False)
 
 
 class _Shard(Dataset):
