@@ -11,6 +11,7 @@ from edgecv.compress.train import FitResult, TrainConfig, fit
 from edgecv.data.datasets import load_train_val
 from edgecv.models.checkpoint import save_checkpoint
 from edgecv.models.registry import arch_info, count_macs, count_params, create_model
+from edgecv.utils import seed_everything
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainOutcome:
             "last_val_top1": round(self.fit.last_top1, 3),
             "wall_s": round(self.fit.wall_s, 2),
             "effective_batch": self.fit.effective_batch,
-            "world_size": D.world_size(),
+            "world_size": self.fit.world_size,
             "history": self.fit.history,
         }
 
@@ -57,6 +58,9 @@ def train_classifier(
     pre = bundle.preprocess
     train_ds = bundle.train.with_transform(pre.train_transform())
     val_ds = bundle.val.with_transform(pre.eval_transform())
+    # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
+    # single-process run is reproducible
+    seed_everything(cfg.seed)
     model = create_model(arch, bundle.num_classes)
     macs = count_macs(model, pre.input_size)
 
@@ -66,7 +70,7 @@ def train_classifier(
 
     state = out.with_name(out.name + ".state")
     result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, log=log)
-    if D.is_main():
+    if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
         # the final checkpoint carries the whole history; the resume state is no longer needed
         save_checkpoint(out, model, arch, bundle.class_names, pre,
                         metrics={"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source},

@@ -55,26 +55,43 @@ class FitResult:
     last_top1: float
     history: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
-    effective_batch: int = 0
+    effective_batch: int = 0  # batch_size x world size: the batch one optimizer step sees
+    world_size: int = 1
 
 
 def default_workers() -> int:
     n = os.cpu_count() or 1
-    return 0 if n <= 2 else min(8, n // max(1, D.world_size()) - 1)
+    # cores are shared by the processes of *this node* (not the global world size)
+    return 0 if n <= 2 else max(0, min(8, n // max(1, D.local_world_size() if D.is_distributed() else 1) - 1))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of (epoch, rank): augmentation differs per rank and per epoch, and a resumed run replays exactly."""
+    return (seed * 1_000_003 + epoch * 100_003 + rank) % (2**63)
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
                 pin: bool = False):
+    """Training loader. Under DDP: a DistributedSampler (same permutation on every rank, disjoint shards, equal
+    batch counts so no rank waits in an all-reduce the others never join); its generator, which seeds the
+    worker processes' augmentation RNG, differs per rank. Reseed ``loader.generator`` per epoch
+    (:func:`epoch_seed`) for replayable epochs."""
     sampler = None
+    n = len(ds)
     if D.is_distributed() and shuffle:
         from torch.utils.data.distributed import DistributedSampler
 
+        if len(ds) < D.world_size():
+            raise UserError(f"{len(ds)} training samples cannot be split over {D.world_size()} processes")
         sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=drop_last)
+        n = len(sampler)
     g = torch.Generator()
-    g.manual_seed(seed)
+    g.manual_seed(epoch_seed(seed, 0, D.rank()))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, drop_last=drop_last and len(ds) > batch_size, generator=g,
-                      pin_memory=pin, persistent_workers=workers > 0)
+                      num_workers=workers, drop_last=drop_last and n > batch_size, generator=g,
+                      # not persistent: workers are re-forked each epoch and seeded from the per-epoch generator,
+                      # so every epoch's augmentation is replayable (persistent workers keep their first seed)
+                      pin_memory=pin, persistent_workers=False)
 
 
 class _Shard(Dataset):
@@ -166,15 +183,18 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _lr_factor(s, total_steps, warmup, cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    ddp_model: nn.Module = model
-    if D.is_distributed():
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     start_epoch, best, best_epoch = 0, -1.0, -1
     best_state: dict | None = None
     history: list[dict] = []
-    if state_path and resume and Path(state_path).is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
+    # Resume: rank 0 reads its own state file and broadcasts it, so non-zero ranks (possibly on nodes without a
+    # shared filesystem) never need the file and every rank resumes from exactly the same state.
+    st = None
+    if state_path and resume:
+        if D.is_main() and Path(state_path).is_file():
+            st = torch.load(state_path, map_location="cpu", weights_only=True)
+        st = D.broadcast_object(st)
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -182,22 +202,32 @@ def fit(
         start_epoch, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
         best_state = st.get("best_state")
         history = list(st.get("history", []))
-        torch.set_rng_state(st["rng"])
-        log(f"{cfg.desc}: resumed after epoch {start_epoch} (best top-1 {best:.2f} at epoch {best_epoch + 1})")
+        if D.is_main():
+            log(f"{cfg.desc}: resumed after epoch {start_epoch} (best top-1 {best:.2f} at epoch {best_epoch + 1})")
+        del st
+
+    # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from the same weights
+    ddp_model: nn.Module = model
+    if D.is_distributed():
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     writer = None
-    if cfg.tensorboard and D.is_main():
-        try:
+    if cfg.tensorboard:
+        try:  # checked on every rank so that a missing package stops all of them, not only rank 0
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise UserError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from e
-        writer = SummaryWriter(cfg.tensorboard)
+        if D.is_main():
+            writer = SummaryWriter(cfg.tensorboard)
 
     t0 = time.perf_counter()
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for epoch in range(start_epoch, cfg.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
+        # per-(epoch, rank) seeds: different augmentation on every rank, identical replay after --resume
+        seed_everything(epoch_seed(cfg.seed, epoch, D.rank()))
+        train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch, D.rank()))
         if isinstance(getattr(train_loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         ddp_model.train()
@@ -212,9 +242,11 @@ def fit(
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = ddp_model(x)
                 loss = loss_fn(logits, y, x) if loss_fn is not None else crit(logits, y)
-            if not torch.isfinite(loss):
+            # collective under DDP: every rank stops together instead of the others hanging in an all-reduce
+            if D.any_rank(not bool(torch.isfinite(loss.detach())), device):
                 raise TrainingError(
-                    f"{cfg.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{cfg.desc}: loss became {loss.item()}{f' (rank {D.rank()})' if D.is_distributed() else ''} "
+                    f"at epoch {epoch + 1}, step {step + 1}; "
                     f"lower --lr (now {cfg.lr:g}) or check the data")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -230,6 +262,7 @@ def fit(
             if hasattr(bar, "set_postfix") and step % 10 == 0:
                 bar.set_postfix(loss=f"{tl / tn:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         train_stats = D.all_reduce_sum(torch.tensor([tl, tc, tn], dtype=torch.float64, device=device))
+        D.broadcast_buffers(model)  # identical BN statistics on every rank before validation / best_state
         top1, vloss = evaluate_top1(model, val_ds, max(cfg.batch_size, 64), device, workers, amp,
                                     desc=f"{cfg.desc} val")
         rec = {"epoch": epoch + 1, "train_loss": train_stats[0].item() / max(train_stats[2].item(), 1),
@@ -255,8 +288,7 @@ def fit(
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                                 "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                                "best_state": best_state, "history": history,
-                                "rng": torch.get_rng_state()}, tmp)
+                                "best_state": best_state, "history": history}, tmp)
         D.barrier()
     if writer is not None:
         writer.close()
@@ -267,4 +299,5 @@ def fit(
     if cuda and cfg.channels_last:
         model.to(memory_format=torch.contiguous_format)
     return FitResult(best_top1=best, best_epoch=best_epoch + 1, last_top1=last, history=history,
-                     wall_s=time.perf_counter() - t0, effective_batch=cfg.batch_size * D.world_size())
+                     wall_s=time.perf_counter() - t0, effective_batch=cfg.batch_size * D.world_size(),
+                     world_size=D.world_size())
