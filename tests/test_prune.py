@@ -48,7 +48,7 @@ def test_pruned_mnv3_valid(pruned_mnv3):
     assert m.classifier[-1].out_features == 5
     # SE blocks still scale their block's channels: fc2 output == the depthwise conv output before it
     n_se = 0
-    for blk in m.features[1:]:
+    for blk in m.features[1:-1]:
         layers = list(blk.block)
         for i, layer in enumerate(layers):
             if isinstance(layer, SqueezeExcitation):
