@@ -1,0 +1,163 @@
+"""Knowledge distillation as a ``loss_fn`` for :func:`edgecv.compress.train.fit`.
+
+Hinton KD: ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)`` with the teacher
+frozen in eval mode; its logits are computed once per batch under ``no_grad`` (fp16 autocast on CUDA).
+Teacher and student may use different preprocessing (input size, mean/std): the student's batch is
+un-normalised, resized and re-normalised for the teacher inside the loss.
+
+Optional feature-map KD (``beta > 0``): the last spatial feature map of the student is mapped to the
+teacher's channel count by a 1x1 adapter and matched (MSE, per-channel-standardised) to the teacher's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecv import distributed as D
+from edgecv.data.preprocess import Preprocess
+
+
+@dataclass
+class KDConfig:
+    temperature: float = 4.0
+    alpha: float = 0.8  # weight of the soft (teacher) term; 1 - alpha goes to the hard-label CE
+    beta: float = 0.0  # weight of feature-map KD (0 = off)
+    label_smoothing: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def last_feature_module(model: nn.Module, size: int) -> tuple[nn.Module, int]:
+    """The module producing the last 4-D (spatial) activation in a forward pass, and its channel count.
+
+    For torchvision ResNets this is the last block's output, for MobileNetV3 the last feature conv.
+    """
+    order: list[tuple[nn.Module, int]] = []
+
+    def hook(m, _inp, out):
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            order.append((m, out.shape[1]))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, 3, size, size, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    if not order:
+        raise ValueError("model has no 4-D feature map")
+    return order[-1]
+
+
+class _Capture:
+    def __init__(self, module: nn.Module):
+        self.value: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, _m, _inp, out):
+        self.value = out  # the last call wins (modules reused inside a block, e.g. ResNet's relu)
+
+    def remove(self):
+        self.handle.remove()
+
+
+class KDLoss(nn.Module):
+    """``loss_fn(logits, targets, images)`` for :func:`fit`. Call :meth:`close` to remove its hooks."""
+
+    def __init__(self, teacher: nn.Module, cfg: KDConfig, student_pre: Preprocess, teacher_pre: Preprocess | None,
+                 student: nn.Module | None = None, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.device = torch.device(device)
+        self.teacher.to(self.device)
+        tp = teacher_pre or student_pre
+        self.t_size = tp.input_size
+        self.same_input = (tp.input_size == student_pre.input_size and tuple(tp.mean) == tuple(student_pre.mean)
+                           and tuple(tp.std) == tuple(student_pre.std) and tp.channel_order == student_pre.channel_order)
+
+        def v(t):
+            return torch.tensor(t, dtype=torch.float32).reshape(1, 3, 1, 1)
+
+        self.register_buffer("s_mean", v(student_pre.mean))
+        self.register_buffer("s_std", v(student_pre.std))
+        self.register_buffer("t_mean", v(tp.mean))
+        self.register_buffer("t_std", v(tp.std))
+        self.flip = tp.channel_order != student_pre.channel_order
+        self.adapter: nn.Module | None = None
+        self._s_cap = self._t_cap = None
+        if cfg.beta > 0:
+            if student is None:
+                raise ValueError("feature KD needs the student module")
+            s_mod, s_ch = last_feature_module(student, student_pre.input_size)
+            t_mod, t_ch = last_feature_module(self.teacher, self.t_size)
+            self.adapter = nn.Conv2d(s_ch, t_ch, 1, bias=False)
+            self._s_cap, self._t_cap = _Capture(s_mod), _Capture(t_mod)
+            if D.is_distributed():  # the adapter lives outside DDP: average its gradients by hand
+                for p in self.adapter.parameters():
+                    p.register_hook(lambda g: D.all_reduce_sum(g.clone()) / D.world_size())
+        self.to(self.device)
+        self.teacher.to(self.device)
+
+    def extra_params(self) -> list[nn.Parameter]:
+        return list(self.adapter.parameters()) if self.adapter is not None else []
+
+    def teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_input:
+            return x
+        raw = x.float() * self.s_std + self.s_mean
+        if self.flip:
+            raw = raw.flip(1)
+        if raw.shape[-1] != self.t_size or raw.shape[-2] != self.t_size:
+            raw = F.interpolate(raw, size=(self.t_size, self.t_size), mode="bilinear", align_corners=False,
+                                antialias=raw.shape[-1] > self.t_size)
+        return (raw - self.t_mean) / self.t_std
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        xt = self.teacher_input(x)
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=x.device.type == "cuda"):
+            return self.teacher(xt).float()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        s_feat = self._s_cap.value if self._s_cap is not None else None
+        t = self.teacher_logits(images)
+        T = self.cfg.temperature
+        s = logits.float()
+        soft = F.kl_div(F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1), reduction="batchmean",
+                        log_target=True) * (T * T)
+        hard = F.cross_entropy(s, targets, label_smoothing=self.cfg.label_smoothing)
+        loss = self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard
+        if self.adapter is not None and s_feat is not None and self._t_cap.value is not None:
+            loss = loss + self.cfg.beta * self.feature_loss(s_feat, self._t_cap.value.detach())
+        return loss
+
+    def feature_loss(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        fs = self.adapter(fs.float())
+        h = min(fs.shape[-2], ft.shape[-2])
+        w = min(fs.shape[-1], ft.shape[-1])
+        fs = F.adaptive_avg_pool2d(fs, (h, w))
+        ft = F.adaptive_avg_pool2d(ft.float(), (h, w))
+
+        def norm(f):
+            return (f - f.mean((0, 2, 3), keepdim=True)) / (f.std((0, 2, 3), keepdim=True) + 1e-5)
+
+        return F.mse_loss(norm(fs), norm(ft))
+
+    def close(self) -> None:
+        for c in (self._s_cap, self._t_cap):
+            if c is not None:
+                c.remove()
+        self._s_cap = self._t_cap = None

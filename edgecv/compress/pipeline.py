@@ -1,0 +1,596 @@
+"""``edgecv compress``: knowledge distillation -> structured pruning -> INT8 QAT, staged and resumable.
+
+Every stage writes its checkpoint (``distill.pt``, ``prune.pt``, ``quantize.pt``, edgecv format) into RUN_DIR
+and ``run.json`` (schema ``edgecv.run/1``, the contract the exporter reads) is rewritten atomically after every
+stage status change. Interrupted stages continue mid-way from their fit state files (``*.state``) with
+``resume=True``. Under torchrun all ranks train; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecv import distributed as D
+from edgecv.compress.distill import KDConfig, KDLoss
+from edgecv.compress.train import TrainConfig, evaluate_top1, fit
+from edgecv.data.datasets import DataBundle, load_train_val, resolve_data, sample_calibration
+from edgecv.data.preprocess import Preprocess
+from edgecv.errors import UserError
+from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgecv.models.registry import STUDENTS, arch_info, count_macs, count_params, create_model
+from edgecv.utils import cache_dir, seed_everything, sha256_file, write_json_atomic, write_text_atomic
+
+SCHEMA = "edgecv.run/1"
+STAGES = ("distill", "prune", "quantize")
+STAGE_INPUT = {"distill": None, "prune": "distill", "quantize": "prune"}
+DEFAULT_OUT = "runs/compress"
+AUTO_TEACHER_ARCH = "resnet18"
+
+
+@dataclass
+class CompressConfig:
+    teacher: str | None = None  # None: train one on the fly (cached)
+    teacher_arch: str | None = None  # for a bare state_dict teacher
+    data: str = "digits"
+    student: str = "mobilenet_v3_small"
+    target_macs: float = 0.5  # fraction of the unpruned student's MACs
+    epochs_kd: int = 10
+    epochs_prune: int = 6
+    epochs_qat: int = 3
+    img_size: int | None = None  # default: the teacher's input size, else the data default
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    workers: int | None = None
+    device: str = "auto"
+    # distillation
+    temperature: float = 4.0
+    alpha: float = 0.8
+    feature_kd: float = 0.0  # weight of feature-map KD (0 = off)
+    # pruning
+    importance: str = "magnitude"
+    prune_steps: int = 4
+    round_to: int = 8
+    min_channels: int = 16
+    # quantization
+    calib_size: int = 512
+    qat_lr_scale: float = 0.1
+    freeze_bn_at: float = 0.5  # fraction of QAT epochs after which BN statistics freeze
+    freeze_observers_at: float = 0.7  # ... and activation ranges freeze
+    # the on-the-fly teacher (no --teacher)
+    teacher_epochs: int = 3
+    skip_bad: bool = False
+    trust_pickle: bool = False
+    out: str = DEFAULT_OUT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompressConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**{k.replace("-", "_"): v for k, v in d.items()})
+
+    def validate(self) -> None:
+        if not 0 < self.target_macs <= 1:
+            raise UserError(f"--target-macs must be in (0, 1], got {self.target_macs}")
+        for k in ("epochs_kd", "epochs_prune", "epochs_qat", "teacher_epochs"):
+            if getattr(self, k) < 0:
+                raise UserError(f"--{k.replace('_', '-')} must be >= 0")
+        if self.prune_steps < 1:
+            raise UserError("--prune-steps must be >= 1")
+        if not 0 <= self.alpha <= 1:
+            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if self.calib_size < 1:
+            raise UserError("--calib-size must be >= 1")
+        if self.student not in STUDENTS:
+            arch_info(self.student)  # unknown arch -> UserError listing them
+        from edgecv.compress.prune import IMPORTANCES
+
+        if self.importance not in IMPORTANCES:
+            raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+
+
+def load_config_file(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config: no such file: {path}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"--config {path}: expected a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in d.items()}
+
+
+def parse_stages(s: str | None) -> list[str]:
+    if not s:
+        return list(STAGES)
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in STAGES]
+    if bad or not out:
+        raise UserError(f"--stages: unknown stage(s) {', '.join(bad) or s!r} (stages: {', '.join(STAGES)})")
+    return [st for st in STAGES if st in out]
+
+
+# ---------------------------------------------------------------------------------------------- teacher
+@dataclass
+class Teacher:
+    model: nn.Module
+    preprocess: Preprocess | None
+    path: str
+    sha256: str
+    arch: str | None
+    kind: str
+
+
+class _Reorder(nn.Module):
+    """Teacher logits permuted into the data's class order (edgecv teachers with the same names, other order)."""
+
+    def __init__(self, inner: nn.Module, index: list[int]):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+
+    def forward(self, x):
+        return self.inner(x).index_select(1, self.index)
+
+
+def load_teacher(path: str, arch: str | None, class_names: list[str], img_size: int,
+                 trust_pickle: bool = False) -> Teacher:
+    ck: Checkpoint = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+    n = len(class_names)
+    if ck.kind == "edgecv":
+        if ck.class_names != list(class_names):
+            if sorted(ck.class_names) != sorted(class_names):
+                extra = sorted(set(ck.class_names) ^ set(class_names))[:5]
+                raise UserError(f"teacher {path} was trained on classes that do not match the data "
+                                f"({ck.num_classes} vs {n}; differing: {', '.join(extra)})")
+    elif ck.kind == "state_dict" and ck.num_classes != n:
+        raise UserError(f"teacher {path} has {ck.num_classes} outputs but the data has {n} classes")
+    model = ck.build()
+    if ck.kind in ("torchscript", "pickle"):
+        size = ck.preprocess.input_size if ck.preprocess else img_size
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, 3, size, size))
+        except Exception as e:
+            raise UserError(f"teacher {path} does not run on a 3x{size}x{size} input: {str(e).splitlines()[0][:200]}") from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(f"teacher {path} outputs {shape}, expected (N, {n}) logits for the data's {n} classes")
+    if ck.kind == "edgecv" and ck.class_names != list(class_names):
+        model = _Reorder(model, [ck.class_names.index(c) for c in class_names]).eval()
+    return Teacher(model, ck.preprocess, str(path), sha256_file(path), ck.arch, ck.kind)
+
+
+def auto_teacher(cfg: CompressConfig, log: Callable[[str], None]) -> str:
+    """Train (or reuse from the cache) the default teacher for ``cfg.data``; returns its path."""
+    from edgecv.compress.teacher import train_classifier
+
+    kind, root = resolve_data(cfg.data)
+    key_src = {"v": 1, "data": cfg.data if kind == "builtin" else str(Path(root).resolve()),
+               "arch": AUTO_TEACHER_ARCH, "epochs": cfg.teacher_epochs, "img_size": cfg.img_size,
+               "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "teachers" / f"{AUTO_TEACHER_ARCH}-{key}.pt"
+    if path.is_file():
+        log(f"teacher: reusing cached {path}")
+        return str(path)
+    log(f"teacher: training {AUTO_TEACHER_ARCH} on {cfg.data} for {cfg.teacher_epochs} epochs (cached as {path})")
+    tmp = path.with_name(path.stem + ".partial.pt")
+    tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                       workers=cfg.workers, device=cfg.device, desc="teacher")
+    train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
+                     resume=True, log=log)
+    if D.is_main():
+        os.replace(tmp, path)
+    D.barrier()
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- run.json
+class Run:
+    """RUN_DIR and its run.json; every mutation is written atomically (rank 0 only)."""
+
+    def __init__(self, out: Path, data: dict):
+        self.out = out
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return self.out / "run.json"
+
+    @classmethod
+    def load(cls, out: Path) -> Run | None:
+        p = out / "run.json"
+        if not p.is_file():
+            return None
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}: unreadable run.json ({e})") from None
+        if d.get("schema") != SCHEMA:
+            raise UserError(f"{p}: not an edgecv run (schema {d.get('schema')!r}, expected {SCHEMA})")
+        return cls(out, d)
+
+    def save(self) -> None:
+        if D.is_main():
+            write_json_atomic(self.path, self.data)
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].setdefault(name, {"status": "pending"})
+
+    def set_stage(self, name: str, **kw) -> None:
+        self.stage(name).update(kw)
+        done = [s for s in STAGES if self.data["stages"].get(s, {}).get("status") == "done"]
+        self.data["completed"] = done
+        self.save()
+
+    def reset_stage(self, name: str) -> None:
+        self.data["stages"][name] = {"status": "pending"}
+        self.set_stage(name)
+
+    def done(self, name: str) -> bool:
+        st = self.data["stages"].get(name, {})
+        return st.get("status") == "done" and (self.out / st.get("checkpoint", "")).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class Context:
+    cfg: CompressConfig
+    run: Run
+    bundle: DataBundle
+    teacher: Teacher
+    img_size: int
+    device: torch.device
+    resume: bool
+    log: Callable[[str], None]
+
+    @property
+    def out(self) -> Path:
+        return self.run.out
+
+    def train_cfg(self, epochs: int, desc: str, lr: float | None = None) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(epochs=epochs, batch_size=c.batch_size, lr=lr if lr is not None else c.lr,
+                           weight_decay=c.weight_decay, label_smoothing=0.0, workers=c.workers, seed=c.seed,
+                           device=c.device, desc=desc)
+
+    def datasets(self):
+        pre = self.bundle.preprocess
+        return self.bundle.train.with_transform(pre.train_transform()), self.bundle.val.with_transform(pre.eval_transform())
+
+    def kd_loss(self, student: nn.Module) -> KDLoss:
+        c = self.cfg
+        if c.feature_kd > 0 and self.teacher.kind in ("torchscript",):
+            raise UserError("--feature-kd needs a teacher checkpoint with modules (not TorchScript)")
+        return KDLoss(self.teacher.model, KDConfig(c.temperature, c.alpha, c.feature_kd),
+                      self.bundle.preprocess, self.teacher.preprocess, student=student.to(self.device),
+                      device=self.device)
+
+    def evaluate(self, model: nn.Module, desc: str) -> float:
+        _, val = self.datasets()
+        model.to(self.device)
+        top1, _ = evaluate_top1(model, val, max(self.cfg.batch_size, 64), self.device, 0, desc=desc)
+        model.to("cpu")
+        return top1
+
+    def save(self, name: str, model: nn.Module, metrics: dict, meta: dict) -> tuple[str, str]:
+        path = self.out / f"{name}.pt"
+        if D.is_main():
+            save_checkpoint(path, model, self.cfg.student, self.bundle.class_names, self.bundle.preprocess,
+                            metrics=metrics, meta=meta)
+        D.barrier()
+        return path.name, sha256_file(path) if D.is_main() else ""
+
+    def load_stage_model(self, name: str) -> nn.Module:
+        st = self.run.data["stages"].get(name, {})
+        if not self.run.done(name):
+            raise UserError(f"stage '{name}' has no completed checkpoint in {self.out}; run it first "
+                            f"(e.g. --stages {name})")
+        ck = load_checkpoint(self.out / st["checkpoint"])
+        if ck.arch != self.cfg.student or ck.class_names != self.bundle.class_names:
+            raise UserError(f"{self.out / st['checkpoint']}: arch/classes do not match this run")
+        return ck.build()
+
+    def model_stats(self, model: nn.Module) -> dict:
+        return {"params": count_params(model), "macs": count_macs(model, self.img_size),
+                "macs_224": count_macs(model, 224)}
+
+
+def _fit_params(model: nn.Module, kd: KDLoss) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad] + kd.extra_params()
+
+
+def stage_distill(ctx: Context) -> dict:
+    c = ctx.cfg
+    train, val = ctx.datasets()
+    seed_everything(c.seed)
+    model = create_model(c.student, ctx.bundle.num_classes)
+    kd = ctx.kd_loss(model)
+    state = ctx.out / "distill.state"
+    res = fit(model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), loss_fn=kd, state_path=state,
+              resume=ctx.resume, params=_fit_params(model, kd), log=ctx.log)
+    kd.close()
+    top1 = res.best_top1 if res.history else ctx.evaluate(model, "distill val")
+    info = {**ctx.model_stats(model), "val_top1": top1, "epochs": c.epochs_kd, "history": res.history,
+            "kd": KDConfig(c.temperature, c.alpha, c.feature_kd).to_dict()}
+    ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
+    if D.is_main():
+        state.unlink(missing_ok=True)
+    return {**info, "checkpoint": ck, "sha256": sha}
+
+
+def stage_prune(ctx: Context) -> dict:
+    from edgecv.compress.prune import (
+        check_se_consistency,
+        finetune_schedule,
+        milestones,
+        prune_to_macs,
+        pruned_copy_synced,
+    )
+    from edgecv.models.spec import channel_spec_of
+
+    c = ctx.cfg
+    n = ctx.bundle.num_classes
+    train, val = ctx.datasets()
+    base = ctx.load_stage_model("distill")
+    base_stats = ctx.model_stats(base)
+    baseline_top1 = float(ctx.run.data["stages"]["distill"].get("val_top1", float("nan")))
+    target = int(c.target_macs * base_stats["macs"])
+    marks = milestones(base_stats["macs"], c.target_macs, c.prune_steps)
+    sched = finetune_schedule(c.epochs_prune, c.prune_steps)
+    partial = ctx.out / "prune.partial.pt"
+    state = ctx.out / "prune.state"
+    rounds: list[dict] = []
+    model, start, finetuned = base, 0, True
+    if ctx.resume and partial.is_file():
+        ck = load_checkpoint(partial)
+        model = ck.build()
+        start, finetuned = int(ck.meta["round"]), bool(ck.meta["finetuned"])
+        rounds = list(ck.meta.get("rounds", []))
+        if finetuned:
+            start += 1  # that round is complete
+        ctx.log(f"prune: resuming at round {start + 1}/{c.prune_steps}")
+    elif D.is_main():
+        state.unlink(missing_ok=True)
+
+    def save_partial(r: int, done_ft: bool) -> None:
+        if D.is_main():
+            save_checkpoint(partial, model, c.student, ctx.bundle.class_names, ctx.bundle.preprocess,
+                            meta={"channel_spec": channel_spec_of(model), "round": r, "finetuned": done_ft,
+                                  "rounds": rounds})
+        D.barrier()
+
+    def grad_fn(m: nn.Module) -> None:  # Taylor importance: gradients of the KD loss on a few batches
+        kd = ctx.kd_loss(m)
+        loader = torch.utils.data.DataLoader(train, batch_size=c.batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(c.seed))
+        m.train()
+        for i, (x, y) in enumerate(loader):
+            if i >= 8:
+                break
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            kd(m(x), y, x).backward()
+        kd.close()
+        m.eval()
+
+    t_prune = 0.0
+    for r in range(start, c.prune_steps):
+        if finetuned:  # round r + 1: prune to its milestone on rank 0, broadcast, record
+            t0 = time.perf_counter()
+            if D.is_main():
+                model.to(ctx.device)
+                prune_to_macs(model, ctx.img_size, n, marks[r], c.importance, round_to=c.round_to,
+                              min_channels=c.min_channels, grad_fn=grad_fn)
+                model.to("cpu")
+            model = pruned_copy_synced(model if D.is_main() else None, c.student, n)
+            t_prune += time.perf_counter() - t0
+            rec = {"round": r + 1, "macs": count_macs(model, ctx.img_size), "milestone": marks[r],
+                   "top1_after_prune": ctx.evaluate(model, f"prune {r + 1} val")}
+            rounds.append(rec)
+            ctx.log(f"prune round {r + 1}/{c.prune_steps}: {rec['macs']:,} MACs "
+                    f"({100 * rec['macs'] / base_stats['macs']:.1f}% of unpruned), "
+                    f"val top-1 before fine-tune {rec['top1_after_prune']:.2f}%")
+            save_partial(r, False)
+        epochs = sched[r]
+        kd = ctx.kd_loss(model)
+        res = fit(model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}"), loss_fn=kd, state_path=state,
+                  resume=ctx.resume or not finetuned, params=_fit_params(model, kd), log=ctx.log)
+        kd.close()
+        rounds[-1]["top1_after_finetune"] = res.best_top1 if res.history else rounds[-1]["top1_after_prune"]
+        rounds[-1]["finetune_epochs"] = epochs
+        finetuned = True
+        if D.is_main():
+            state.unlink(missing_ok=True)
+        save_partial(r, True)
+    problems = check_se_consistency(model)
+    if problems:
+        raise UserError(f"pruning broke squeeze-excite blocks: {problems[0]}")
+    stats = ctx.model_stats(model)
+    if stats["macs"] > target:
+        raise UserError(f"prune: reached {stats['macs']:,} MACs, above the target {target:,}")
+    top1 = rounds[-1]["top1_after_finetune"]
+    spec = channel_spec_of(model)
+    ck, sha = ctx.save("prune", model, {"val_top1": top1},
+                       {"stage": "prune", "channel_spec": spec, "rounds": rounds})
+    if D.is_main():
+        partial.unlink(missing_ok=True)
+    return {**stats, "val_top1": top1, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
+            "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
+            "importance": c.importance, "epochs": c.epochs_prune, "rounds": rounds,
+            "prune_s": round(t_prune, 2), "checkpoint": ck, "sha256": sha}
+
+
+def stage_quantize(ctx: Context) -> dict:
+    from edgecv.compress.quantize import QuantConfig, calibrate, freeze_bn, prepare_qat, set_observers
+    from edgecv.models.spec import channel_spec_of
+
+    c = ctx.cfg
+    train, val = ctx.datasets()
+    model = ctx.load_stage_model("prune")
+    fp32_top1 = float(ctx.run.data["stages"]["prune"].get("val_top1", float("nan")))
+    stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
+    spec = channel_spec_of(model)
+    qcfg = QuantConfig(trace_size=ctx.img_size)
+    model = prepare_qat(model, qcfg)
+    state = ctx.out / "quantize.state"
+    if ctx.resume and state.is_file():
+        # fit restores weights, observers and freeze flags from its state file; PTQ figure from run.json
+        ptq_top1 = float(ctx.run.stage("quantize").get("ptq_top1", float("nan")))
+        ptq_model = None
+    else:
+        calib = sample_calibration(ctx.bundle.train, c.calib_size, c.seed).with_transform(
+            ctx.bundle.preprocess.eval_transform())
+        loader = torch.utils.data.DataLoader(calib, batch_size=c.batch_size, shuffle=False)
+        model.to(ctx.device)
+        n_cal = calibrate(model, loader, device=ctx.device)
+        model.to("cpu")
+        ptq_top1 = ctx.evaluate(model, "ptq val")
+        ctx.log(f"quantize: PTQ (calibrated on {n_cal} images) val top-1 {ptq_top1:.2f}% "
+                f"(FP32 pruned {fp32_top1:.2f}%)")
+        ctx.run.set_stage("quantize", ptq_top1=ptq_top1, calib_images=n_cal)
+        ptq_model = None
+    del ptq_model
+    E = c.epochs_qat
+    bn_epoch = math.floor(c.freeze_bn_at * E + 0.5)
+    obs_epoch = math.floor(c.freeze_observers_at * E + 0.5)
+
+    def on_epoch_start(epoch: int, m: nn.Module) -> None:
+        if epoch >= bn_epoch:
+            freeze_bn(m)
+        if epoch >= obs_epoch:
+            set_observers(m, False)
+
+    kd = ctx.kd_loss(model)
+    res = fit(model, train, val, ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale), loss_fn=kd, state_path=state,
+              resume=ctx.resume, on_epoch_start=on_epoch_start, params=_fit_params(model, kd), log=ctx.log)
+    kd.close()
+    if E > 0:
+        # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed
+        freeze_bn(model)
+        set_observers(model, False)
+    qat_top1 = res.best_top1 if res.history else ptq_top1
+    meta = {"stage": "quantize", "channel_spec": spec, "quant": qcfg.to_dict()}
+    ck, sha = ctx.save("quantize", model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
+    if D.is_main():
+        state.unlink(missing_ok=True)
+    return {**stats, "val_top1": qat_top1, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
+            "epochs": E, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
+            "quant": qcfg.to_dict(), "history": res.history, "checkpoint": ck, "sha256": sha}
+
+
+STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}
+
+
+def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool = False,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Run the requested stages; returns run.json's content."""
+    log = log or (lambda s: None)
+    cfg.validate()
+    stages = stages or list(STAGES)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    prev = Run.load(out)
+    if resume and prev is None:
+        raise UserError(f"--resume: no run.json in {out} to resume")
+    # a stage whose input stage is neither requested nor already done cannot run
+    for st in stages:
+        need = STAGE_INPUT[st]
+        if need and need not in stages and not (prev and prev.done(need)):
+            raise UserError(f"--stages {','.join(stages)}: stage '{st}' needs the output of '{need}', "
+                            f"which is not in {out} (add it to --stages)")
+    device = D.resolve_device(cfg.device)
+    if D.is_distributed() and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t_all = time.perf_counter()
+    bundle = load_train_val(cfg.data, img_size=cfg.img_size, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    teacher_path = cfg.teacher or auto_teacher(cfg, log)
+    # the student's input size: --img-size, else the teacher's, else the data default
+    t_probe = load_checkpoint(teacher_path, arch=cfg.teacher_arch, trust_pickle=cfg.trust_pickle)
+    img_size = cfg.img_size or (t_probe.preprocess.input_size if t_probe.preprocess else bundle.preprocess.input_size)
+    if img_size != bundle.preprocess.input_size:
+        bundle.preprocess = bundle.preprocess.with_size(img_size)
+    del t_probe
+    teacher = load_teacher(teacher_path, cfg.teacher_arch, bundle.class_names, img_size, cfg.trust_pickle)
+    arch_info(cfg.student)
+    if prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages)):
+        if prev.data.get("teacher", {}).get("sha256") != teacher.sha256:
+            raise UserError(f"{out}: this run was made with another teacher "
+                            f"({prev.data.get('teacher', {}).get('path')}); use a new --out")
+        if prev.data.get("student") != cfg.student or prev.data.get("class_names") != bundle.class_names:
+            raise UserError(f"{out}: this run was made with another student or dataset; use a new --out")
+        run = prev
+    else:
+        run = Run(out, {"schema": SCHEMA, "stages": {s: {"status": "pending"} for s in STAGES}, "completed": []})
+    eff = {**cfg.to_dict(), "teacher": teacher_path, "img_size": img_size}
+    run.data.update({"schema": SCHEMA, "config": eff, "student": cfg.student, "img_size": img_size,
+                     "class_names": bundle.class_names, "data": bundle.source,
+                     "preprocess": bundle.preprocess.to_dict(), "edgecv_stages": list(STAGES)})
+    ctx = Context(cfg, run, bundle, teacher, img_size, device, resume, log)
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(eff, sort_keys=False))
+    if "teacher" not in run.data or run.data["teacher"].get("sha256") != teacher.sha256 \
+            or run.data["teacher"].get("val_top1") is None:
+        t_top1 = ctx.evaluate(teacher.model, "teacher val")
+        run.data["teacher"] = {"path": str(Path(teacher_path).resolve()), "sha256": teacher.sha256,
+                               "arch": teacher.arch, "kind": teacher.kind, "val_top1": t_top1,
+                               "input_size": teacher.preprocess.input_size if teacher.preprocess else img_size}
+    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%; "
+        f"student {cfg.student} at {img_size}px; stages {','.join(stages)} -> {out}")
+    run.save()
+    for st in stages:
+        if resume and run.done(st):
+            log(f"{st}: done already, skipping")
+            continue
+        if not resume:
+            for suffix in (".state", ".partial.pt"):
+                p = out / f"{st}{suffix}"
+                if D.is_main() and p.exists():
+                    p.unlink()
+        # a re-run invalidates every later stage
+        for later in STAGES[STAGES.index(st) + 1:]:
+            if run.data["stages"].get(later, {}).get("status") == "done" and later not in stages:
+                run.reset_stage(later)
+        prior = {k: v for k, v in run.stage(st).items() if k in ("ptq_top1", "calib_images")} if resume else {}
+        run.data["stages"][st] = {"status": "running", **prior}
+        run.set_stage(st, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        t0 = time.perf_counter()
+        try:
+            info = STAGE_FN[st](ctx)
+        except BaseException as e:
+            run.set_stage(st, status="failed", error=f"{type(e).__name__}: {str(e)[:300]}")
+            raise
+        run.data["stages"][st] = {"status": "done", **info, "wall_s": round(time.perf_counter() - t0, 2)}
+        run.set_stage(st)
+        log(f"{st}: val top-1 {info['val_top1']:.2f}%, {info['macs']:,} MACs, {info['params']:,} params "
+            f"({run.data['stages'][st]['wall_s']:.0f}s)")
+    run.data["wall_s"] = round(time.perf_counter() - t_all, 2)
+    run.save()
+    D.barrier()
+    return run.data

@@ -1,0 +1,131 @@
+"""Structured channel pruning with torch-pruning's DepGraph, iterated down to a MAC target.
+
+DepGraph couples every layer that must lose the same channels (residual adds, depthwise convs, MobileNetV3's
+squeeze-excite ``fc2`` output and the multiplication it scales), so a pruned model stays a valid, smaller
+dense model. Pruning runs in small sub-steps (a fraction of every layer's current channels, rounded to a
+multiple of ``round_to``) until the MAC count reaches the next milestone; the caller fine-tunes between
+milestones (one-shot 50 % pruning collapses accuracy). Under torchrun the decision is made on rank 0 and
+broadcast as ``channel spec + state_dict`` so that every rank holds the identical pruned model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from edgecv import distributed as D
+from edgecv.errors import UserError
+from edgecv.models.registry import count_macs, create_model
+from edgecv.models.spec import channel_spec_of
+
+IMPORTANCES = ("magnitude", "taylor")
+
+
+def make_importance(name: str):
+    import torch_pruning as tp
+
+    if name == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{name}'")
+
+
+def ignored_layers(model: nn.Module, num_classes: int, min_channels: int) -> list[nn.Module]:
+    """The classifier head (its outputs are the classes) and layers already at the channel floor."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_classes:
+            out.append(m)
+        elif isinstance(m, nn.Conv2d) and m.out_channels <= min_channels:
+            out.append(m)
+    return out
+
+
+def prune_substep(model: nn.Module, img_size: int, num_classes: int, importance: str = "magnitude",
+                  ratio: float = 0.05, round_to: int = 8, min_channels: int = 16,
+                  grad_fn: Callable[[nn.Module], None] | None = None) -> None:
+    """Remove ``ratio`` of every prunable group's current channels (rounded to ``round_to``), in place.
+
+    ``grad_fn(model)`` must leave gradients in ``.grad`` (Taylor importance needs them).
+    """
+    import torch_pruning as tp
+
+    was = model.training
+    model.eval()  # trace with running BN statistics: the 1x1 maps at small sizes break batch-stat BN
+    p = next(model.parameters())
+    example = torch.randn(2, 3, img_size, img_size, device=p.device)
+    imp = make_importance(importance)
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=imp, pruning_ratio=ratio, iterative_steps=1, global_pruning=False,
+        ignored_layers=ignored_layers(model, num_classes, min_channels), round_to=round_to)
+    if importance == "taylor":
+        model.zero_grad(set_to_none=True)
+        if grad_fn is None:
+            raise ValueError("Taylor importance needs grad_fn")
+        grad_fn(model)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+
+
+def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs: int, importance: str = "magnitude",
+                  ratio: float = 0.05, round_to: int = 8, min_channels: int = 16,
+                  grad_fn: Callable[[nn.Module], None] | None = None, max_substeps: int = 200) -> int:
+    """Prune in sub-steps until ``count_macs(model) <= target_macs``; returns the final MAC count."""
+    macs = count_macs(model, img_size)
+    for _ in range(max_substeps):
+        if macs <= target_macs:
+            return macs
+        prune_substep(model, img_size, num_classes, importance, ratio, round_to, min_channels, grad_fn)
+        new = count_macs(model, img_size)
+        if new >= macs:
+            raise UserError(f"pruning stalled at {macs:,} MACs (target {target_macs:,}): every layer is at the "
+                            f"{min_channels}-channel floor; ask for a larger --target-macs")
+        macs = new
+    return macs
+
+
+def pruned_copy_synced(model: nn.Module | None, arch: str, num_classes: int) -> nn.Module:
+    """Rank 0's pruned ``model`` on every rank (rebuilt from channel spec + state_dict)."""
+    if not D.is_distributed():
+        assert model is not None
+        return model
+    payload = None
+    if D.is_main():
+        assert model is not None
+        payload = {"spec": channel_spec_of(model),
+                   "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload = D.broadcast_object(payload)
+    if D.is_main():
+        return model
+    m = create_model(arch, num_classes, payload["spec"])
+    m.load_state_dict(payload["state"])
+    return m
+
+
+def milestones(base_macs: int, target_fraction: float, steps: int) -> list[int]:
+    """MAC milestones of ``steps`` rounds, linear from the unpruned count down to the target."""
+    return [int(base_macs * (1 - (1 - target_fraction) * (i + 1) / steps)) for i in range(steps)]
+
+
+def finetune_schedule(total_epochs: int, steps: int) -> list[int]:
+    """Fine-tune epochs after each round: an equal share between rounds, the rest after the last one."""
+    between = total_epochs // (steps + 1)
+    sched = [between] * (steps - 1)
+    sched.append(total_epochs - between * (steps - 1))
+    return sched
+
+
+def check_se_consistency(model: nn.Module) -> list[str]:
+    """Problems with squeeze-excite blocks (fc1 in == fc2 out, fc1 out == fc2 in); empty when consistent."""
+    problems = []
+    for name, m in model.named_modules():
+        fc1, fc2 = getattr(m, "fc1", None), getattr(m, "fc2", None)
+        if isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d):
+            if fc1.in_channels != fc2.out_channels or fc1.out_channels != fc2.in_channels:
+                problems.append(f"{name}: fc1 {fc1.in_channels}->{fc1.out_channels}, "
+                                f"fc2 {fc2.in_channels}->{fc2.out_channels}")
+    return problems

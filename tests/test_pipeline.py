@@ -1,0 +1,192 @@
+"""``edgecv compress`` end to end on tiny data: stages, run.json contract, resume, bad teachers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_image_folder
+
+from edgecv.compress.pipeline import SCHEMA, CompressConfig, compress
+from edgecv.data.preprocess import Preprocess
+from edgecv.errors import UserError
+from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
+from edgecv.models.registry import count_macs, create_model
+from edgecv.utils import sha256_file
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("cdata") / "data", n_train=16, n_val=6)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """An (untrained) resnet18 teacher in the edgecv checkpoint format: enough to exercise the plumbing."""
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(p, create_model("resnet18", 3).eval(), "resnet18", CLASSES, Preprocess(input_size=24),
+                    metrics={"val_top1": 33.3})
+    return p
+
+
+def _cfg(data, teacher, out, **kw) -> CompressConfig:
+    base = dict(teacher=str(teacher), data=str(data), student="mobilenet_v3_small", img_size=16, epochs_kd=1,
+                epochs_prune=1, epochs_qat=1, prune_steps=2, batch_size=16, workers=0, calib_size=16,
+                out=str(out))
+    base.update(kw)
+    return CompressConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def full_run(data, teacher, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "r"
+    compress(_cfg(data, teacher, out))
+    return out
+
+
+def test_run_json_contract(full_run):
+    run = json.loads((full_run / "run.json").read_text())
+    assert run["schema"] == SCHEMA
+    assert run["completed"] == ["distill", "prune", "quantize"]
+    assert run["student"] == "mobilenet_v3_small" and run["img_size"] == 16
+    assert run["class_names"] == CLASSES
+    assert set(run["teacher"]) >= {"path", "sha256", "arch", "val_top1"}
+    for name in ("distill", "prune", "quantize"):
+        st = run["stages"][name]
+        assert st["status"] == "done"
+        for k in ("params", "macs", "macs_224", "val_top1", "wall_s", "checkpoint", "sha256"):
+            assert k in st, (name, k)
+        assert st["sha256"] == sha256_file(full_run / st["checkpoint"])
+    assert run["stages"]["prune"]["macs"] <= 0.5 * run["stages"]["distill"]["macs"]
+    assert "ptq_top1" in run["stages"]["quantize"] and "baseline_top1" in run["stages"]["prune"]
+    assert (full_run / "config.yaml").is_file()
+    assert not list(full_run.glob("*.state")) and not list(full_run.glob("*.partial.pt"))
+
+
+def test_checkpoints_rebuild_without_pickles(full_run):
+    x = torch.randn(2, 3, 16, 16)
+    pr = load_checkpoint(full_run / "prune.pt")
+    assert "channel_spec" in pr.meta
+    m = pr.build()
+    assert m(x).shape == (2, 3)
+    assert count_macs(m, 16) == json.loads((full_run / "run.json").read_text())["stages"]["prune"]["macs"]
+    q = load_checkpoint(full_run / "quantize.pt")
+    assert q.meta["quant"] and q.meta["channel_spec"] == pr.meta["channel_spec"]
+    qm = q.build()
+    from edgecv.compress.quantize import is_qat
+
+    assert is_qat(qm) and qm(x).shape == (2, 3)
+    assert torch.equal(qm(x), q.build()(x))
+
+
+def test_stages_subset_then_resume(data, teacher, tmp_path):
+    out = tmp_path / "r"
+    run = compress(_cfg(data, teacher, out), stages=["distill"])
+    assert run["completed"] == ["distill"]
+    assert run["stages"]["prune"]["status"] == "pending"
+    sha = run["stages"]["distill"]["sha256"]
+    run = compress(_cfg(data, teacher, out), resume=True)
+    assert run["completed"] == ["distill", "prune", "quantize"]
+    assert run["stages"]["distill"]["sha256"] == sha  # not re-run
+
+
+def test_missing_input_stage_is_user_error(data, teacher, tmp_path):
+    with pytest.raises(UserError, match="needs the output of 'distill'"):
+        compress(_cfg(data, teacher, tmp_path / "r"), stages=["prune"])
+
+
+def test_resume_mid_prune_round(data, teacher, tmp_path):
+    """An interrupted prune stage (pruned, not yet fine-tuned) continues from prune.partial.pt."""
+    out = tmp_path / "r"
+    cfg = _cfg(data, teacher, out, epochs_qat=0)
+    compress(cfg, stages=["distill"])
+    from edgecv.compress import pipeline as P
+
+    real_fit = P.fit
+    calls = {"n": 0}
+
+    def failing_fit(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the fine-tune after round 2
+            raise KeyboardInterrupt
+        return real_fit(*a, **kw)
+
+    P.fit = failing_fit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compress(cfg, stages=["prune"])
+    finally:
+        P.fit = real_fit
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["prune"]["status"] == "failed"
+    partial = load_checkpoint(out / "prune.partial.pt")
+    assert partial.meta["round"] == 1 and partial.meta["finetuned"] is False
+    run = compress(cfg, resume=True)
+    assert run["completed"] == ["distill", "prune", "quantize"]
+    assert [r["round"] for r in run["stages"]["prune"]["rounds"]] == [1, 2]
+
+
+@pytest.mark.parametrize("bad", ["classes", "state_dict", "torchscript"])
+def test_teacher_mismatch_exit_2(cli, data, tmp_path, bad):
+    if bad == "classes":
+        p = tmp_path / "t.pt"
+        save_checkpoint(p, create_model("resnet18", 3), "resnet18", ["cat", "dog", "cow"], Preprocess(input_size=16))
+        extra = []
+    elif bad == "state_dict":
+        p = tmp_path / "t_sd.pt"
+        torch.save(create_model("resnet18", 5).state_dict(), p)
+        extra = ["--teacher-arch", "resnet18"]
+    else:
+        p = tmp_path / "t.ts"
+        m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
+        m(torch.zeros(1, 3, 16, 16))
+        torch.jit.script(m).save(str(p))
+        extra = []
+    r = cli("compress", "--teacher", str(p), *extra, "--data", str(data), "--img-size", "16",
+            "--out", str(tmp_path / "out"), "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "teacher" in lines[0]
+    assert not (tmp_path / "out" / "distill.pt").exists()
+
+
+@pytest.mark.slow
+def test_cli_kill9_mid_stage_then_resume(data, teacher, tmp_path):
+    """kill -9 during distillation (after an epoch's fit state is on disk), then --resume finishes the run."""
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "edgecv", "compress", "--teacher", str(teacher), "--data", str(data),
+            "--img-size", "16", "--epochs-kd", "40", "--epochs-prune", "1", "--epochs-qat", "1", "--prune-steps", "1",
+            "--batch-size", "16", "--workers", "0", "--calib-size", "16", "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (out / "distill.state").is_file():
+            assert p.poll() is None, p.stderr.read().decode()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    st = torch.load(out / "distill.state", weights_only=True)
+    done_epochs = int(st["epoch"]) + 1
+    assert done_epochs < 40
+    r = subprocess.run(args[:args.index("--epochs-kd")] + ["--epochs-kd", "40", "--out", str(out), "--resume",
+                                                           "--json", "--quiet"],
+                       env=env, cwd=str(REPO), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads(r.stdout)
+    assert run["completed"] == ["distill", "prune", "quantize"]
+    assert len(run["stages"]["distill"]["history"]) == 40

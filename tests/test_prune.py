@@ -1,0 +1,91 @@
+"""Structured pruning (edgecv.compress.prune): MobileNetV3 stays valid, MAC target reached, spec reload exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops.misc import SqueezeExcitation
+
+from edgecv.compress.prune import (
+    check_se_consistency,
+    finetune_schedule,
+    milestones,
+    prune_substep,
+    prune_to_macs,
+)
+from edgecv.models.registry import count_macs, create_model
+from edgecv.models.spec import channel_spec_of
+
+
+@pytest.fixture(scope="module")
+def pruned_mnv3():
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v3_small", 5)
+    base = count_macs(m, 32)
+    macs = prune_to_macs(m, 32, 5, int(0.5 * base))
+    return m, base, macs
+
+
+def test_prune_reaches_mac_target(pruned_mnv3):
+    m, base, macs = pruned_mnv3
+    assert macs <= 0.5 * base
+    assert macs == count_macs(m, 32)
+    assert macs > 0.2 * base  # pruned in small steps, not collapsed
+
+
+def test_pruned_mnv3_valid(pruned_mnv3):
+    m, _, _ = pruned_mnv3
+    m.eval()
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert check_se_consistency(m) == []
+    for name, c in m.named_modules():
+        if isinstance(c, nn.Conv2d):
+            assert c.out_channels % 8 == 0, (name, c.out_channels)
+            if c.groups > 1:  # depthwise stays depthwise
+                assert c.groups == c.in_channels == c.out_channels
+    assert m.classifier[-1].out_features == 5
+    # SE blocks still scale their block's channels: fc2 output == the depthwise conv output before it
+    n_se = 0
+    for blk in m.features[1:-1]:
+        layers = list(blk.block)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, SqueezeExcitation):
+                n_se += 1
+                assert layer.fc2.out_channels == layer.fc1.in_channels == layers[i - 1][0].out_channels
+    assert n_se == 9
+
+
+def test_pruned_reload_from_spec_identical(pruned_mnv3):
+    m, _, _ = pruned_mnv3
+    spec = channel_spec_of(m)
+    m2 = create_model("mobilenet_v3_small", 5, spec)
+    m2.load_state_dict(m.state_dict())
+    m.eval(), m2.eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(m(x), m2(x))
+
+
+def test_taylor_importance_uses_gradients():
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v3_small", 3)
+    calls = []
+
+    def grad_fn(model):
+        calls.append(1)
+        model.train()
+        x = torch.randn(4, 3, 32, 32)
+        F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+
+    before = count_macs(m, 32)
+    prune_substep(m, 32, 3, importance="taylor", ratio=0.1, grad_fn=grad_fn)
+    assert calls and count_macs(m, 32) < before
+    assert check_se_consistency(m) == []
+
+
+def test_schedules():
+    assert milestones(1000, 0.5, 4) == [875, 750, 625, 500]
+    assert finetune_schedule(6, 4) == [1, 1, 1, 3]
+    assert finetune_schedule(0, 3) == [0, 0, 0]
+    assert sum(finetune_schedule(10, 4)) == 10
