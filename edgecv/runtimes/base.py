@@ -101,3 +101,29 @@ def host_description() -> str:
     import os
 
     return f"{name} ({os.cpu_count()} logical cores)"
+
+
+def predict_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Run ``fn`` on ``batch`` as-is (dynamic batch) or in ``fixed_batch`` slices (the last one zero-padded)."""
+    if not fixed_batch or batch.shape[0] == fixed_batch:
+        return fn(batch)
+    outs = []
+    for i in range(0, batch.shape[0], fixed_batch):
+        part = batch[i : i + fixed_batch]
+        n = part.shape[0]
+        if n < fixed_batch:
+            part = np.concatenate([part, np.zeros((fixed_batch - n, *part.shape[1:]), part.dtype)])
+        outs.append(fn(part)[:n])
+    return np.concatenate(outs)
+
+
+def runner_for_entry(bundle_dir: str | Path, entry, threads: int | None = 1, device: str = "cpu", verify: bool = True,
+                     **opts) -> Runner:
+    """Load the runner for a manifest :class:`~edgecv.export.manifest.ArtifactEntry` (sha256-verified first)."""
+    if not entry.runtime:
+        raise RuntimeUnavailable(f"{entry.file}: {entry.format} is not a runnable model")
+    if verify:
+        from edgecv.export.manifest import verify_artifact
+
+        verify_artifact(bundle_dir, entry)
+    return load_runner(entry.runtime, Path(bundle_dir) / entry.file, threads=threads, device=device, **opts)

@@ -1,0 +1,73 @@
+"""ExecuTorch .pte with the XNNPACK delegate, fp32 and INT8.
+
+fp32: ``torch.export.export -> to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()]) ->
+to_executorch()``.
+
+INT8: PT2E with ExecuTorch's ``XNNPACKQuantizer`` (``get_symmetric_quantization_config(is_per_channel=True)``:
+symmetric per-channel int8 weights, int8 activations), ``prepare_pt2e``, calibration on the calibration
+images, ``convert_pt2e``, then the same lowering. The float model it starts from is the QAT model's
+deployment form with fake-quant switched off: the QAT-trained weights with BatchNorm folded. (PT2E *QAT* has a
+MobileNetV3 accuracy bug, so the QAT ranges are not carried over; XNNPACK's own PTQ observers set them.)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecv.utils import atomic_path
+
+
+def _lower_and_save(ep, path: Path) -> dict:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    gm = edge.exported_program().graph_module
+    ops = Counter()
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            ops[getattr(n.target, "__name__", str(n.target))] += 1
+    delegated = ops.get("executorch_call_delegate", 0)
+    not_delegated = {k: v for k, v in ops.items() if k not in ("executorch_call_delegate", "getitem")}
+    prog = edge.to_executorch()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(prog.buffer)
+    return {"xnnpack_partitions": delegated, "ops_outside_delegate": not_delegated}
+
+
+def export_fp32(model: nn.Module, path: Path, img_size: int) -> dict:
+    dummy = (torch.zeros(1, 3, img_size, img_size),)
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), dummy)
+    return _lower_and_save(ep, path)
+
+
+def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[np.ndarray]) -> dict:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    dummy = (torch.zeros(1, 3, img_size, img_size),)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    gm = torch.export.export(float_model.eval(), dummy).module()
+    prepared = prepare_pt2e(gm, quantizer)
+    n = 0
+    with torch.no_grad():
+        for b in calib:
+            for i in range(b.shape[0]):  # exported with batch 1
+                prepared(torch.from_numpy(np.ascontiguousarray(b[i : i + 1])))
+                n += 1
+    converted = convert_pt2e(prepared)
+    with torch.no_grad():
+        ep = torch.export.export(converted, dummy)
+    info = _lower_and_save(ep, path)
+    info.update({"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E PTQ)", "calibration_images": n,
+                 "float_weights": "QAT model, fake-quant off, BN folded"})
+    return info

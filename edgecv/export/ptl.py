@@ -1,0 +1,35 @@
+"""TorchScript-lite (.ptl) for the PyTorch Mobile lite interpreter.
+
+``optimize_for_mobile`` (conv/BN fold, XNNPACK prepacking) needs a torch build with XNNPACK; x86 wheels lack it
+and the call raises. That is detected and recorded (``extra.optimize_for_mobile``), the unoptimized module is
+saved instead, never a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecv.utils import atomic_path
+
+
+def export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool = True) -> dict:
+    model = model.eval()
+    dummy = torch.zeros(1, 3, img_size, img_size)
+    with torch.no_grad():
+        scripted = torch.jit.trace(model, dummy, check_trace=False)
+        scripted = torch.jit.freeze(scripted.eval())
+    info: dict = {"method": "torch.jit.trace + freeze", "optimize_for_mobile": "not requested"}
+    if optimize:
+        try:
+            from torch.utils.mobile_optimizer import optimize_for_mobile
+
+            scripted = optimize_for_mobile(scripted)
+            info["optimize_for_mobile"] = "applied"
+        except Exception as e:  # x86 torch builds: no XNNPACK / mobile passes
+            info["optimize_for_mobile"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    with atomic_path(path) as tmp:
+        scripted._save_for_lite_interpreter(str(tmp))
+    return info
