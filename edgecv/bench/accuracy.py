@@ -14,7 +14,6 @@ import numpy as np
 
 from edgecv.data.datasets import load_eval_dataset
 from edgecv.data.preprocess import Preprocess
-from edgecv.metrics import topk_correct
 from edgecv.utils import progress
 
 
@@ -42,6 +41,14 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
         xs[i] = pre.to_array(ds.load_image(i))
         ys[i] = ds.samples[i][1]
     return EvalSet(xs, ys, str(data), pre.to_dict())
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Same as :func:`edgecv.metrics.topk_correct`, without importing torch (seconds of start-up that a
+    runtime-only bench of ONNX/OpenVINO artifacts does not need)."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
 
 
 def predict_all(runner, x: np.ndarray, batch_size: int = 32, desc: str = "accuracy") -> np.ndarray:
