@@ -162,7 +162,7 @@ def main() -> None:
         ratios = [r["ratio"] for r in rs if r["ratio"]]
         widest = max((r for r in rs if r["ci"]), key=lambda r: r["ci"][1] - r["ci"][0], default=None)
         print(f"| {kind} | {exp} | {ok}/{n} | {np.median(ratios):.3f} | "
-              f"{widest and '[%.3f, %.3f]' % tuple(widest['ci'])} | {max(r['wall_s'] for r in rs)} |")
+              f"{widest and '[{:.3f}, {:.3f}]'.format(*widest['ci'])} | {max(r['wall_s'] for r in rs)} |")
     print(f"\ntotal {summary['total_s']}s; results in {work / 'trials.json'}")
 
 

@@ -60,7 +60,7 @@ def test_interleaved_rounds_rotate_order_and_meet_minimums():
     timed = calls[6:]
     # 3 rounds x 3 artifacts x ceil(9/3)=3 calls; round r starts with artifact r
     assert [timed[i * 9] for i in range(3)] == ["a", "b", "c"]
-    for k, m in res.items():
+    for m in res.values():
         assert len(m.samples_ns) == 9 and len(m.rounds_ns) == 3
         st = m.stats()
         assert st.batch == 2 and st.n == 9 and st.round_p50_spread is not None

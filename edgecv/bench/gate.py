@@ -343,7 +343,8 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
             log(f"{name}: measuring {'baseline and candidate interleaved' if ra else 'candidate'} "
                 f"({cfg.rounds}-{cfg.max_rounds} rounds, threads={cfg.threads}, metric={cfg.metric})")
             if ra is not None:
-                d, det = paired_rounds(lambda: ra.predict(xa), lambda: rb.predict(xb), cfg, limit, log)
+                d, det = paired_rounds(lambda ra=ra, xa=xa: ra.predict(xa), lambda rb=rb, xb=xb: rb.predict(xb), cfg,
+                                       limit, log)
             else:
                 s = smap[name]
                 lat = [x for x in s["latency"] if x["batch"] == 1]
@@ -352,7 +353,7 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
                     row.update(status="skipped", reason="stored baseline has no batch-1 latency", verdict="skipped")
                     continue
                 base_ms = pick["p90_ms" if cfg.metric == "p90" else "p50_ms"]
-                d, det = stored_rounds(lambda: rb.predict(xb), base_ms, cfg, limit * cfg.stored_noise, log)
+                d, det = stored_rounds(lambda rb=rb, xb=xb: rb.predict(xb), base_ms, cfg, limit * cfg.stored_noise, log)
             row["latency"] = {"metric": cfg.metric, **det, **d.to_dict()}
             if d.verdict == "regression":
                 row["verdict"] = "regression"
