@@ -33,10 +33,11 @@ class Resolved:
     path: Path
     manifest: Manifest | None
     integrity_error: str | None = None  # sha256 / missing-file problem found by verify_artifact
+    label: str | None = None  # set when two entries share format-precision: "onnx-fp32 (file.onnx)"
 
     @property
     def name(self) -> str:
-        return self.entry.name
+        return self.label or self.entry.name
 
 
 @dataclass
@@ -106,15 +107,19 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool 
                 except UserError as ex:
                     err = str(ex)
             resolved.append(Resolved(e, (bundle / e.file).resolve(), man, err))
+        names = [r.entry.name for r in resolved]
+        for r in resolved:
+            if names.count(r.entry.name) > 1:
+                r.label = f"{r.entry.name} ({r.entry.file})"
         src = Source(bundle.resolve(), man, resolved, not_ok)
     else:
         src = Source(p.resolve(), None, [single_artifact(p)], [])
     if only:
-        names = {a.name for a in src.artifacts} | {e.name for e in src.not_ok}
+        names = {a.name for a in src.artifacts} | {a.entry.name for a in src.artifacts} | {e.name for e in src.not_ok}
         unknown = [o for o in only if o not in names]
         if unknown:
             raise UserError(f"--artifacts: {', '.join(unknown)} not in {arg} (has: {', '.join(sorted(names)) or 'none'})")
-        src.artifacts = [a for a in src.artifacts if a.name in only]
+        src.artifacts = [a for a in src.artifacts if a.name in only or a.entry.name in only]
         src.not_ok = [e for e in src.not_ok if e.name in only]
     return src
 

@@ -27,6 +27,7 @@ from edgecv.targets import TargetProfile, get_target
 
 SCHEMA = "edgecv.bench/1"
 INT8_NOT_FASTER = 0.95  # INT8 must be >= 5 % faster than FP32 (p50) to count as faster
+CONTENDED = 1.15  # wall / CPU time above this at 1 thread: the host was busy, say so
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _measured_on(runner, threads: int | None) -> tuple[str, str]:
 
 def _skip_row(res: Resolved, status: str, reason: str) -> dict:
     e = res.entry
-    return {"name": e.name, "file": e.file, "format": e.format, "precision": e.precision, "runtime": e.runtime,
+    return {"name": res.name, "file": e.file, "format": e.format, "precision": e.precision, "runtime": e.runtime,
             "size_bytes": e.size_bytes, "sha256": e.sha256, "status": status, "reason": reason,
             "measured_on": None, "device": None, "host_proxy": None, "profile": None, "latency": [],
             "primary": None, "throughput": None, "accuracy": None, "verdict": None, "notes": []}
@@ -199,9 +200,16 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
                 log(f"timing {len(fns)} artifact(s), threads={t}, batch={b} "
                     f"(>= {cfg.min_runs} runs and >= {cfg.min_time_s:g}s each, {cfg.rounds} interleaved rounds)")
                 ms = measure_interleaved(fns, batch=b, warmup=cfg.warmup, min_runs=cfg.min_runs,
-                                         min_time_s=cfg.min_time_s, rounds=cfg.rounds)
+                                         min_time_s=cfg.min_time_s, rounds=cfg.rounds,
+                                         cpu_time=(t == 1 and cfg.device == "cpu"))
                 for name, m in ms.items():
-                    rows[name]["latency"].append({"threads": t, **m.stats().to_dict()})
+                    st = m.stats()
+                    rows[name]["latency"].append({"threads": t, **st.to_dict()})
+                    c = st.contention
+                    if c is not None and c > CONTENDED and (t, b) == (threads[0], batches[0]):
+                        rows[name]["notes"].append(
+                            f"host was contended while timing: p50 wall {st.p50_ms:.3f} ms vs CPU {st.cpu_p50_ms:.3f} ms "
+                            f"({c:.2f}x); wall-clock figures are inflated by other load")
             for name, runner in runners.items():
                 row = rows[name]
                 if row["measured_on"] is None:
@@ -284,10 +292,11 @@ def _int8_notes(rows: list[dict]) -> list[str]:
     out = []
     ok = [r for r in rows if r["status"] == "ok" and r["primary"]]
     for r8 in [r for r in ok if r["precision"] == "int8"]:
-        r32 = next((r for r in ok if r["precision"] == "fp32" and r["runtime"] == r8["runtime"]
-                    and r["format"] == r8["format"]), None)
-        if r32 is None:
+        same = [r for r in ok if r["precision"] == "fp32" and r["runtime"] == r8["runtime"]
+                and r["format"] == r8["format"]]
+        if len(same) != 1:  # none, or ambiguous (several FP32 models of that format): no pairing
             continue
+        r32 = same[0]
         a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
         if a >= INT8_NOT_FASTER * b:
             msg = (f"INT8 is not faster than FP32 on {r8['runtime']} ({r8['format']}): p50 {a:.3f} ms vs "

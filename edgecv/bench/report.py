@@ -97,6 +97,9 @@ def print_table(result: dict, console=None) -> None:
     for a in result["artifacts"]:
         if a["status"] != "ok":
             con.print(f"{escape(a['name'])}: {a['status']}: {escape(str(a['reason']))}")
+        for n in a.get("notes", []):
+            if not n.startswith(("INT8 is not faster", "latency is a host proxy")):  # shown once below / in labels
+                con.print(f"{escape(a['name'])}: {escape(n)}")
     con.print(f"latency at threads={s['threads'][0]}, batch={s['batches'][0]}; "
               f">= {s['min_runs']} runs and >= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds")
     for m in _measured_on(result):
@@ -126,6 +129,12 @@ def to_markdown(result: dict) -> str:
         lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
     for n in result["notes"]:
         lines.append(f"- note: {n}")
+    for a in result["artifacts"]:
+        if a["status"] != "ok":
+            lines.append(f"- `{a['name']}`: {a['status']}: {a['reason']}")
+        for n in a.get("notes", []):
+            if not n.startswith("INT8 is not faster"):
+                lines.append(f"- `{a['name']}`: {n}")
     lines.append("")
     lines.append("`*` = recommended. `(host proxy)` = measured on this host, not on the target hardware.")
     return "\n".join(lines) + "\n"
