@@ -266,6 +266,14 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
                                 f"not on the {prof.hardware} the budget refers to")
         row["verdict"] = B.verdict(bud, prim["p90_ms"], prim["fps"], row["host_proxy"]).to_dict()
 
+    proxied = [rows[n] for n in order if rows[n]["status"] == "ok" and rows[n]["host_proxy"]]
+    for hw in sorted({B.profile_for_artifact(r["format"], r["precision"], r["runtime"], profile).hardware
+                      for r in proxied if B.profile_for_artifact(r["format"], r["precision"], r["runtime"], profile)}):
+        names = [r["name"] for r in proxied
+                 if (p := B.profile_for_artifact(r["format"], r["precision"], r["runtime"], profile)) and p.hardware == hw]
+        hosts = sorted({r["measured_on"] for r in proxied if r["name"] in names})
+        notes.append(f"host proxy: {', '.join(names)} measured on {'; '.join(hosts)}, not on the {hw} the budget "
+                     "refers to; the verdict is labelled (host proxy)")
     notes += _int8_notes([rows[n] for n in order])
     result = {
         "schema": SCHEMA,

@@ -133,7 +133,7 @@ def to_markdown(result: dict) -> str:
         if a["status"] != "ok":
             lines.append(f"- `{a['name']}`: {a['status']}: {a['reason']}")
         for n in a.get("notes", []):
-            if not n.startswith("INT8 is not faster"):
+            if not n.startswith(("INT8 is not faster", "latency is a host proxy")):
                 lines.append(f"- `{a['name']}`: {n}")
     lines.append("")
     lines.append("`*` = recommended. `(host proxy)` = measured on this host, not on the target hardware.")
@@ -205,7 +205,10 @@ def write_plot(result: dict, path: str) -> None:
     hosts = _measured_on(result)
     ax.set_title(f"edgecv bench: {Path(result['bundle']).name} (target {result['target'] or '-'})\n"
                  + (hosts[0][:95] if hosts else ""), fontsize=9)
-    ax.grid(True, alpha=0.3)
+    xs = [p[0] for p in pts]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.grid(True, alpha=0.3, which="both")
     if arts:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
