@@ -64,3 +64,12 @@ def test_interleaved_rounds_rotate_order_and_meet_minimums():
         assert len(m.samples_ns) == 9 and len(m.rounds_ns) == 3
         st = m.stats()
         assert st.batch == 2 and st.n == 9 and st.round_p50_spread is not None
+
+
+def test_cpu_time_and_contention():
+    s = LatencyStats.from_samples_ns([4_000_000] * 3, batch=1, cpu_ns=[1_000_000] * 3)
+    assert s.cpu_p50_ms == pytest.approx(1.0) and s.contention == pytest.approx(4.0)
+    assert LatencyStats.from_samples_ns([1], 1).contention is None
+    cpu: list[int] = []
+    out = time_block(lambda: sum(range(2000)), min_runs=5, min_time_s=0.0, cpu=cpu)
+    assert len(cpu) == len(out) == 5 and all(c >= 0 for c in cpu)

@@ -168,3 +168,22 @@ def test_gate_bad_input_exit_2(bundles, cli, tmp_path):
         f.write(b"x")
     p = cli("gate", "--baseline", str(base), "--candidate", str(t))
     assert p.returncode == 2 and "sha256" in p.stderr
+
+
+def test_gate_nothing_runnable_is_bad_input(tmp_path, cli):
+    import importlib.util
+
+    from edgecv.export.manifest import ArtifactEntry, load_manifest
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: the engine would be loaded")
+    bundles = []
+    for n in ("a", "b"):
+        b = make_bundle(tmp_path / n)
+        (b / "m.engine").write_bytes(b"engine")
+        man = load_manifest(b)
+        man.artifacts = [ArtifactEntry(file="m.engine", format="tensorrt", precision="fp16", runtime="tensorrt")]
+        man.write(b)
+        bundles.append(b)
+    p = cli("gate", "--baseline", str(bundles[0]), "--candidate", str(bundles[1]))
+    assert p.returncode == 2 and "nothing to gate" in p.stderr and "tensorrt" in p.stderr.lower()
