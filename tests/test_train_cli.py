@@ -19,7 +19,8 @@ def test_train_then_eval_agree(tmp_path, tiny_folder, cli):
     cm = tmp_path / "cm.png"
     e = cli("eval", str(out), "--data", str(tiny_folder), "--confusion", str(cm), "--json", check=True)
     rep = json.loads(e.stdout)
-    assert abs(rep["top1"] - res["best_val_top1"]) < 1e-6
+    # the training JSON rounds to 3 decimals; one image of 359 is 0.28 pt, so 0.01 means "the same images"
+    assert abs(rep["top1"] - res["best_val_top1"]) < 0.01
     assert rep["n"] == 12 and set(rep["per_class"]) == {"blue", "green", "red"}
     assert cm.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -90,4 +91,5 @@ def test_digits_default_reaches_95(tmp_path, cli):
     res = json.loads(p.stdout)
     assert res["best_val_top1"] >= 95.0
     rep = json.loads(cli("eval", str(out), "--data", "digits", "--json", check=True).stdout)
-    assert abs(rep["top1"] - res["best_val_top1"]) < 1e-6
+    # the training JSON rounds to 3 decimals; one image of 359 is 0.28 pt, so 0.01 means "the same images"
+    assert abs(rep["top1"] - res["best_val_top1"]) < 0.01

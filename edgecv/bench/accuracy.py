@@ -1,0 +1,73 @@
+"""Top-1 / top-5 of an artifact *through its runtime* on the evaluation images.
+
+The images are preprocessed once with the manifest's :class:`~edgecv.data.preprocess.Preprocess` (the same
+``to_array`` every runtime sees in deployment) and fed in batches the artifact accepts: its fixed batch size,
+or ``batch_size`` when the batch dimension is dynamic. A short last batch is zero-padded for fixed-batch
+artifacts and the padding rows are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecv.data.datasets import load_eval_dataset
+from edgecv.data.preprocess import Preprocess
+from edgecv.utils import progress
+
+
+@dataclass
+class EvalSet:
+    x: np.ndarray  # N,C,H,W float32
+    y: np.ndarray  # N int64
+    data: str
+    preprocess: dict
+
+
+def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit: int | None = None,
+                     skip_bad: bool = False) -> EvalSet:
+    """Decode + preprocess the evaluation images once (shared by every artifact of a bench run)."""
+    ds = load_eval_dataset(data, class_names, skip_bad=skip_bad)
+    pre = Preprocess.from_dict(preprocess)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if limit is not None and n < len(ds):  # a deterministic, class-balanced subset
+        from edgecv.data.datasets import sample_calibration
+
+        ds = sample_calibration(ds, n, seed=0)
+    xs = np.empty((n, 3, pre.input_size, pre.input_size), dtype=np.float32)
+    ys = np.empty((n,), dtype=np.int64)
+    for i in progress(range(n), desc="preprocess", total=n):
+        xs[i] = pre.to_array(ds.load_image(i))
+        ys[i] = ds.samples[i][1]
+    return EvalSet(xs, ys, str(data), pre.to_dict())
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Same as :func:`edgecv.metrics.topk_correct`, without importing torch (seconds of start-up that a
+    runtime-only bench of ONNX/OpenVINO artifacts does not need)."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
+
+
+def predict_all(runner, x: np.ndarray, batch_size: int = 32, desc: str = "accuracy") -> np.ndarray:
+    """Logits for every row of ``x`` through ``runner``, respecting a fixed batch size."""
+    b = runner.batch_size or batch_size
+    outs = []
+    for i in progress(range(0, len(x), b), desc=desc, total=(len(x) + b - 1) // b):
+        chunk = x[i:i + b]
+        n = len(chunk)
+        if runner.batch_size and n < b:
+            chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        out = np.asarray(runner.predict(chunk), dtype=np.float32).reshape(len(chunk), -1)
+        outs.append(out[:n])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:
+    logits = predict_all(runner, ev.x, batch_size, desc)
+    n = len(ev.y)
+    return {"top1": 100.0 * topk_correct(logits, ev.y, 1) / max(n, 1),
+            "top5": 100.0 * topk_correct(logits, ev.y, 5) / max(n, 1),
+            "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size)}

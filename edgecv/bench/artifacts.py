@@ -1,0 +1,138 @@
+"""What ``edgecv bench`` / ``edgecv gate`` run: the artifacts of a bundle, or one artifact file.
+
+A bundle is a folder with ``manifest.json`` (:mod:`edgecv.export.manifest`). A single artifact is a model file
+whose format is known from its extension; it has no manifest, hence no class names or preprocessing (no
+accuracy), and its precision is read from the file where the format allows it (ONNX: QuantizeLinear nodes ->
+int8, float16 input -> fp16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecv.errors import UserError
+from edgecv.export.manifest import (
+    FORMAT_RUNTIME,
+    MANIFEST,
+    ArtifactEntry,
+    Manifest,
+    load_manifest,
+    verify_artifact,
+)
+
+EXT_FORMAT = {".onnx": "onnx", ".xml": "openvino", ".ptl": "ptl", ".pte": "pte", ".engine": "tensorrt",
+              ".plan": "tensorrt"}
+
+
+@dataclass
+class Resolved:
+    """One artifact ready to load: its manifest entry, absolute path and (for bundles) the manifest."""
+
+    entry: ArtifactEntry
+    path: Path
+    manifest: Manifest | None
+    integrity_error: str | None = None  # sha256 / missing-file problem found by verify_artifact
+    label: str | None = None  # set when two entries share format-precision: "onnx-fp32 (file.onnx)"
+
+    @property
+    def name(self) -> str:
+        return self.label or self.entry.name
+
+
+@dataclass
+class Source:
+    """A resolved BUNDLE or artifact argument."""
+
+    path: Path
+    manifest: Manifest | None
+    artifacts: list[Resolved]
+    not_ok: list[ArtifactEntry]  # manifest entries with status failed/skipped (reported, not run)
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.manifest is not None
+
+
+def _onnx_precision(path: Path) -> str:
+    try:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: the runtime will report the real error
+        return "fp32"
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger") for n in m.graph.node):
+        return "int8"
+    if m.graph.input and m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+        return "fp16"
+    return "fp32"
+
+
+def _name_precision(path: Path) -> str:
+    stem = path.stem.lower()
+    for p in ("int8", "fp16", "fp32"):
+        if p in stem:
+            return p
+    return "fp32"
+
+
+def single_artifact(path: Path) -> Resolved:
+    fmt = EXT_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: not a bundle (no {MANIFEST}) and not a known artifact type "
+                        f"({', '.join(sorted(EXT_FORMAT))})")
+    precision = _onnx_precision(path) if fmt == "onnx" else _name_precision(path)
+    entry = ArtifactEntry(file=path.name, format=fmt, precision=precision, runtime=FORMAT_RUNTIME[fmt],
+                          size_bytes=path.stat().st_size)
+    return Resolved(entry, path.resolve(), None)
+
+
+def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool = True) -> Source:
+    """Resolve a BUNDLE directory / manifest.json / single artifact file; ``only`` filters by ``format-precision``."""
+    p = Path(arg)
+    if not p.exists():
+        raise UserError(f"{arg}: no such file or directory")
+    if p.is_dir() or p.name == MANIFEST:
+        bundle = p if p.is_dir() else p.parent
+        man = load_manifest(bundle)
+        resolved, not_ok = [], []
+        for e in man.artifacts:
+            if e.status != "ok" or not e.runtime:
+                not_ok.append(e)
+                continue
+            err = None
+            if verify:
+                try:
+                    verify_artifact(bundle, e)
+                except UserError as ex:
+                    err = str(ex)
+            resolved.append(Resolved(e, (bundle / e.file).resolve(), man, err))
+        names = [r.entry.name for r in resolved]
+        for r in resolved:
+            if names.count(r.entry.name) > 1:
+                r.label = f"{r.entry.name} ({r.entry.file})"
+        src = Source(bundle.resolve(), man, resolved, not_ok)
+    else:
+        src = Source(p.resolve(), None, [single_artifact(p)], [])
+    if only:
+        names = {a.name for a in src.artifacts} | {a.entry.name for a in src.artifacts} | {e.name for e in src.not_ok}
+        unknown = [o for o in only if o not in names]
+        if unknown:
+            raise UserError(f"--artifacts: {', '.join(unknown)} not in {arg} (has: {', '.join(sorted(names)) or 'none'})")
+        src.artifacts = [a for a in src.artifacts if a.name in only or a.entry.name in only]
+        src.not_ok = [e for e in src.not_ok if e.name in only]
+    return src
+
+
+def input_shape(res: Resolved, batch: int) -> tuple[int, ...]:
+    """The NCHW input shape for ``batch`` from the manifest entry / manifest / ONNX graph."""
+    shape = res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
+    if not shape and res.entry.format == "onnx":
+        import onnx
+
+        m = onnx.load(str(res.path), load_external_data=False)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+    if not shape:
+        raise UserError(f"{res.path}: input shape unknown (no manifest); bench a bundle instead")
+    return (int(batch), *[int(s) for s in shape[1:]])

@@ -1,0 +1,217 @@
+"""Bench output: rich table, JSON (schema ``edgecv.bench/1``, validated), Markdown, Pareto PNG."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+from edgecv.utils import atomic_path, dumps_json, write_text_atomic
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+@cache
+def load_schema(name: str = "bench") -> dict:
+    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+
+
+def validate(result: dict, name: str = "bench") -> None:
+    """Raise ``jsonschema.ValidationError`` when ``result`` does not follow its schema.
+
+    ``jsonschema`` is a dev/test dependency; without it this is a no-op (the writer is schema-driven anyway).
+    """
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    jsonschema.validate(result, load_schema(name))
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.2f} MB" if n else "-"
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def rows_for_table(result: dict) -> list[dict]:
+    out = []
+    for a in result["artifacts"]:
+        p = a["primary"] or {}
+        acc = a["accuracy"]
+        if a["status"] != "ok":
+            verdict = a["status"]
+        else:
+            verdict = a["verdict"]["label"] if a["verdict"] else "-"
+        rec = [t for t, r in (result.get("recommended") or {}).items() if r and r["name"] == a["name"]]
+        out.append({
+            "artifact": a["name"] + (" *" if rec else ""),
+            "format": a["format"], "precision": a["precision"], "runtime": a["runtime"] or "-",
+            "size": _mb(a["size_bytes"]),
+            "top1": _f(acc["top1"]) if acc else "-",
+            "p50": _f(p.get("p50_ms"), "{:.3f}"), "p90": _f(p.get("p90_ms"), "{:.3f}"),
+            "fps": _f(p.get("fps"), "{:.1f}"),
+            "thr_fps": (f"{a['throughput']['fps']:.1f} @b{a['throughput']['batch']}" if a.get("throughput") else "-"),
+            "verdict": verdict,
+        })
+    return out
+
+
+COLUMNS = [("artifact", "artifact"), ("format", "format"), ("precision", "precision"), ("runtime", "runtime"),
+           ("size", "size"), ("top1", "top-1 %"), ("p50", "p50 ms"), ("p90", "p90 ms"), ("fps", "fps"),
+           ("thr_fps", "throughput"), ("verdict", "budget")]
+
+
+def _budget_text(result: dict) -> str:
+    b = result.get("budget")
+    if not b:
+        return "no budget"
+    op = "<=" if b["metric"] == "p90_ms" else ">="
+    unit = " ms" if b["metric"] == "p90_ms" else " fps"
+    return f"{b['metric'].replace('_ms', '')} {op} {b['limit']:g}{unit} ({b['source']}, {b['hardware']})"
+
+
+def _measured_on(result: dict) -> list[str]:
+    return sorted({a["measured_on"] for a in result["artifacts"] if a.get("measured_on")})
+
+
+def print_table(result: dict, console=None) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    s = result["settings"]
+    t = Table(title=f"edgecv bench: {result['bundle']}  target={result['target'] or '-'}  "
+                    f"budget: {_budget_text(result)}", title_justify="left")
+    for _, head in COLUMNS:
+        t.add_column(head, justify="right" if head in ("size", "top-1 %", "p50 ms", "p90 ms", "fps") else "left",
+                     overflow="fold")
+    for r in rows_for_table(result):
+        t.add_row(*[escape(str(r[k])) for k, _ in COLUMNS])
+    con.print(t)
+    for a in result["artifacts"]:
+        if a["status"] != "ok":
+            con.print(f"{escape(a['name'])}: {a['status']}: {escape(str(a['reason']))}")
+        for n in a.get("notes", []):
+            if not n.startswith(("INT8 is not faster", "latency is a host proxy")):  # shown once below / in labels
+                con.print(f"{escape(a['name'])}: {escape(n)}")
+    con.print(f"latency at threads={s['threads'][0]}, batch={s['batches'][0]}; "
+              f">= {s['min_runs']} runs and >= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds")
+    for m in _measured_on(result):
+        con.print(f"measured on: {escape(m)}")
+    for tname, rec in (result.get("recommended") or {}).items():
+        con.print(f"recommended for {tname}: " + (f"[bold]{escape(rec['name'])}[/] ({escape(rec['reason'])})" if rec
+                                                   else "none (no artifact passes the budget and keeps accuracy)"))
+    for n in result["notes"]:
+        con.print(f"note: {escape(n)}")
+
+
+def to_markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"### edgecv bench: `{Path(result['bundle']).name}` (target {result['target'] or '-'})", "",
+             f"- budget: {_budget_text(result)}",
+             f"- settings: threads {s['threads']}, batches {s['batches']}, >= {s['min_runs']} runs and "
+             f">= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds, warm-up {s['warmup']}",
+             f"- accuracy data: {s.get('data') or 'not measured'}"]
+    for m in _measured_on(result):
+        lines.append(f"- measured on: {m}")
+    lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
+              "|" + "|".join("---:" if k in ("size", "top1", "p50", "p90", "fps") else "---" for k, _ in COLUMNS) + "|"]
+    for r in rows_for_table(result):
+        lines.append("| " + " | ".join(str(r[k]).replace("|", "\\|") for k, _ in COLUMNS) + " |")
+    lines.append("")
+    for tname, rec in (result.get("recommended") or {}).items():
+        lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
+    for n in result["notes"]:
+        lines.append(f"- note: {n}")
+    for a in result["artifacts"]:
+        if a["status"] != "ok":
+            lines.append(f"- `{a['name']}`: {a['status']}: {a['reason']}")
+        for n in a.get("notes", []):
+            if not n.startswith(("INT8 is not faster", "latency is a host proxy")):
+                lines.append(f"- `{a['name']}`: {n}")
+    lines.append("")
+    lines.append("`*` = recommended. `(host proxy)` = measured on this host, not on the target hardware.")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(result: dict, path: str) -> None:
+    validate(result)
+    if path == "-":
+        import click
+
+        click.echo(dumps_json(result))
+    else:
+        write_text_atomic(path, dumps_json(result) + "\n")
+
+
+def write_markdown(result: dict, path: str) -> None:
+    write_text_atomic(path, to_markdown(result))
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (lower latency, higher accuracy)."""
+    idx = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in idx:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def write_plot(result: dict, path: str) -> None:
+    """Accuracy (top-1) vs p50 latency, one point per measured artifact, Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arts = [a for a in result["artifacts"] if a["status"] == "ok" and a["primary"]]
+    have_acc = all(a["accuracy"] for a in arts) and arts
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    runtimes = sorted({a["runtime"] for a in arts})
+    markers = dict(zip(runtimes, "osD^v<>P*X", strict=False))
+    pts = []
+    for a in arts:
+        x = a["primary"]["p50_ms"]
+        y = a["accuracy"]["top1"] if have_acc else (a["size_bytes"] or 0) / 1e6
+        pts.append((x, y))
+        color = {"fp32": "tab:blue", "fp16": "tab:green", "int8": "tab:red"}.get(a["precision"], "tab:gray")
+        ax.scatter([x], [y], c=color, marker=markers.get(a["runtime"], "o"), s=60, zorder=3,
+                   edgecolors="black", linewidths=0.5)
+        ax.annotate(a["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if have_acc and len(pts) > 1:
+        f = _pareto(pts)
+        ax.plot([pts[i][0] for i in f], [pts[i][1] for i in f], "--", color="gray", zorder=2, label="Pareto front")
+    for rt in runtimes:
+        ax.scatter([], [], marker=markers[rt], c="white", edgecolors="black", label=rt)
+    for p, c in (("fp32", "tab:blue"), ("fp16", "tab:green"), ("int8", "tab:red")):
+        if any(a["precision"] == p for a in arts):
+            ax.scatter([], [], marker="s", c=c, label=p)
+    b = result.get("budget")
+    if b and b["metric"] == "p90_ms":
+        ax.axvline(b["limit"], color="tab:orange", linestyle=":", label=f"p90 budget {b['limit']:g} ms")
+    proxy = any(a["host_proxy"] for a in arts)
+    s = result["settings"]
+    ax.set_xlabel(f"p50 latency, ms (batch {s['batches'][0]}, {s['threads'][0]} thread(s))"
+                  + (" [host proxy]" if proxy else ""))
+    ax.set_ylabel("top-1 accuracy, %" if have_acc else "size, MB (accuracy not measured)")
+    hosts = _measured_on(result)
+    ax.set_title(f"edgecv bench: {Path(result['bundle']).name} (target {result['target'] or '-'})\n"
+                 + (hosts[0][:95] if hosts else ""), fontsize=9)
+    xs = [p[0] for p in pts]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.grid(True, alpha=0.3, which="both")
+    if arts:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

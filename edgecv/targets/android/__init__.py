@@ -1,0 +1,1 @@
+"""Android device helpers (adb). See :mod:`edgecv.targets.android.adb`."""
