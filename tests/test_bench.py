@@ -10,8 +10,8 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from bench_util import TinyNet, export_onnx, make_bundle
-from conftest import make_image_folder
+from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.conftest import make_image_folder
 
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
 from edgecv.bench.bench import BenchConfig, _int8_notes, exit_code, recommend, run_bench

@@ -8,8 +8,8 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from bench_util import TinyNet, export_onnx, make_bundle
-from conftest import make_image_folder
+from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.conftest import make_image_folder
 
 from edgecv.bench.gate import classify, decide, ratio_ci, trimmed_mean
 from edgecv.bench.report import load_schema

@@ -12,6 +12,7 @@ file. A pickled whole model is refused unless the user passed ``--trust-pickle``
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,9 @@ def load_checkpoint(path: str | Path, arch: str | None = None, trust_pickle: boo
         raise UserError(f"no such checkpoint file: {path}")
     if _is_torchscript(path):
         try:
-            mod = torch.jit.load(str(path), map_location=map_location)
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated": TorchScript teachers are still accepted
+                warnings.simplefilter("ignore", FutureWarning)
+                mod = torch.jit.load(str(path), map_location=map_location)
         except Exception as e:
             raise UserError(f"{path}: unreadable TorchScript file: {e}") from None
         return Checkpoint(arch=arch, num_classes=-1, class_names=None, preprocess=None, state_dict=None,
