@@ -133,9 +133,11 @@ class KDLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         s_feat = self._s_cap.value if self._s_cap is not None else None
+        s = logits.float()
+        if self.cfg.alpha == 0 and self.adapter is None:  # plain CE (the no-KD baseline): skip the teacher
+            return F.cross_entropy(s, targets, label_smoothing=self.cfg.label_smoothing)
         t = self.teacher_logits(images)
         T = self.cfg.temperature
-        s = logits.float()
         soft = F.kl_div(F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1), reduction="batchmean",
                         log_target=True) * (T * T)
         hard = F.cross_entropy(s, targets, label_smoothing=self.cfg.label_smoothing)
