@@ -352,17 +352,20 @@ def select_student(candidates: list[str], num_classes: int, measurer: Measurer, 
         key = "probe top-1"
     else:
         ranked = sorted(live, key=lambda r: r["deploy_p50_ms"])
-        key = "deploy latency (the only candidate within budget)" if len(live) == 1 else "deploy latency"
+        key = "deploy latency"
     win = ranked[0]
-    within = "within the budget" if budget else "(no budget given)"
+    within = "within the budget" if budget else "measured (no budget given)"
     tied = probe is not None and len(ranked) > 1 and ranked[1]["probe_top1"] == win["probe_top1"]
     for i, r in enumerate(ranked):
         r["rank"] = i + 1
         lat = f"{r['deploy_precision'].upper()} p50 {r['deploy_p50_ms']:.3f} ms"
         acc = f"probe top-1 {r['probe_top1']:.2f}%" if r["probe_top1"] is not None else None
-        if r is win:
+        if r is win and len(live) == 1:
             r["status"] = "chosen"
-            r["reason"] = f"best {key} among {len(live)} candidate(s) {within}: " + ", ".join(x for x in (acc, lat) if x) \
+            r["reason"] = f"the only candidate {within}: " + ", ".join(x for x in (acc, lat) if x)
+        elif r is win:
+            r["status"] = "chosen"
+            r["reason"] = f"best {key} among {len(live)} candidates {within}: " + ", ".join(x for x in (acc, lat) if x) \
                 + ("; tied on probe top-1, the faster wins" if tied else "")
         else:
             r["status"] = "ranked lower"
