@@ -177,6 +177,19 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
 
 
 # ---------------------------------------------------------------------------------------------- compress
+def _target_macs(ctx, param, value):
+    if value is None or str(value).strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a fraction in (0, 1] or 'auto', got {value!r}") from None
+
+
+def _opt_duration(ctx, param, value):
+    return None if value is None else _duration(ctx, param, value)
+
+
 _COMPRESS_FLAGS = ("teacher", "teacher_arch", "data", "student", "target_macs", "epochs_kd", "epochs_prune",
                    "epochs_qat", "img_size", "batch_size", "lr", "seed", "workers", "device", "importance",
                    "prune_steps", "temperature", "alpha", "feature_kd", "calib_size", "teacher_epochs", "out")
@@ -188,9 +201,32 @@ _COMPRESS_FLAGS = ("teacher", "teacher_arch", "data", "student", "target_macs", 
                    "[default: train a resnet18 on the fly, cached].")
 @click.option("--teacher-arch", default=None, help="Architecture of a bare state_dict teacher.")
 @click.option("--data", default=None, help="ImageFolder root or built-in name [default: digits].")
-@click.option("--student", default=None, help="Student arch from the registry [default: mobilenet_v3_small].")
-@click.option("--target-macs", default=None, type=float,
-              help="Pruned MACs as a fraction of the unpruned student's [default: 0.5].")
+@click.option("--student", default=None,
+              help="Student arch from the registry, or 'auto': measure the candidates on --target's runtime, drop "
+                   "those over the budget, pick the best by a short KD probe [default: mobilenet_v3_small].")
+@click.option("--target-macs", default=None, callback=_target_macs,
+              help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
+                   "--budget-ms/--budget-fps needs on --target's runtime (floor 0.25) [default: 0.5].")
+@click.option("--target", default=None, type=click.Choice(["x86", "android", "jetson"]),
+              help="With --student/--target-macs auto: whose runtime latency is measured on "
+                   "(x86: OpenVINO CPU; android: ExecuTorch; jetson: ONNX Runtime, host proxy).")
+@click.option("--budget-ms", default=None, type=click.FloatRange(0, min_open=True),
+              help="p90 latency budget in ms at --deploy-size, batch 1 (as edgecv bench) [default: the target's].")
+@click.option("--budget-fps", default=None, type=click.FloatRange(0, min_open=True), help="Frame-rate budget instead.")
+@click.option("--deploy-size", default=None, type=click.IntRange(8, 4096),
+              help="Input size latency is measured at (separate from --img-size) [default: 224].")
+@click.option("--probe-epochs", default=None, type=click.IntRange(0),
+              help="--student auto: KD probe epochs per in-budget candidate (0: rank by latency) [default: 2].")
+@click.option("--probe-images", default=None, type=click.IntRange(1),
+              help="--student auto: training images of each probe (class-balanced subset) [default: 1000].")
+@click.option("--probe-val-images", default=None, type=click.IntRange(1),
+              help="--student auto: val images each probe is scored on [default: 500].")
+@click.option("--candidates", default=None,
+              help="--student auto: comma-separated students to consider [default: the six registry students].")
+@click.option("--min-time", "min_time", default=None, callback=_opt_duration,
+              help="Timed duration per candidate and precision (1s, 500ms) [default: 1s].")
+@click.option("--select-only", is_flag=True, help="--student auto: measure, probe and record the choice in "
+                                                   "RUN_DIR/run.json, run no stage.")
 @click.option("--epochs-kd", default=None, type=click.IntRange(0), help="Distillation epochs [default: 10].")
 @click.option("--epochs-prune", default=None, type=click.IntRange(0),
               help="Fine-tune epochs of the pruning stage, spread over its steps [default: 6].")
@@ -222,7 +258,7 @@ _COMPRESS_FLAGS = ("teacher", "teacher_arch", "data", "student", "target_macs", 
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="RUN_DIR [default: runs/compress].")
 @json_option
 @quiet_option
-def compress(config_path, stages, resume, skip_bad, trust_pickle, as_json, **flags):
+def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, as_json, **flags):
     """Distill a student from a teacher, prune it to a MAC target and INT8-QAT it, into RUN_DIR.
 
     Writes RUN_DIR/distill.pt, prune.pt, quantize.pt, config.yaml and run.json (the export contract).
@@ -235,6 +271,8 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, as_json, **fla
       edgecv compress --out runs/c1 --resume
       edgecv compress --teacher t.pt --data D --stages distill,prune --out runs/c2
       edgecv compress --config run.yaml --epochs-qat 4
+      edgecv compress --teacher t.pt --data D --student auto --target x86 --budget-ms 1.2 --target-macs auto
+      edgecv compress --teacher t.pt --data D --student auto --target x86 --select-only --out runs/pick
       torchrun --nproc-per-node 2 -m edgecv compress --teacher t.pt --data D --out runs/c3
     """
     from pathlib import Path
@@ -257,20 +295,30 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, as_json, **fla
         merged["skip_bad"] = True
     if trust_pickle:
         merged["trust_pickle"] = True
+    if select_only:
+        merged["select_only"] = True
     cfg = CompressConfig.from_dict(merged)
     stage_list = parse_stages(stages)
+    from edgecv.compress.auto import SelectionFailed, print_selection
+    from edgecv.utils import is_quiet
+
+    def on_selection(sel: dict) -> None:
+        if not is_quiet() and D.is_main():
+            print_selection(sel)
+
     D.init(cfg.device)
     try:
-        run = run_compress(cfg, stage_list, resume=resume, log=log)
+        run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
+    except SelectionFailed as e:
+        on_selection(e.selection)
+        raise
     finally:
         D.shutdown()
     if not D.is_main():
         return
     if as_json:
         emit_json(run)
-    from edgecv.utils import is_quiet
-
-    if not is_quiet():
+    if not is_quiet() and not cfg.select_only:
         _print_run_table(run)
 
 

@@ -10,14 +10,14 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from tests.bench_util import TinyNet, export_onnx, make_bundle
-from tests.conftest import make_image_folder
 
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
 from edgecv.bench.bench import BenchConfig, _int8_notes, exit_code, recommend, run_bench
 from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
 from edgecv.export.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
+from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.conftest import make_image_folder
 
 FAST = ["--min-time", "0.05s", "--min-runs", "10", "--warmup", "2", "--rounds", "2"]
 

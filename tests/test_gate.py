@@ -8,11 +8,11 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from tests.bench_util import TinyNet, export_onnx, make_bundle
-from tests.conftest import make_image_folder
 
 from edgecv.bench.gate import classify, decide, ratio_ci, trimmed_mean
 from edgecv.bench.report import load_schema
+from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.conftest import make_image_folder
 
 FAST = ["--rounds", "4", "--max-rounds", "6", "--block-time", "5ms"]
 

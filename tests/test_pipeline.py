@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import REPO, make_image_folder
 
 from edgecv.compress.pipeline import SCHEMA, CompressConfig, compress
 from edgecv.data.preprocess import Preprocess
@@ -20,6 +19,7 @@ from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import count_macs, create_model
 from edgecv.utils import sha256_file
+from tests.conftest import REPO, make_image_folder
 
 CLASSES = ["red", "green", "blue"]
 

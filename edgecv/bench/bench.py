@@ -275,6 +275,7 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
         notes.append(f"host proxy: {', '.join(names)} measured on {'; '.join(hosts)}, not on the {hw} the budget "
                      "refers to; the verdict is labelled (host proxy)")
     notes += _int8_notes([rows[n] for n in order])
+    comparison = precision_comparison([rows[n] for n in order])
     result = {
         "schema": SCHEMA,
         "edgecv_version": __version__,
@@ -289,10 +290,36 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
         "settings": {**cfg.settings(), "threads": threads, "batches": batches},
         "budget": (b.to_dict() if (b := B.budget_from(profile, cfg.budget_ms, cfg.budget_fps)) else None),
         "artifacts": [rows[n] for n in order],
-        "recommended": recommend([rows[n] for n in order], profile, cfg.accuracy_tolerance),
+        "recommended": recommend([rows[n] for n in order], profile, cfg.accuracy_tolerance,
+                                 slower={c["int8"] for c in comparison if c["faster"] == "fp32"}),
+        "precision_comparison": comparison,
         "notes": notes,
     }
     return result
+
+
+def _pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(int8 row, fp32 row) of the same format on the same runtime, both measured (unambiguous pairs only)."""
+    ok = [r for r in rows if r["status"] == "ok" and r["primary"]]
+    out = []
+    for r8 in [r for r in ok if r["precision"] == "int8"]:
+        same = [r for r in ok if r["precision"] == "fp32" and r["runtime"] == r8["runtime"] and r["format"] == r8["format"]]
+        if len(same) == 1:
+            out.append((r8, same[0]))
+    return out
+
+
+def precision_comparison(rows: list[dict]) -> list[dict]:
+    """Per runtime holding FP32 and INT8 of the model: which is faster (p50; INT8 needs >= 5 %), and the one to
+    deploy there. The deploy precision follows the measurement, not a rule of thumb."""
+    out = []
+    for r8, r32 in _pairs(rows):
+        a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
+        faster = "int8" if a < INT8_NOT_FASTER * b else "fp32"
+        out.append({"runtime": r8["runtime"], "format": r8["format"], "fp32": r32["name"], "int8": r8["name"],
+                    "fp32_p50_ms": b, "int8_p50_ms": a, "int8_speedup": b / a if a > 0 else None, "faster": faster,
+                    "deploy": r8["name"] if faster == "int8" else r32["name"]})
+    return out
 
 
 def _int8_notes(rows: list[dict]) -> list[str]:
@@ -314,8 +341,12 @@ def _int8_notes(rows: list[dict]) -> list[str]:
     return out
 
 
-def recommend(rows: list[dict], profile: TargetProfile | None, tolerance: float = 1.0) -> dict:
+def recommend(rows: list[dict], profile: TargetProfile | None, tolerance: float = 1.0,
+              slower: set[str] | None = None) -> dict:
     """Per target: the fastest artifact that passes its budget and keeps accuracy.
+
+    ``slower``: INT8 artifacts measured not faster than their FP32 twin (:func:`precision_comparison`); they are
+    not recommended while that twin qualifies (the deploy precision follows the measurement).
 
     "Keeps accuracy" = top-1 within ``tolerance`` points of the best top-1 measured among that target's
     artifacts (when accuracy was measured). "Fastest" = lowest p90 for a p90 budget, highest fps for an fps
@@ -331,6 +362,10 @@ def recommend(rows: list[dict], profile: TargetProfile | None, tolerance: float 
         best = max(accs) if accs else None
         keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
         passing = [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")]
+        if slower:
+            twins = {r8["name"]: r32["name"] for r8, r32 in _pairs(rs)}
+            names = {r["name"] for r in passing}
+            passing = [r for r in passing if not (r["name"] in slower and twins.get(r["name"]) in names)]
         if not passing:
             out[tname] = None
             continue

@@ -77,6 +77,14 @@ def _measured_on(result: dict) -> list[str]:
     return sorted({a["measured_on"] for a in result["artifacts"] if a.get("measured_on")})
 
 
+def _cmp_text(c: dict) -> str:
+    sp = c.get("int8_speedup")
+    how = (f"INT8 is {sp:.2f}x faster than FP32" if c["faster"] == "int8" else
+           f"INT8 is not faster than FP32 ({sp:.2f}x)") if sp else "INT8 vs FP32"
+    return (f"{how} (p50 {c['int8_p50_ms']:.3f} vs {c['fp32_p50_ms']:.3f} ms, {c['format']}): deploy {c['deploy']} "
+            "on this runtime")
+
+
 def print_table(result: dict, console=None) -> None:
     import sys
 
@@ -104,6 +112,8 @@ def print_table(result: dict, console=None) -> None:
               f">= {s['min_runs']} runs and >= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds")
     for m in _measured_on(result):
         con.print(f"measured on: {escape(m)}")
+    for c in result.get("precision_comparison") or []:
+        con.print(f"{escape(c['runtime'])}: {_cmp_text(c)}")
     for tname, rec in (result.get("recommended") or {}).items():
         con.print(f"recommended for {tname}: " + (f"[bold]{escape(rec['name'])}[/] ({escape(rec['reason'])})" if rec
                                                    else "none (no artifact passes the budget and keeps accuracy)"))
@@ -125,6 +135,8 @@ def to_markdown(result: dict) -> str:
     for r in rows_for_table(result):
         lines.append("| " + " | ".join(str(r[k]).replace("|", "\\|") for k, _ in COLUMNS) + " |")
     lines.append("")
+    for c in result.get("precision_comparison") or []:
+        lines.append(f"- {c['runtime']}: {_cmp_text(c)}")
     for tname, rec in (result.get("recommended") or {}).items():
         lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
     for n in result["notes"]:

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -42,8 +42,8 @@ class CompressConfig:
     teacher: str | None = None  # None: train one on the fly (cached)
     teacher_arch: str | None = None  # for a bare state_dict teacher
     data: str = "digits"
-    student: str = "mobilenet_v3_small"
-    target_macs: float = 0.5  # fraction of the unpruned student's MACs
+    student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
+    target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
     epochs_kd: int = 10
     epochs_prune: int = 6
     epochs_qat: int = 3
@@ -73,6 +73,17 @@ class CompressConfig:
     skip_bad: bool = False
     trust_pickle: bool = False
     out: str = DEFAULT_OUT
+    # target-aware choices (--student auto, --target-macs auto); None = not given
+    target: str | None = None  # x86 | android | jetson: the runtime latency is measured on
+    budget_ms: float | None = None  # p90 latency budget (ms), as in edgecv bench
+    budget_fps: float | None = None
+    deploy_size: int | None = None  # input size latency is measured at [224]
+    probe_epochs: int | None = None  # KD probe epochs per in-budget candidate [2]
+    probe_images: int | None = None  # training images of a probe [1000]
+    probe_val_images: int | None = None  # val images a probe is scored on [500]
+    candidates: str | list | None = None  # comma list [the six registry students]
+    min_time: float | None = None  # timed seconds per candidate and precision [1.0]
+    select_only: bool = False  # --student auto: measure, probe, record the choice; no stages
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,9 +96,23 @@ class CompressConfig:
             raise UserError(f"config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**{k.replace("-", "_"): v for k, v in d.items()})
 
+    @property
+    def auto_student(self) -> bool:
+        return self.student == "auto"
+
+    @property
+    def auto_macs(self) -> bool:
+        return self.target_macs == "auto"
+
     def validate(self) -> None:
-        if not 0 < self.target_macs <= 1:
+        if isinstance(self.target_macs, str) and self.target_macs != "auto":
+            try:
+                self.target_macs = float(self.target_macs)
+            except ValueError:
+                raise UserError(f"--target-macs must be a fraction in (0, 1] or 'auto', got '{self.target_macs}'") from None
+        if not self.auto_macs and not 0 < self.target_macs <= 1:
             raise UserError(f"--target-macs must be in (0, 1], got {self.target_macs}")
+        _validate_auto(self)
         for k in ("epochs_kd", "epochs_prune", "epochs_qat", "teacher_epochs"):
             if getattr(self, k) < 0:
                 raise UserError(f"--{k.replace('_', '-')} must be >= 0")
@@ -99,12 +124,52 @@ class CompressConfig:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.calib_size < 1:
             raise UserError("--calib-size must be >= 1")
-        if self.student not in STUDENTS:
+        if self.student not in STUDENTS and not self.auto_student:
             arch_info(self.student)  # unknown arch -> UserError listing them
         from edgecv.compress.prune import IMPORTANCES
 
         if self.importance not in IMPORTANCES:
             raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+
+
+def _validate_auto(c: CompressConfig) -> None:
+    """Flags of --student auto / --target-macs auto: valid combinations only (UserError, exit 2)."""
+    from edgecv.compress.auto import AUTO_TARGETS, parse_candidates, resolve_budget
+
+    if c.budget_ms is not None and c.budget_fps is not None:
+        raise UserError("give --budget-ms or --budget-fps, not both")
+    for k in ("budget_ms", "budget_fps", "min_time"):
+        v = getattr(c, k)
+        if v is not None and not (isinstance(v, int | float) and v > 0):
+            raise UserError(f"--{k.replace('_', '-')} must be a number > 0, got {v!r}")
+    for k in ("deploy_size", "probe_images", "probe_val_images"):
+        v = getattr(c, k)
+        if v is not None and not (isinstance(v, int) and v >= (8 if k == "deploy_size" else 1)):
+            raise UserError(f"--{k.replace('_', '-')} must be an integer >= {8 if k == 'deploy_size' else 1}, got {v!r}")
+    if c.probe_epochs is not None and not (isinstance(c.probe_epochs, int) and c.probe_epochs >= 0):
+        raise UserError(f"--probe-epochs must be an integer >= 0, got {c.probe_epochs!r}")
+    if not c.auto_student:
+        only = [k for k in ("probe_epochs", "probe_images", "probe_val_images", "candidates") if getattr(c, k) is not None]
+        if c.select_only:
+            only.append("select_only")
+        if only:
+            raise UserError(f"--{only[0].replace('_', '-')} only applies with --student auto")
+        if not c.auto_macs:
+            given = [k for k in ("target", "budget_ms", "budget_fps", "deploy_size", "min_time") if getattr(c, k) is not None]
+            if given:
+                raise UserError(f"--{given[0].replace('_', '-')} only applies with --student auto or --target-macs auto")
+            return
+    if c.target is None:
+        what = "--student auto" if c.auto_student else "--target-macs auto"
+        raise UserError(f"{what} needs --target ({', '.join(AUTO_TARGETS)}): the runtime latency is measured on")
+    if c.target not in AUTO_TARGETS:
+        raise UserError(f"--target must be one of {', '.join(AUTO_TARGETS)} with --student/--target-macs auto, "
+                        f"got '{c.target}'")
+    if c.auto_student:
+        c.candidates = ",".join(parse_candidates(c.candidates))
+    if c.auto_macs and resolve_budget(c.target, c.budget_ms, c.budget_fps) is None:
+        raise UserError(f"--target-macs auto needs a latency budget: --budget-ms or --budget-fps (target '{c.target}' "
+                        "has none of its own)")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -319,6 +384,51 @@ class Context:
                 "macs_224": count_macs(model, 224)}
 
 
+# ---------------------------------------------------------------------------------------------- target-aware
+AUTO_DEFAULTS = {"deploy_size": 224, "probe_epochs": 2, "probe_images": 1000, "probe_val_images": 500, "min_time": 1.0}
+
+
+def auto_opt(cfg: CompressConfig, key: str):
+    v = getattr(cfg, key)
+    return AUTO_DEFAULTS[key] if v is None else v
+
+
+def make_measurer(cfg: CompressConfig, bundle: DataBundle, log: Callable[[str], None]):
+    """The target runtime's latency measurer at the deploy size, calibrated on a few training images."""
+    import numpy as np
+
+    from edgecv.compress.auto import Measurer
+
+    size = auto_opt(cfg, "deploy_size")
+    pre = bundle.preprocess.with_size(size)
+    cal = sample_calibration(bundle.train, 16, cfg.seed)
+    x = np.stack([pre.to_array(cal.load_image(i)) for i in range(len(cal))]).astype(np.float32)
+    return Measurer(cfg.target, size, [x[i : i + 8] for i in range(0, len(x), 8)],
+                    min_time_s=float(auto_opt(cfg, "min_time")), log=log)
+
+
+def run_selection(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, device: torch.device,
+                  log: Callable[[str], None]) -> dict:
+    """``--student auto``: measure every candidate on the target's runtime, probe the in-budget ones, pick one."""
+    from edgecv.compress.auto import ProbeSpec, parse_candidates, resolve_budget, select_student
+
+    budget = resolve_budget(cfg.target, cfg.budget_ms, cfg.budget_fps)
+    epochs = auto_opt(cfg, "probe_epochs")
+
+    def train_cfg(e: int, desc: str) -> TrainConfig:
+        return TrainConfig(epochs=e, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           label_smoothing=0.0, workers=cfg.workers, seed=cfg.seed, device=cfg.device, desc=desc)
+
+    probe = ProbeSpec(bundle, teacher, KDConfig(cfg.temperature, cfg.alpha, cfg.feature_kd), train_cfg, device,
+                      epochs, auto_opt(cfg, "probe_images"), auto_opt(cfg, "probe_val_images"), cfg.seed)
+    measurer = make_measurer(cfg, bundle, log)
+    try:
+        return select_student(parse_candidates(cfg.candidates), bundle.num_classes, measurer, budget,
+                              probe if epochs > 0 else None, log)
+    finally:
+        measurer.close()
+
+
 def _fit_params(model: nn.Module, kd: KDLoss) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad] + kd.extra_params()
 
@@ -358,8 +468,42 @@ def stage_prune(ctx: Context) -> dict:
     base = ctx.load_stage_model("distill")
     base_stats = ctx.model_stats(base)
     baseline_top1 = float(ctx.run.data["stages"]["distill"].get("val_top1", float("nan")))
-    target = int(c.target_macs * base_stats["macs"])
-    marks = milestones(base_stats["macs"], c.target_macs, c.prune_steps)
+
+    def grad_fn(m: nn.Module) -> None:  # Taylor importance: gradients of the KD loss on a few batches
+        kd = ctx.kd_loss(m)
+        loader = torch.utils.data.DataLoader(train, batch_size=c.batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(c.seed))
+        m.train()
+        for i, (x, y) in enumerate(loader):
+            if i >= 8:
+                break
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            kd(m(x), y, x).backward()
+        kd.close()
+        m.eval()
+
+    search = None
+    if c.auto_macs:  # the pruning amount from the measured budget: prune a copy step by step, measuring it
+        search = ctx.run.stage("prune").get("latency_search") if ctx.resume else None
+        if search is None:
+            from edgecv.compress.auto import resolve_budget, search_prune_fraction
+
+            if D.is_main():
+                measurer = make_measurer(c, ctx.bundle, ctx.log)
+                try:
+                    search = search_prune_fraction(
+                        base.to(ctx.device), ctx.img_size, n, measurer, resolve_budget(c.target, c.budget_ms, c.budget_fps),
+                        c.importance, c.round_to, c.min_channels, grad_fn=grad_fn, log=ctx.log)
+                finally:
+                    measurer.close()
+                    base.to("cpu")
+            search = D.broadcast_object(search)
+            ctx.run.set_stage("prune", latency_search=search)
+        ctx.log(f"prune: --target-macs auto -> {search['fraction']:.3f} of the MACs "
+                f"({'meets' if search['met'] else 'misses'} the budget on {search['measurement']['runtime']})")
+    fraction = search["fraction"] if search else c.target_macs
+    target = int(fraction * base_stats["macs"])
+    marks = milestones(base_stats["macs"], fraction, c.prune_steps)
     sched = finetune_schedule(c.epochs_prune, c.prune_steps)
     partial = ctx.out / "prune.partial.pt"
     state = ctx.out / "prune.state"
@@ -382,19 +526,6 @@ def stage_prune(ctx: Context) -> dict:
                             meta={"channel_spec": channel_spec_of(model), "round": r, "finetuned": done_ft,
                                   "rounds": rounds})
         D.barrier()
-
-    def grad_fn(m: nn.Module) -> None:  # Taylor importance: gradients of the KD loss on a few batches
-        kd = ctx.kd_loss(m)
-        loader = torch.utils.data.DataLoader(train, batch_size=c.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(c.seed))
-        m.train()
-        for i, (x, y) in enumerate(loader):
-            if i >= 8:
-                break
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            kd(m(x), y, x).backward()
-        kd.close()
-        m.eval()
 
     t_prune = 0.0
     for r in range(start, c.prune_steps):
@@ -433,6 +564,25 @@ def stage_prune(ctx: Context) -> dict:
         raise UserError(f"prune: reached {stats['macs']:,} MACs, above the target {target:,}")
     top1 = rounds[-1]["top1_after_finetune"]
     spec = channel_spec_of(model)
+    auto_info = {}
+    if search is not None:  # the pruned, fine-tuned model measured on the runtime again (not its MACs)
+        from edgecv.compress.auto import deploy_figures, meets, resolve_budget
+
+        final = None
+        if D.is_main():
+            measurer = make_measurer(c, ctx.bundle, ctx.log)
+            try:
+                final = measurer.measure_model(model)
+            finally:
+                measurer.close()
+        final = D.broadcast_object(final)
+        fig = deploy_figures(final)
+        ok = meets(resolve_budget(c.target, c.budget_ms, c.budget_fps), fig)
+        final["meets_budget"] = ok
+        ctx.log(f"prune: final model {final['deploy_precision'] or '-'} "
+                + (f"p50 {fig['p50_ms']:.3f} ms, p90 {fig['p90_ms']:.3f} ms" if fig else "not measurable")
+                + f" on {search['measurement']['runtime']}: {'meets' if ok else 'MISSES'} the budget")
+        auto_info = {"target_macs_mode": "auto", "latency_search": search, "latency_final": final, "budget_met": ok}
     ck, sha = ctx.save("prune", model, {"val_top1": top1},
                        {"stage": "prune", "channel_spec": spec, "rounds": rounds})
     if D.is_main():
@@ -440,7 +590,7 @@ def stage_prune(ctx: Context) -> dict:
     return {**stats, "val_top1": top1, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
             "importance": c.importance, "epochs": c.epochs_prune, "rounds": rounds,
-            "prune_s": round(t_prune, 2), "checkpoint": ck, "sha256": sha}
+            "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
 
 
 def stage_quantize(ctx: Context) -> dict:
@@ -505,11 +655,22 @@ STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_qu
 
 
 def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool = False,
-             log: Callable[[str], None] | None = None) -> dict:
-    """Run the requested stages; returns run.json's content."""
+             log: Callable[[str], None] | None = None,
+             on_selection: Callable[[dict], None] | None = None) -> dict:
+    """Run the requested stages; returns run.json's content.
+
+    ``cfg.student == "auto"``: the student is chosen first (:func:`run_selection`; ``on_selection`` gets the
+    record); a budget no candidate meets raises :class:`edgecv.compress.auto.SelectionFailed` before anything is
+    written. ``cfg.select_only``: record the choice in run.json and run no stage.
+    """
     log = log or (lambda s: None)
     cfg.validate()
     stages = stages or list(STAGES)
+    if cfg.select_only:
+        stages = []
+    if cfg.auto_student and D.is_distributed():
+        raise UserError("--student auto measures latency in one process: run it without torchrun "
+                        "(or pick the student first with --select-only, then pass --student NAME)")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -535,21 +696,36 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
         bundle.preprocess = bundle.preprocess.with_size(img_size)
     del t_probe
     teacher = load_teacher(teacher_path, cfg.teacher_arch, bundle.class_names, img_size, cfg.trust_pickle)
-    arch_info(cfg.student)
-    if prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages)):
+    reuse = prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages))
+    selection = None
+    run_cfg = cfg
+    if cfg.auto_student:
+        prev_sel = prev.data.get("student_selection") if prev is not None else None
+        if reuse and prev_sel and prev_sel.get("chosen"):
+            selection = prev_sel
+            log(f"--student auto: reusing the choice recorded in {out / 'run.json'}: {selection['chosen']}")
+        else:
+            selection = run_selection(cfg, bundle, teacher, device, log)  # SelectionFailed: nothing written
+        if on_selection is not None:
+            on_selection(selection)
+        run_cfg = replace(cfg, student=selection["chosen"])
+    arch_info(run_cfg.student)
+    if reuse:
         if prev.data.get("teacher", {}).get("sha256") != teacher.sha256:
             raise UserError(f"{out}: this run was made with another teacher "
                             f"({prev.data.get('teacher', {}).get('path')}); use a new --out")
-        if prev.data.get("student") != cfg.student or prev.data.get("class_names") != bundle.class_names:
+        if prev.data.get("student") != run_cfg.student or prev.data.get("class_names") != bundle.class_names:
             raise UserError(f"{out}: this run was made with another student or dataset; use a new --out")
         run = prev
     else:
         run = Run(out, {"schema": SCHEMA, "stages": {s: {"status": "pending"} for s in STAGES}, "completed": []})
     eff = {**cfg.to_dict(), "teacher": teacher_path, "img_size": img_size}
-    run.data.update({"schema": SCHEMA, "config": eff, "student": cfg.student, "img_size": img_size,
+    run.data.update({"schema": SCHEMA, "config": eff, "student": run_cfg.student, "img_size": img_size,
                      "class_names": bundle.class_names, "data": bundle.source,
                      "preprocess": bundle.preprocess.to_dict(), "edgecv_stages": list(STAGES)})
-    ctx = Context(cfg, run, bundle, teacher, img_size, device, resume, log)
+    if selection is not None:
+        run.data["student_selection"] = selection
+    ctx = Context(run_cfg, run, bundle, teacher, img_size, device, resume, log)
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -562,7 +738,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
                                "arch": teacher.arch, "kind": teacher.kind, "val_top1": t_top1,
                                "input_size": teacher.preprocess.input_size if teacher.preprocess else img_size}
     log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%; "
-        f"student {cfg.student} at {img_size}px; stages {','.join(stages)} -> {out}")
+        f"student {run_cfg.student} at {img_size}px; stages {','.join(stages) or 'none (--select-only)'} -> {out}")
     run.save()
     for st in stages:
         if resume and run.done(st):
@@ -577,7 +753,8 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
         for later in STAGES[STAGES.index(st) + 1:]:
             if run.data["stages"].get(later, {}).get("status") == "done" and later not in stages:
                 run.reset_stage(later)
-        prior = {k: v for k, v in run.stage(st).items() if k in ("ptq_top1", "calib_images")} if resume else {}
+        prior = {k: v for k, v in run.stage(st).items()
+                 if k in ("ptq_top1", "calib_images", "latency_search")} if resume else {}
         run.data["stages"][st] = {"status": "running", **prior}
         run.set_stage(st, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         t0 = time.perf_counter()
