@@ -29,21 +29,28 @@ fi
 # rank the rest by a KD probe, then compress the winner (KD -> prune -> QAT)
 ( time "$PY" -m edgecv compress "${COMMON[@]}" --epochs-kd "$EKD" --epochs-prune "$EPR" --epochs-qat "$EQAT" \
     --target-macs "$TARGET_MACS" --json > "$OUT.json" ) 2>&1 | grep -v -i warn | tail -40
-# export for x86 at the deployment size, then the INT8 artifact's latency (OpenVINO, 1 thread, 224 px)
-"$PY" -m edgecv export "$OUT" --target x86 --img-size 224 --out benchmarks/_work/auto_bundle --json \
-    > benchmarks/_work/auto_export.json
-"$PY" -m edgecv bench benchmarks/_work/auto_bundle --target x86 --threads 1 --min-time 5s --data "$DATA" \
-    --budget-ms "$BUDGET" --json benchmarks/_work/auto_bench.json
+# export for x86 twice: at the training size (accuracy through the runtimes on the val images) and at the
+# deployment size 224 (latency; the 64-px-trained weights upscaled to 224 px are not an accuracy figure)
+"$PY" -m edgecv export "$OUT" --target x86 --data "$DATA" --num-val 2000 --out benchmarks/_work/auto_bundle64 --json \
+    > benchmarks/_work/auto_export64.json || true
+"$PY" -m edgecv export "$OUT" --target x86 --img-size 224 --data "$DATA" --out benchmarks/_work/auto_bundle --json \
+    > benchmarks/_work/auto_export.json || true
+"$PY" -m edgecv bench benchmarks/_work/auto_bundle --target x86 --threads 1 --min-time 5s --no-accuracy \
+    --budget-ms "$BUDGET" --json benchmarks/_work/auto_bench.json || true
 "$PY" - <<'PY'
 import json
 run = json.load(open("benchmarks/_work/auto_run/run.json"))
 bench = json.load(open("benchmarks/_work/auto_bench.json"))
+exp64 = json.load(open("benchmarks/_work/auto_export64.json"))
 print("chosen:", run["student"], "| quantize val top-1: %.2f%%" % run["stages"]["quantize"]["val_top1"],
       "| prune val top-1: %.2f%%" % run["stages"]["prune"]["val_top1"])
+for a in exp64["artifacts"]:
+    v = a.get("validation") or {}
+    print(f"64 px {a['format']}-{a['precision']}: {a['status']}, top-1 {v.get('accuracy')} % "
+          f"(torch reference {v.get('reference_accuracy')} %, agreement {v.get('top1_agreement')} %)")
 for a in bench["artifacts"]:
     if a["status"] == "ok":
-        print(f"{a['name']:16s} p50 {a['primary']['p50_ms']:.3f} ms  p90 {a['primary']['p90_ms']:.3f} ms  "
-              f"top-1 {a['accuracy']['top1'] if a['accuracy'] else '-'}")
+        print(f"224 px {a['name']:16s} p50 {a['primary']['p50_ms']:.3f} ms  p90 {a['primary']['p90_ms']:.3f} ms")
 ov8 = next(a for a in bench["artifacts"] if a["name"] == "openvino-int8")
 print("openvino-int8 p50 <= 1.2 ms:", ov8["primary"]["p50_ms"] <= 1.2)
 PY
