@@ -12,7 +12,7 @@ import click
 
 from edgecv import __version__
 from edgecv.errors import EdgecvError
-from edgecv.utils import dumps_json, set_quiet
+from edgecv.utils import dumps_json, set_quiet, stderr_console
 
 
 def echo(msg: str = "") -> None:
@@ -161,10 +161,9 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
     if as_json:
         emit_json(rep)
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(stderr=True)
+    con = stderr_console(160)
     con.print(f"[bold]{checkpoint}[/] on {data}: {rep['n']} images  top-1 [bold]{rep['top1']:.2f}%[/]  "
               f"top-5 {rep['top5']:.2f}%  macro-F1 {rep['macro_f1']:.2f}%")
     if per_class:
@@ -323,7 +322,6 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
 
 
 def _print_run_table(run: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def pct(v):
@@ -339,7 +337,7 @@ def _print_run_table(run: dict) -> None:
         t.add_row(name, s.get("status", "-"), pct(s.get("val_top1")), pct(s.get("ptq_top1")),
                   f"{s['macs']:,}" if "macs" in s else "-", f"{s['macs_224']:,}" if "macs_224" in s else "-",
                   f"{s['params']:,}" if "params" in s else "-", pct(s.get("wall_s")), s.get("checkpoint", "-"))
-    Console(stderr=True).print(t)
+    stderr_console(160).print(t)
 
 
 # ---------------------------------------------------------------------------------------------- archs

@@ -103,3 +103,10 @@ def cache_dir() -> Path:
     d = Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv"))
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def stderr_console(width: int = 160):
+    """A rich console on stderr; wide enough for the tables when stderr is a file or pipe (no terminal width)."""
+    from rich.console import Console
+
+    return Console(stderr=True, width=None if sys.stderr.isatty() else width)

@@ -414,13 +414,12 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
 
 
 def print_gate(result: dict, console=None) -> None:
-    import sys
-
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = console or Console(stderr=True, width=None if sys.stderr.isatty() else 170)
+    from edgecv.utils import stderr_console
+
+    con = console or stderr_console(170)
     s = result["settings"]
     t = Table(title=f"edgecv gate: {s['metric']} latency ratio candidate/baseline (limit +{s['max_latency_regression'] * 100:g}%), "
                     f"top-1 drop (limit {s['max_accuracy_drop']:g} pt)", title_justify="left")

@@ -6,7 +6,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from edgecv.utils import atomic_path, dumps_json, write_text_atomic
+from edgecv.utils import atomic_path, dumps_json, stderr_console, write_text_atomic
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -86,13 +86,11 @@ def _cmp_text(c: dict) -> str:
 
 
 def print_table(result: dict, console=None) -> None:
-    import sys
 
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    con = console or stderr_console(160)
     s = result["settings"]
     t = Table(title=f"edgecv bench: {result['bundle']}  target={result['target'] or '-'}  "
                     f"budget: {_budget_text(result)}", title_justify="left")

@@ -432,13 +432,12 @@ def search_prune_fraction(model: nn.Module, train_size: int, num_classes: int, m
 
 # ---------------------------------------------------------------------------------------------- table
 def print_selection(sel: dict, console=None) -> None:
-    import sys
-
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = console or Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    from edgecv.utils import stderr_console
+
+    con = console or stderr_console(200)
     ms = sel["measurement"]
     b = sel.get("budget")
     btxt = "no budget" if not b else (f"p90 <= {b['limit']:g} ms" if b["metric"] == "p90_ms" else f">= {b['limit']:g} fps")
