@@ -27,6 +27,17 @@ class TinyNet(nn.Module):
         return self.fc(self.features(x))
 
 
+class ColourNet(nn.Module):
+    """logits = per-channel image mean: classifies the red/green/blue test images by colour (a known-good model)."""
+
+    def __init__(self, perm=(0, 1, 2)):
+        super().__init__()
+        self.perm = list(perm)
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))[:, self.perm] * 10.0
+
+
 def export_onnx(model: nn.Module, path: Path, size: int = 32, dynamic_batch: bool = True) -> Path:
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)

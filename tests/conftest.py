@@ -74,3 +74,17 @@ def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | Non
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def save_untrained_teacher(path: Path, classes, input_size: int) -> Path:
+    """An untrained resnet18 teacher in the edgecv checkpoint format: enough to exercise the compress plumbing."""
+    import torch
+
+    from edgecv.data.preprocess import Preprocess
+    from edgecv.models.checkpoint import save_checkpoint
+    from edgecv.models.registry import create_model
+
+    torch.manual_seed(0)
+    save_checkpoint(path, create_model("resnet18", len(classes)).eval(), "resnet18", list(classes),
+                    Preprocess(input_size=input_size), metrics={"val_top1": 100.0 / len(classes)})
+    return path

@@ -13,11 +13,9 @@ import torch
 from edgecv.bench.budget import Budget
 from edgecv.compress.auto import Measurer, SelectionFailed, search_prune_fraction, select_student
 from edgecv.compress.pipeline import CompressConfig, compress
-from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
-from edgecv.models.checkpoint import save_checkpoint
 from edgecv.models.registry import count_macs, create_model
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, save_untrained_teacher
 
 CLASSES = ["red", "green", "blue"]
 CANDS = "tf_mobilenetv3_small_minimal_100,mobilenet_v3_small"
@@ -31,11 +29,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("ateacher") / "teacher.pt"
-    save_checkpoint(p, create_model("resnet18", 3).eval(), "resnet18", CLASSES, Preprocess(input_size=16),
-                    metrics={"val_top1": 33.3})
-    return p
+    return save_untrained_teacher(tmp_path_factory.mktemp("ateacher") / "teacher.pt", CLASSES, 16)
 
 
 def _cfg(data, teacher, out, **kw) -> CompressConfig:

@@ -16,21 +16,11 @@ from edgecv.bench.bench import BenchConfig, _int8_notes, exit_code, recommend, r
 from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
 from edgecv.export.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
-from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.bench_util import ColourNet, TinyNet, export_onnx, make_bundle
 from tests.conftest import make_image_folder
 
 FAST = ["--min-time", "0.05s", "--min-runs", "10", "--warmup", "2", "--rounds", "2"]
 
-
-class ColourNet(torch.nn.Module):
-    """logits = per-channel image mean: classifies the red/green/blue test images by colour (a known-good model)."""
-
-    def __init__(self, perm=(0, 1, 2)):
-        super().__init__()
-        self.perm = list(perm)
-
-    def forward(self, x):
-        return x.mean(dim=(2, 3))[:, self.perm] * 10.0
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from edgecv.bench.gate import classify, decide, ratio_ci, trimmed_mean
 from edgecv.bench.report import load_schema
-from tests.bench_util import TinyNet, export_onnx, make_bundle
+from tests.bench_util import ColourNet, TinyNet, export_onnx, make_bundle
 from tests.conftest import make_image_folder
 
 FAST = ["--rounds", "4", "--max-rounds", "6", "--block-time", "5ms"]
@@ -106,14 +106,6 @@ def test_gate_much_slower_fails_exit_1_with_interval(bundles, cli, tmp_path):
     _validate(d)
     assert not d["passed"] and d["regressions"] == ["onnx-fp32"] and d["artifacts"][0]["latency"]["ci_low"] > 1.10
 
-
-class ColourNet(torch.nn.Module):
-    def __init__(self, perm=(0, 1, 2)):
-        super().__init__()
-        self.perm = list(perm)
-
-    def forward(self, x):
-        return x.mean(dim=(2, 3))[:, self.perm] * 10.0
 
 
 def test_gate_accuracy_regression_and_single_artifacts(tmp_path, cli):

@@ -19,7 +19,7 @@ from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import count_macs, create_model
 from edgecv.utils import sha256_file
-from tests.conftest import REPO, make_image_folder
+from tests.conftest import REPO, make_image_folder, save_untrained_teacher
 
 CLASSES = ["red", "green", "blue"]
 
@@ -31,12 +31,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    """An (untrained) resnet18 teacher in the edgecv checkpoint format: enough to exercise the plumbing."""
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_checkpoint(p, create_model("resnet18", 3).eval(), "resnet18", CLASSES, Preprocess(input_size=24),
-                    metrics={"val_top1": 33.3})
-    return p
+    return save_untrained_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", CLASSES, 24)
 
 
 def _cfg(data, teacher, out, **kw) -> CompressConfig:
