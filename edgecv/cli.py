@@ -306,6 +306,7 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
             print_selection(sel)
 
     D.init(cfg.device)
+    main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
     try:
         run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
     except SelectionFailed as e:
@@ -313,7 +314,7 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
         raise
     finally:
         D.shutdown()
-    if not D.is_main():
+    if not main_rank:
         return
     if as_json:
         emit_json(run)

@@ -325,3 +325,29 @@ def test_user_error_on_one_rank_does_not_hang_the_others(tmp_path, tiny_folder):
     assert p.returncode != 0
     assert "edgecv: error [rank 1]: rank 1 cannot read its data" in p.stderr
     assert not (out / "t.pt").exists()
+
+
+_COMPRESS_SCRIPT = """
+import sys
+from edgecv.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_compress_all_stages_rank0_output_once(tmp_path, tiny_folder):
+    from tests.conftest import save_untrained_teacher
+
+    script = tmp_path / "compress.py"
+    script.write_text(_COMPRESS_SCRIPT)
+    teacher = save_untrained_teacher(tmp_path / "teacher.pt", ("red", "green", "blue"), 16)
+    out = tmp_path / "run"
+    p = _torchrun(script, "compress", "--teacher", str(teacher), "--data", str(tiny_folder), "--img-size", "16",
+                  "--epochs-kd", "1", "--epochs-prune", "1", "--epochs-qat", "1", "--prune-steps", "1",
+                  "--batch-size", "4", "--workers", "0", "--calib-size", "8", "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr[-4000:]
+    run = json.loads(p.stdout)  # exactly one JSON document: rank 1 printed nothing after shutdown
+    assert run["completed"] == ["distill", "prune", "quantize"]
+    assert p.stderr.count("edgecv compress: mobilenet_v3_small") == 1  # the summary table, once
+    assert sorted(f.name for f in out.iterdir()) == ["config.yaml", "distill.pt", "prune.pt", "quantize.pt",
+                                                    "run.json"]
