@@ -45,7 +45,7 @@ def _make_checkpoints(root: Path) -> dict:
     prepare_qat(model, QuantConfig(trace_size=S))
     calibrate(model, torch.utils.data.DataLoader(b.train.with_transform(pre.eval_transform()), batch_size=16))
     qat = save_checkpoint(root / "qat.pt", model.eval(), ARCH, b.class_names, pre, metrics=meta,
-                          meta={"quant": QuantConfig(trace_size=S).to_dict()})
+                          meta={"quant": model.edgecv_quant})
     run = root / "run"
     run.mkdir()
     stages = {}
