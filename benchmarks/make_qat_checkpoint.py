@@ -53,7 +53,7 @@ def make(data: str, arch: str, img_size: int, epochs: int, qat_epochs: int, out:
                 on_epoch_start=on_epoch_start, log=log)
         q_top1 = r.best_top1
     save_checkpoint(out / "qat.pt", model.eval(), arch, b.class_names, pre,
-                    metrics={"val_top1": q_top1, "data": b.source}, meta={"quant": qcfg.to_dict()})
+                    metrics={"val_top1": q_top1, "data": b.source}, meta={"quant": model.edgecv_quant})
     run = out / "run"
     run.mkdir(exist_ok=True)
     stages = {}

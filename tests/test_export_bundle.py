@@ -45,7 +45,7 @@ def _make_checkpoints(root: Path) -> dict:
     prepare_qat(model, QuantConfig(trace_size=S))
     calibrate(model, torch.utils.data.DataLoader(b.train.with_transform(pre.eval_transform()), batch_size=16))
     qat = save_checkpoint(root / "qat.pt", model.eval(), ARCH, b.class_names, pre, metrics=meta,
-                          meta={"quant": QuantConfig(trace_size=S).to_dict()})
+                          meta={"quant": model.edgecv_quant})
     run = root / "run"
     run.mkdir()
     stages = {}
@@ -97,6 +97,13 @@ def test_export_all_writes_and_validates_every_format(bundle_all):
     # ONNX Runtime really runs QLinearConv, OpenVINO really runs int8 convolutions
     assert got[("onnx", "int8")].extra["int8_kernels"]["int8_ops"].get("QLinearConv", 0) > 0
     assert got[("openvino", "int8")].extra["int8_kernels"]["int8_convs"] > 0
+    if HAS_ET:  # ExecuTorch INT8 is its own PT2E quantization: validated against the model it was lowered from
+        v = got[("pte", "int8")].validation
+        assert v["reference"].startswith("torch PT2E model"), v
+        assert "qat_reference_accuracy" in v and "qat_top1_agreement" in v, v
+    assert got[("onnx", "int8")].validation["reference"] == "torch QAT model (fake-quant)"
+    qdq = got[("onnx", "int8")].extra["qdq_passes"]["conv_output_qdq"]
+    assert qdq.get("calibrated", 0) == 0 and qdq.get("trained", 0) > 0, qdq  # QAT simulated every output Q
     assert got[("ptl", "fp32")].extra["optimize_for_mobile"]  # applied, or skipped with the reason
     # source provenance: best stage of the run, fp32 from the prune stage, int8 from QAT
     assert man.source["stage"] == "quantize" and man.source["fp32_source"] == "stage:prune"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 
 from edgecv.compress.prune import prune_to_macs
@@ -10,6 +13,7 @@ from edgecv.compress.quantize import (
     calibrate,
     freeze_bn,
     is_qat,
+    output_fq_names,
     prepare_qat,
     set_observers,
     to_deploy,
@@ -21,6 +25,12 @@ from edgecv.models.spec import channel_spec_of
 
 
 def _qat_pruned(size=32):
+    m, spec, qcfg = _qat_pruned_cached(size)
+    return copy.deepcopy(m), spec, qcfg
+
+
+@functools.lru_cache(maxsize=1)
+def _qat_pruned_cached(size):
     torch.manual_seed(0)
     m = create_model("mobilenet_v3_small", 3)
     prune_to_macs(m, size, 3, int(0.7 * count_macs(m, size)))
@@ -57,3 +67,97 @@ def test_deploy_form_matches_qat_model():
     # same folded weights and scales; only float summation order differs
     assert (ref.argmax(1) == out.argmax(1)).all()
     assert torch.allclose(ref, out, atol=1e-3 * ref.abs().max().item() + 1e-4)
+
+
+def test_output_fq_recorded_and_rebuilt(tmp_path):
+    """The output fake-quant placement is in the model's quant meta; a checkpoint rebuilds it identically,
+    whether the meta records the list or not (then it comes from the state_dict)."""
+    m, spec, _ = _qat_pruned()
+    names = output_fq_names(m)
+    assert names and m.edgecv_quant["output_fq"] == names
+    assert all(m.get_submodule(n).out_fq.initialized.item() for n in names)
+    x = torch.randn(4, 3, 32, 32)
+    for i, quant in enumerate((m.edgecv_quant, {k: v for k, v in m.edgecv_quant.items() if k != "output_fq"})):
+        p = save_checkpoint(tmp_path / f"q{i}.pt", m, "mobilenet_v3_small", ["a", "b", "c"],
+                            Preprocess(input_size=32), meta={"channel_spec": spec, "quant": quant})
+        m2 = load_checkpoint(p).build()
+        assert output_fq_names(m2) == names
+        assert torch.equal(m(x), m2(x))
+
+
+def test_checkpoint_without_output_fq_still_loads(tmp_path):
+    """QAT checkpoints written before output fake-quant existed (no out_fq modules, no meta entry)."""
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v3_small", 3)
+    prepare_qat(m, QuantConfig(trace_size=32, output_fq=[]))
+    calibrate(m, [(torch.randn(8, 3, 32, 32), None)])
+    assert output_fq_names(m) == []
+    old_meta = {k: v for k, v in QuantConfig(trace_size=32).to_dict().items() if k != "output_fq"}
+    p = save_checkpoint(tmp_path / "old.pt", m, "mobilenet_v3_small", ["a", "b", "c"], Preprocess(input_size=32),
+                        meta={"quant": old_meta})
+    m2 = load_checkpoint(p).build()
+    assert output_fq_names(m2) == []
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(m.eval()(x), m2(x))
+
+
+def _colour_batch(n: int, size: int, gen: torch.Generator, classes: int = 4):
+    y = torch.randint(0, classes, (n,), generator=gen)
+    means = torch.tensor([[1.5, -1.0, -1.0], [-1.0, 1.5, -1.0], [-1.0, -1.0, 1.5], [1.0, 1.0, -1.0]])[:classes]
+    x = means[y].reshape(n, 3, 1, 1) + torch.randn(n, 3, size, size, generator=gen)
+    return x, y
+
+
+def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
+    """mobilenet_v3_small (hardswish, SE, residual adds): every conv output the INT8 ONNX quantizes on its own
+    is a QAT-trained output fake-quant (nothing calibrated behind the QAT model's back), ORT runs int8 convs,
+    and the ONNX logits equal the torch QAT model's up to int rounding."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgecv.export.onnx import export_int8_qdq, ort_int8_kernels
+
+    torch.set_num_threads(1)
+    S, gen = 32, torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v3_small", 4)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    m.train()
+    for _ in range(15):  # a few steps: logits that depend on the input (a random net's are nearly constant)
+        x, y = _colour_batch(16, S, gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    prepare_qat(m, QuantConfig(trace_size=S))
+    names = output_fq_names(m)
+    assert len(names) > 10  # hardswish / SE / residual outputs
+    calib = [_colour_batch(16, S, gen)[0] for _ in range(4)]
+    calibrate(m, [(c, None) for c in calib])
+    m.train()  # one QAT step: the output scales move with training like the input ones
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    x, y = _colour_batch(16, S, gen)
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+    freeze_bn(m)
+    set_observers(m, False)
+    m.eval()
+
+    d = to_deploy(m)
+    xv, _ = _colour_batch(200, S, gen)
+    with torch.no_grad():
+        ref, dep = m(xv).numpy(), d(xv).numpy()
+    assert np.array_equal(ref.argmax(1), dep.argmax(1))
+    path = tmp_path / "m.onnx"
+    info = export_int8_qdq(d, path, S, calib_batches=[c.numpy() for c in calib])
+    qdq = info["conv_output_qdq"]
+    assert qdq.get("calibrated", 0) == 0 and qdq.get("skipped", 0) == 0, qdq
+    assert qdq["trained"] == len(names), qdq
+    k = ort_int8_kernels(path)
+    assert k["int8_kernels"] and k["int8_ops"].get("QLinearConv", 0) > 0, k
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": xv.numpy()})[0]
+    agree = float((out.argmax(1) == ref.argmax(1)).mean())
+    spread = float(ref.max() - ref.min())
+    assert agree >= 0.99, agree
+    assert float(np.abs(out - ref).max()) < 0.05 * spread, (np.abs(out - ref).max(), spread)

@@ -642,13 +642,14 @@ def stage_quantize(ctx: Context) -> dict:
         freeze_bn(model)
         set_observers(model, False)
     qat_top1 = res.best_top1 if res.history else ptq_top1
-    meta = {"stage": "quantize", "channel_spec": spec, "quant": qcfg.to_dict()}
+    qmeta = model.edgecv_quant  # the config with the resolved output fake-quant placement
+    meta = {"stage": "quantize", "channel_spec": spec, "quant": qmeta}
     ck, sha = ctx.save("quantize", model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
             "epochs": E, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
-            "quant": qcfg.to_dict(), "history": res.history, "checkpoint": ck, "sha256": sha}
+            "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha}
 
 
 STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}

@@ -5,7 +5,12 @@ Scheme (TensorRT explicit quantization, OpenVINO and ONNX Runtime QDQ all run it
 * weights: symmetric int8, per output channel, range [-127, 127], zero point 0;
 * activations: symmetric int8, per tensor, zero point 0, scale from an EMA of the observed |min|/|max|;
 * fake-quant sits on the *input* of every Conv2d and Linear (activation) and on its weight, with BatchNorm
-  folded into the convolution (Q/DQ placement TensorRT recommends; OpenVINO fuses it too).
+  folded into the convolution (Q/DQ placement TensorRT recommends; OpenVINO fuses it too);
+* plus an *output* fake-quant (``QConvBn2d.out_fq``, before the activation) on exactly the convs whose
+  exported INT8 ONNX output needs a quantize of its own so ONNX Runtime runs them as ``QLinearConv`` (output
+  read by hardswish, SE gates, residual adds...: no next-layer input Q it could reuse). Those convs are
+  found by exporting the deploy form once and asking :func:`edgecv.export.onnx.conv_output_plan`, so the
+  QAT model simulates (and trains with) exactly the graph that is deployed.
 
 Conv+BN pairs are found by tracing one forward pass and become :class:`QConvBn2d`, which simulates the BN
 fold during training (the torch.ao recipe: fake-quantize the folded weight, un-scale, then real BN with batch
@@ -32,6 +37,9 @@ class QuantConfig:
     ema: float = 0.01  # averaging constant of the activation range observer
     trace_size: int = 64  # input size of the forward pass that finds Conv+BN pairs
     quantize_linear: bool = True
+    # names of the QConvBn2d modules with an output fake-quant; None = decide from the deploy graph
+    # (prepare_qat), [] = none (checkpoints written before output fake-quant existed)
+    output_fq: list[str] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +98,7 @@ class QConvBn2d(nn.Module):
         self.conv = conv
         self.bn = bn
         self.act_fq = ActFakeQuant(ema)
+        self.out_fq: ActFakeQuant | None = None  # output fake-quant (conv+BN output, before the activation)
         self.register_buffer("bn_frozen", torch.tensor(0, dtype=torch.uint8))
         self.register_buffer("weight_fq", torch.tensor(1, dtype=torch.uint8))
 
@@ -112,6 +121,10 @@ class QConvBn2d(nn.Module):
         return w * sf.reshape(-1, 1, 1, 1), (b - self.bn.running_mean) * sf + beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._forward(x)
+        return self.out_fq(y) if self.out_fq is not None else y
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_fq(x)
         wq = (lambda t: fake_quant_weight(t)) if self.weight_fq.item() else (lambda t: t)
         if self.bn is None:
@@ -201,8 +214,10 @@ def find_conv_bn_pairs(model: nn.Module, size: int = 64) -> list[tuple[str, str]
 
 
 def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.Module:
-    """Replace Conv(+BN) with :class:`QConvBn2d` and Linear with :class:`QLinear`, in place. Returns the model."""
-    qcfg = qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)
+    """Replace Conv(+BN) with :class:`QConvBn2d` and Linear with :class:`QLinear`, in place, and give the convs
+    of ``qcfg.output_fq`` (decided by :func:`output_fq_placement` when None) an output fake-quant. Returns the
+    model; ``model.edgecv_quant`` is the resolved config to store in the checkpoint's ``meta["quant"]``."""
+    qcfg = copy.deepcopy(qcfg) if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)
     pairs = find_conv_bn_pairs(model, qcfg.trace_size)
     paired_bn = {b: c for c, b in pairs}
     conv_to_bn = {c: b for c, b in pairs}
@@ -217,8 +232,59 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
     for bn_name in paired_bn:
         bn = mods[bn_name]
         _set_module(model, bn_name, _BnTail(bn) if hasattr(bn, "act") else nn.Identity())
-    model.edgecv_quant = qcfg.to_dict()  # marker
+    if qcfg.output_fq is None:
+        qcfg.output_fq = output_fq_placement(model, qcfg.trace_size)
+    mods = dict(model.named_modules())
+    for name in qcfg.output_fq:
+        q = mods.get(name)
+        if not isinstance(q, QConvBn2d):
+            raise ValueError(f"output fake-quant on '{name}': not a quantized conv of this model")
+        q.out_fq = ActFakeQuant(qcfg.ema).to(q.act_fq.amax.device)
+    model.edgecv_quant = qcfg.to_dict()  # marker + the config that rebuilds this model
     return model
+
+
+def output_fq_placement(model: nn.Module, size: int) -> list[str]:
+    """Names of the :class:`QConvBn2d` modules whose output the deployed INT8 ONNX graph quantizes with a scale
+    of its own (``needs_range`` in :func:`edgecv.export.onnx.conv_output_plan`).
+
+    The deploy form (every fake-quant enabled, placeholder scales) is exported once to an in-memory ONNX;
+    its Conv nodes (graph order) are matched to the modules by the order of their forward calls.
+    """
+    from edgecv.export.onnx import conv_output_plan, onnx_model_in_memory
+
+    d = to_deploy(model).cpu()
+    for m in d.modules():
+        if isinstance(m, _DeployBase):
+            m.act_enabled, m.act_scale, m.w_enabled = True, 1.0, True
+            if isinstance(m, DeployQConv):
+                m.out_enabled = False
+    names = {m: n for n, m in d.named_modules()}
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod]))
+             for m in d.modules() if isinstance(m, DeployQConv)]
+    try:
+        with torch.no_grad():
+            d(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    plan = conv_output_plan(onnx_model_in_memory(d, size))
+    if len(plan) != len(order) or any(r["how"] == "float_input" for r in plan):
+        raise RuntimeError(
+            f"output fake-quant placement: the deploy graph has {len(plan)} Conv nodes "
+            f"({sum(r['how'] == 'float_input' for r in plan)} without a quantized input) but the model ran "
+            f"{len(order)} quantized convs; cannot match them (architecture not supported by prepare_qat)")
+    decision: dict[str, bool] = {}
+    for name, row in zip(order, plan, strict=True):
+        need = row["how"] == "needs_range"
+        if decision.setdefault(name, need) != need:
+            raise RuntimeError(f"output fake-quant placement: '{name}' runs more than once with different needs")
+    return [n for n, need in decision.items() if need]
+
+
+def output_fq_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, QConvBn2d) and m.out_fq is not None]
 
 
 def qmodules(model: nn.Module):
@@ -309,10 +375,16 @@ class DeployQConv(_DeployBase):
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
         self._init_q(q.act_fq, w, bool(q.weight_fq.item()))
         self.register_buffer("bias", b.detach().clone())
+        o = q.out_fq
+        self.out_enabled = bool(o is not None and o.fake_quant.item() and o.initialized.item())
+        self.out_scale = float(o.scale.item()) if o is not None else 1.0
 
     def forward(self, x):
-        return F.conv2d(self._q_act(x), self._q_weight(), self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        y = F.conv2d(self._q_act(x), self._q_weight(), self.bias, self.stride, self.padding, self.dilation,
+                     self.groups)
+        if self.out_enabled:  # exported as Conv -> Q -> DQ: ORT's QLinearConv with the QAT-trained output scale
+            y = torch.fake_quantize_per_tensor_affine(y, self.out_scale, 0, QMIN, QMAX)
+        return y
 
 
 class DeployQLinear(_DeployBase):

@@ -132,8 +132,16 @@ def torch_logits(model: nn.Module, x: np.ndarray, bs: int = 64) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, precision: str, bs: int = 32) -> dict:
-    """Top-1 agreement / max |logit diff| against the torch reference, plus accuracy of both on labels."""
+REF_QAT = "torch QAT model (fake-quant)"
+REF_PT2E = "torch PT2E model the .pte was lowered from (XNNPACKQuantizer q/dq, fake-quant)"
+
+
+def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, precision: str, bs: int = 32,
+                    reference: str | None = None, qat_ref: np.ndarray | None = None) -> dict:
+    """Top-1 agreement / max |logit diff| against the torch reference, plus accuracy of both on labels.
+
+    ``qat_ref``: when the reference is not the QAT model itself (ExecuTorch INT8 is its own PT2E quantization),
+    the QAT model's logits, reported as ``qat_reference_accuracy`` and ``qat_top1_agreement`` (information)."""
     outs = []
     t0 = time.perf_counter()
     for i in range(0, len(x), bs):
@@ -143,9 +151,14 @@ def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, preci
     pa, pr = logits.argmax(1), ref.argmax(1)
     agree = 100.0 * float((pa == pr).mean())
     thr = THRESHOLDS[precision]
+    extra = {}
+    if qat_ref is not None:
+        pq = qat_ref.argmax(1)
+        extra = {"qat_reference_accuracy": round(100.0 * float((pq == y).mean()), 3),
+                 "qat_top1_agreement": round(100.0 * float((pa == pq).mean()), 3)}
     return {
         "n": int(len(x)),
-        "reference": "torch QAT model (fake-quant)" if precision == "int8" else "torch fp32 model",
+        "reference": reference or (REF_QAT if precision == "int8" else "torch fp32 model"),
         "top1_agreement": round(agree, 3),
         "max_abs_logit_diff": float(np.abs(logits - ref).max()),
         "accuracy": round(100.0 * float((pa == y).mean()), 3),
@@ -153,6 +166,7 @@ def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, preci
         "threshold_agreement": thr,
         "passed": agree >= thr,
         "wall_s": round(wall, 3),
+        **extra,
     }
 
 
@@ -288,7 +302,9 @@ class _Exporter:
             if prec == "fp32":
                 extra.update(PTE.export_fp32(self.float_model(), path, self.size))
             else:
-                extra.update(PTE.export_int8(self.qat_float_model(), path, self.size, self.data.calib))
+                converted, n = PTE.pt2e_int8(self.qat_float_model(), self.size, self.data.calib)
+                extra.update(PTE.lower_int8(converted, path, self.size, n))
+                self._models["pte_int8_pt2e"] = converted  # what the .pte computes: its validation reference
                 outside = extra.get("ops_outside_delegate", {})
                 extra["int8_kernels"] = {
                     "xnnpack_partitions": extra.get("xnnpack_partitions", 0),
@@ -359,8 +375,16 @@ class _Exporter:
         except RuntimeUnavailable as e:
             entry.validation = {"status": "skipped", "reason": str(e)}
             return
+        ref, ref_name, qat_ref = self.reference(entry.precision), None, None
+        if entry.format == "pte" and entry.precision == "int8":
+            # the .pte is lowered from its own PT2E quantization (not the QAT graph): compare with that model,
+            # and report the QAT model's accuracy next to it
+            from edgecv.export.pte import pt2e_logits
+
+            ref, ref_name, qat_ref = pt2e_logits(self._models["pte_int8_pt2e"], self.data.x), REF_PT2E, ref
         try:
-            v = validate_runner(runner, self.data.x, self.data.y, self.reference(entry.precision), entry.precision)
+            v = validate_runner(runner, self.data.x, self.data.y, ref, entry.precision, reference=ref_name,
+                                qat_ref=qat_ref)
             v["runner"] = {k: val for k, val in runner.describe().items() if k != "host"}
         finally:
             runner.close()
@@ -437,6 +461,8 @@ def _entry_line(e: ArtifactEntry) -> str:
     if v.get("status") == "passed" or v.get("status") == "failed":
         s += (f"  agreement {v['top1_agreement']:.1f}%  max|dlogit| {v['max_abs_logit_diff']:.3g}  "
               f"acc {v['accuracy']:.1f}% (torch {v['reference_accuracy']:.1f}%)")
+        if "qat_reference_accuracy" in v:
+            s += f" [QAT model {v['qat_reference_accuracy']:.1f}%, agreement with it {v['qat_top1_agreement']:.1f}%]"
         if "int8_kernels" in v:
             s += f"  int8 kernels: {'yes' if v['int8_kernels'] else 'NO'}"
     elif v.get("status") == "skipped":

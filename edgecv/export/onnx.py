@@ -11,7 +11,10 @@ INT8 graph (what ONNX Runtime's QDQ node-group selectors need to run real int8 k
   ``DQ, DQ, DQ(bias) -> Conv -> Q`` into ``QLinearConv``; without the output ``Q`` the Conv stays float (the
   DQs are just evaluated). The scale is chosen so the insert is exact where possible: when the Conv's output
   flows through ``Relu`` (or nothing) into the next layer's input ``Q`` the consumer's scale is used (ReLU
-  commutes with symmetric quantization), otherwise the range observed on calibration images.
+  commutes with symmetric quantization), otherwise the range observed on calibration images. A QAT model
+  prepared by :func:`edgecv.compress.quantize.prepare_qat` already carries a *trained* output fake-quant on
+  exactly those convs (``Conv -> Q`` in the exported graph, left as it is), so nothing is calibrated and the
+  ONNX graph computes what the torch QAT model simulated.
 
 :func:`ort_int8_kernels` inspects ORT's optimized graph to record whether convs really run as int8.
 """
@@ -54,6 +57,20 @@ def torch_export_onnx(model: nn.Module, path: Path, img_size: int, opset: int = 
         torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_axes=dyn, do_constant_folding=True)
     return path
+
+
+def onnx_model_in_memory(model: nn.Module, img_size: int, opset: int = 17):
+    """The raw ``torch.onnx.export`` graph of ``model`` (batch 1) as an ``onnx.ModelProto``, no file written."""
+    import io
+
+    import onnx
+
+    buf = io.BytesIO()
+    dummy = torch.zeros(1, 3, img_size, img_size, dtype=torch.float32)
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), (dummy,), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
 
 
 def export_fp32(model: nn.Module, path: Path, img_size: int, opset: int = 17) -> Path:
@@ -284,42 +301,91 @@ def _downstream_q_scale(out_name: str, consumers, inits, producers) -> float | N
     return None
 
 
-def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale: float = 1e-8) -> dict:
-    """Insert ``Q -> DQ`` (int8, symmetric) after each quantized Conv's output. Returns counts by how the scale
-    was chosen: ``exact`` (consumer Q's scale, possibly through ReLU), ``calibrated`` (observed range) and
-    ``skipped`` (no scale known: the Conv output stays float)."""
-    from onnx import helper
+def _q_feeds_float_op(out: str, consumers) -> bool:
+    """``Conv -> Q -> DQ -> X`` where X is not a quantized layer's input (a trained output fake-quant)."""
+    (q,) = consumers[out]
+    for dq in consumers.get(q.output[0], []):
+        if dq.op_type != "DequantizeLinear":
+            return True
+        for c in consumers.get(dq.output[0], []):
+            if c.op_type not in ("Conv", "Gemm", "MatMul") or c.input[0] != dq.output[0]:
+                return True
+    return False
 
+
+def conv_output_plan(model) -> list[dict]:
+    """How :func:`add_output_qdq` would treat each Conv of ``model`` (graph order), without modifying it.
+
+    One dict per Conv node: ``node``, ``output`` and ``how``, one of ``float_input`` (input not from a
+    DequantizeLinear: not a quantized conv), ``has_q`` (its sole reader already is a QuantizeLinear),
+    ``mixed_consumers`` (a QuantizeLinear next to float readers: left float), ``exact`` (``scale`` is the
+    consumer Q's scale, through ReLU only) or ``needs_range`` (a scale must come from an observed range).
+    :func:`edgecv.compress.quantize.prepare_qat` uses it to put a trained output fake-quant exactly where
+    the deployment graph would otherwise get a calibrated one.
+    """
     g = model.graph
     inits = _init_map(g)
     producers, consumers = _graph_maps(g)
-    stats = Counter()
-    for node in list(g.node):
+    plan = []
+    for node in g.node:
         if node.op_type != "Conv":
             continue
+        out = node.output[0]
+        row = {"node": node.name, "output": out, "how": "", "scale": None}
+        plan.append(row)
         px = producers.get(node.input[0])
         if px is None or px.op_type != "DequantizeLinear":
+            row["how"] = "float_input"
             continue
-        out = node.output[0]
         cs = consumers.get(out, [])
         if len(cs) == 1 and cs[0].op_type == "QuantizeLinear":
-            continue  # already DQ... -> Conv -> Q
-        # a consumer Q next to float readers (projection conv -> next conv and residual Add): quantize once
-        # with that Q's scale, so ORT sees Conv -> Q and every reader gets the same int8 value
+            row["how"] = "has_q"  # already DQ... -> Conv -> Q
+            continue
+        # a consumer Q next to float readers (projection conv -> next conv and residual Add). Measured on ORT
+        # 1.32: routing the Add through a DQ of that Q (or a shared DQ) makes ORT keep BOTH neighbouring convs
+        # float, so this conv stays float and its consumers keep their int8 kernels.
         if any(c.op_type == "QuantizeLinear" for c in cs):
-            # Conv output read by the next layer's Q *and* by a float op (residual Add). Measured on ORT 1.32:
-            # routing the Add through a DQ of that Q (or a shared DQ) makes ORT keep BOTH neighbouring convs
-            # float, so this conv stays float and its consumers keep their int8 kernels.
-            stats["mixed_consumers"] += 1
+            row["how"] = "mixed_consumers"
             continue
         scale = _downstream_q_scale(out, consumers, inits, producers)
-        how = "exact"
-        if scale is None and calib_amax and out in calib_amax:
+        row["how"], row["scale"] = ("exact", scale) if scale is not None else ("needs_range", None)
+    return plan
+
+
+def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale: float = 1e-8) -> dict:
+    """Insert ``Q -> DQ`` (int8, symmetric) after each quantized Conv's output. Returns counts by how the scale
+    was chosen: ``exact`` (consumer Q's scale, possibly through ReLU), ``calibrated`` (observed range) and
+    ``skipped`` (no scale known: the Conv output stays float); ``mixed_consumers`` are left float on purpose.
+    Convs whose output already goes to a ``Q`` (e.g. a QAT-trained output fake-quant) are left as they are
+    and counted as ``trained`` when that Q is not also the next layer's input Q."""
+    from onnx import helper
+
+    g = model.graph
+    convs = {n.output[0]: n for n in g.node if n.op_type == "Conv"}
+    _, consumers = _graph_maps(g)
+    stats = Counter()
+    for row in conv_output_plan(model):
+        how, out = row["how"], row["output"]
+        if how == "float_input":
+            continue
+        if how == "has_q":
+            if _q_feeds_float_op(out, consumers):
+                stats["trained"] += 1
+            continue
+        if how == "mixed_consumers":
+            stats["mixed_consumers"] += 1
+            continue
+        scale = row["scale"]
+        if how == "needs_range" and calib_amax and out in calib_amax:
             scale = max(calib_amax[out] / 127.0, min_scale)
             how = "calibrated"
         if scale is None:
             stats["skipped"] += 1
             continue
+        node = convs[out]
+        for o in g.output:
+            if o.name == out:  # keep the graph output name: rename through an Identity
+                raise ValueError("a Conv output is a graph output; not supported")
         base = node.name or out
         sn = _add_init(g, f"{base}.out_scale", np.array(scale, np.float32))
         zn = _add_init(g, f"{base}.out_zp", np.array(0, np.int8))
@@ -330,9 +396,6 @@ def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale:
             for k, inp in enumerate(c.input):
                 if inp == out:
                     c.input[k] = new_out
-        for o in g.output:
-            if o.name == out:  # keep the graph output name: rename through an Identity
-                raise ValueError("a Conv output is a graph output; not supported")
         idx = list(g.node).index(node)
         g.node.insert(idx + 1, dq)
         g.node.insert(idx + 1, q)

@@ -8,6 +8,9 @@ symmetric per-channel int8 weights, int8 activations), ``prepare_pt2e``, calibra
 images, ``convert_pt2e``, then the same lowering. The float model it starts from is the QAT model's
 deployment form with fake-quant switched off: the QAT-trained weights with BatchNorm folded. (PT2E *QAT* has a
 MobileNetV3 accuracy bug, so the QAT ranges are not carried over; XNNPACK's own PTQ observers set them.)
+So the .pte's faithful reference is the ``convert_pt2e`` module it is lowered from (:func:`pt2e_int8`,
+:func:`pt2e_logits`), not the QAT model: ``edgecv export`` validates against it and reports the QAT model's
+accuracy next to it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def export_fp32(model: nn.Module, path: Path, img_size: int) -> dict:
     return _lower_and_save(ep, path)
 
 
-def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[np.ndarray]) -> dict:
+def pt2e_int8(float_model: nn.Module, img_size: int, calib: list[np.ndarray]) -> tuple[nn.Module, int]:
+    """PT2E PTQ with XNNPACKQuantizer: the ``convert_pt2e`` module (float graph with quantized_decomposed q/dq
+    ops, batch 1) that the INT8 .pte is lowered from, and the number of calibration images."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -64,10 +69,26 @@ def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[n
             for i in range(b.shape[0]):  # exported with batch 1
                 prepared(torch.from_numpy(np.ascontiguousarray(b[i : i + 1])))
                 n += 1
-    converted = convert_pt2e(prepared)
+    return convert_pt2e(prepared), n
+
+
+def lower_int8(converted: nn.Module, path: Path, img_size: int, calibration_images: int) -> dict:
+    dummy = (torch.zeros(1, 3, img_size, img_size),)
     with torch.no_grad():
         ep = torch.export.export(converted, dummy)
     info = _lower_and_save(ep, path)
-    info.update({"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E PTQ)", "calibration_images": n,
-                 "float_weights": "QAT model, fake-quant off, BN folded"})
+    info.update({"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E PTQ)",
+                 "calibration_images": calibration_images, "float_weights": "QAT model, fake-quant off, BN folded"})
     return info
+
+
+@torch.no_grad()
+def pt2e_logits(converted: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Logits of the PT2E-converted (fake-quant) module, one image at a time (it was exported with batch 1)."""
+    return np.concatenate([converted(torch.from_numpy(np.ascontiguousarray(x[i : i + 1]))).float().numpy()
+                           for i in range(len(x))])
+
+
+def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[np.ndarray]) -> dict:
+    converted, n = pt2e_int8(float_model, img_size, calib)
+    return lower_int8(converted, path, img_size, n)

@@ -54,13 +54,24 @@ class Checkpoint:
         if self.meta.get("quant"):
             from edgecv.compress.quantize import prepare_qat
 
-            model = prepare_qat(model, self.meta["quant"])
+            model = prepare_qat(model, self.quant_config())
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
             first = str(e).strip().splitlines()
             raise UserError(f"{self.path}: weights do not fit arch '{self.arch}': {' '.join(first[:2])[:300]}") from None
         return model.eval()
+
+    def quant_config(self) -> dict:
+        """``meta["quant"]`` with the output fake-quant placement made explicit: as recorded, else the modules
+        that have one in the state_dict (checkpoints written before it was recorded; none for old QAT runs), so
+        the model is rebuilt exactly as it was saved."""
+        q = self.meta.get("quant")
+        q = dict(q) if isinstance(q, dict) else {}
+        if q.get("output_fq") is None:
+            sd = self.state_dict or {}
+            q["output_fq"] = sorted({k[: -len(".out_fq.amax")] for k in sd if k.endswith(".out_fq.amax")})
+        return q
 
 
 def save_checkpoint(
