@@ -191,3 +191,25 @@ def test_same_format_precision_entries_get_distinct_names(tmp_path):
     validate(res)
     assert sorted(a["name"] for a in res["artifacts"]) == ["onnx-fp32 (model_fp32.onnx)", "onnx-fp32 (other.onnx)"]
     assert all(a["status"] == "ok" for a in res["artifacts"])
+
+
+def test_include_failed_validation_is_timed_labelled_never_recommended(tmp_path):
+    from edgecv.bench.bench import BenchConfig, run_bench
+    from edgecv.utils import sha256_file
+
+    root = tmp_path / "b"
+    export_onnx(ColourNet((1, 2, 0)), root / "model_int8.onnx", 32)  # a written artifact whose validation failed
+    f = root / "model_int8.onnx"
+    failed = ArtifactEntry(file=f.name, format="onnx", precision="int8", runtime="onnxruntime", status="failed",
+                           sha256=sha256_file(f), size_bytes=f.stat().st_size,
+                           error="validation failed: top-1 agreement 96.0% < 97.0%")
+    make_bundle(root, model=ColourNet(), extra_entries=[failed])
+    cfg = dict(min_time_s=0.02, min_runs=5, warmup=1, rounds=2, accuracy=False)
+    default = run_bench(str(root), BenchConfig(**cfg))
+    row = next(a for a in default["artifacts"] if a["name"] == "onnx-int8")
+    assert row["status"] == "not_exported" and row["primary"] is None
+    res = run_bench(str(root), BenchConfig(include_failed=True, **cfg))
+    row = next(a for a in res["artifacts"] if a["name"] == "onnx-int8")
+    assert row["status"] == "ok" and row["primary"]["p50_ms"] > 0
+    assert any(n.startswith("export validation failed") and "96.0%" in n for n in row["notes"])
+    assert all(rec is None or rec["name"] != "onnx-int8" for rec in res["recommended"].values())

@@ -34,6 +34,7 @@ class Resolved:
     manifest: Manifest | None
     integrity_error: str | None = None  # sha256 / missing-file problem found by verify_artifact
     label: str | None = None  # set when two entries share format-precision: "onnx-fp32 (file.onnx)"
+    failed_validation: str | None = None  # export validation failed, benched anyway (--include-failed)
 
     @property
     def name(self) -> str:
@@ -87,8 +88,12 @@ def single_artifact(path: Path) -> Resolved:
     return Resolved(entry, path.resolve(), None)
 
 
-def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool = True) -> Source:
-    """Resolve a BUNDLE directory / manifest.json / single artifact file; ``only`` filters by ``format-precision``."""
+def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool = True,
+                   include_failed: bool = False) -> Source:
+    """Resolve a BUNDLE directory / manifest.json / single artifact file; ``only`` filters by ``format-precision``.
+
+    ``include_failed``: also run artifacts whose export *validation* failed (the file was written and hashed);
+    they carry ``failed_validation`` so reports label them and never recommend them."""
     p = Path(arg)
     if not p.exists():
         raise UserError(f"{arg}: no such file or directory")
@@ -97,7 +102,10 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool 
         man = load_manifest(bundle)
         resolved, not_ok = [], []
         for e in man.artifacts:
-            if e.status != "ok" or not e.runtime:
+            failed_validation = None
+            if include_failed and e.status == "failed" and e.runtime and e.sha256 and (bundle / e.file).is_file():
+                failed_validation = e.error or "export validation failed"
+            elif e.status != "ok" or not e.runtime:
                 not_ok.append(e)
                 continue
             err = None
@@ -106,7 +114,7 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool 
                     verify_artifact(bundle, e)
                 except UserError as ex:
                     err = str(ex)
-            resolved.append(Resolved(e, (bundle / e.file).resolve(), man, err))
+            resolved.append(Resolved(e, (bundle / e.file).resolve(), man, err, failed_validation=failed_validation))
         names = [r.entry.name for r in resolved]
         for r in resolved:
             if names.count(r.entry.name) > 1:

@@ -50,6 +50,7 @@ class BenchConfig:
     adb: str | None = None
     adb_runner: str | None = None
     seed: int = 0
+    include_failed: bool = False  # also run artifacts whose export validation failed (labelled, never recommended)
 
     def settings(self) -> dict:
         return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
@@ -87,7 +88,7 @@ def _skip_row(res: Resolved, status: str, reason: str) -> dict:
 
 
 def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> dict:
-    src = resolve_source(bundle, cfg.artifacts)
+    src = resolve_source(bundle, cfg.artifacts, include_failed=cfg.include_failed)
     man = src.manifest
     target_name = cfg.target or (man.target if man else None)
     profile: TargetProfile | None = get_target(target_name) if target_name else None
@@ -131,6 +132,9 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
             log(f"{res.name}: INVALID: {res.integrity_error}")
             continue
         rows[res.name] = _skip_row(res, "ok", None)
+        if res.failed_validation:
+            rows[res.name]["notes"].append(f"export validation failed (benched because of --include-failed; never "
+                                           f"recommended): {res.failed_validation}")
         live.append(res)
 
     rng = np.random.default_rng(cfg.seed)
@@ -352,7 +356,8 @@ def recommend(rows: list[dict], profile: TargetProfile | None, tolerance: float 
     artifacts (when accuracy was measured). "Fastest" = lowest p90 for a p90 budget, highest fps for an fps
     budget, lowest p50 without a budget. Returns ``{target: {"name", "reason"} | None}``.
     """
-    ok = [r for r in rows if r["status"] == "ok" and r["primary"]]
+    ok = [r for r in rows if r["status"] == "ok" and r["primary"]
+          and not any(n.startswith("export validation failed") for n in r["notes"])]
     groups: dict[str, list[dict]] = {}
     for r in ok:
         groups.setdefault(r["profile"] or (profile.name if profile else "host"), []).append(r)
