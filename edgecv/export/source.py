@@ -16,7 +16,6 @@ Which weights each artifact comes from:
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from edgecv.errors import UserError
 from edgecv.models.checkpoint import Checkpoint, load_checkpoint
 from edgecv.utils import sha256_file
 
-RUN_SCHEMA = "edgecv.run/1"
 PIPELINE = ("distill", "prune", "quantize")
 
 
@@ -103,12 +101,9 @@ def resolve_source(source: str | Path, stage: str | None = None, trust_pickle: b
     rj = p / "run.json"
     if not rj.is_file():
         raise UserError(f"{p}: not a compress run directory (no run.json)")
-    try:
-        run = json.loads(rj.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{rj}: invalid JSON ({e})") from None
-    if run.get("schema") != RUN_SCHEMA:
-        raise UserError(f"{rj}: schema is {run.get('schema')!r}, expected {RUN_SCHEMA!r}")
+    from edgecv.compress.pipeline import Run
+
+    run = Run.load(p).data  # the one reader of run.json: bad JSON or another schema -> UserError
     stages = run.get("stages") or {}
     done = [s for s in PIPELINE if (stages.get(s) or {}).get("status") == "done"]
     if stage:
