@@ -43,17 +43,9 @@ def last_feature_module(model: nn.Module, size: int) -> tuple[nn.Module, int]:
         if isinstance(out, torch.Tensor) and out.ndim == 4:
             order.append((m, out.shape[1]))
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, 3, size, size, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    from edgecv.models.registry import traced_forward
+
+    traced_forward(model, [(m, hook) for m in model.modules() if not list(m.children())], size)
     if not order:
         raise ValueError("model has no 4-D feature map")
     return order[-1]

@@ -220,22 +220,11 @@ def find_conv_bn_pairs(model: nn.Module, size: int = 64) -> list[tuple[str, str]
         if src is not None:
             pairs.append((src, names[m]))
 
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            hooks.append(m.register_forward_hook(bn_hook))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(2, 3, size, size, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    from edgecv.models.registry import traced_forward
+
+    hooks = [(m, conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [(m, bn_hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    traced_forward(model, hooks, size, batch=2)
     return pairs
 
 

@@ -101,6 +101,23 @@ def create_model(arch: str, num_classes: int, channel_spec: dict | None = None) 
     return model
 
 
+def traced_forward(model: nn.Module, hooks: list[tuple[nn.Module, Callable]], img_size: int, batch: int = 1,
+                   in_ch: int = 3) -> None:
+    """One eval-mode, no-grad forward of zeros with temporary forward ``hooks`` ((module, fn) pairs); the hooks are
+    removed and the training mode restored afterwards. How MACs, Conv+BN pairs and feature maps are found."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(batch, in_ch, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def count_macs(model: nn.Module, img_size: int, in_ch: int = 3) -> int:
     """Multiply-accumulates of one forward pass at ``img_size`` (conv + linear layers; the standard count)."""
     total = 0
@@ -114,22 +131,9 @@ def count_macs(model: nn.Module, img_size: int, in_ch: int = 3) -> int:
         nonlocal total
         total += out.numel() // out.shape[0] * m.in_features
 
-    hooks = []
-    for mod in model.modules():
-        if isinstance(mod, nn.Conv2d):
-            hooks.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.Linear):
-            hooks.append(mod.register_forward_hook(lin_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, in_ch, img_size, img_size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    hooks = [(m, conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [(m, lin_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    traced_forward(model, hooks, img_size, in_ch=in_ch)
     return int(total)
 
 
