@@ -25,8 +25,6 @@ from edgecv.errors import UserError
 from edgecv.models.checkpoint import Checkpoint, load_checkpoint
 from edgecv.utils import sha256_file
 
-PIPELINE = ("distill", "prune", "quantize")
-
 
 @dataclass
 class ExportSource:
@@ -101,14 +99,14 @@ def resolve_source(source: str | Path, stage: str | None = None, trust_pickle: b
     rj = p / "run.json"
     if not rj.is_file():
         raise UserError(f"{p}: not a compress run directory (no run.json)")
-    from edgecv.compress.pipeline import Run
+    from edgecv.compress.pipeline import STAGES, Run
 
     run = Run.load(p).data  # the one reader of run.json: bad JSON or another schema -> UserError
     stages = run.get("stages") or {}
-    done = [s for s in PIPELINE if (stages.get(s) or {}).get("status") == "done"]
+    done = [s for s in STAGES if (stages.get(s) or {}).get("status") == "done"]
     if stage:
-        if stage not in PIPELINE:
-            raise UserError(f"--stage must be one of {', '.join(PIPELINE)}, got '{stage}'")
+        if stage not in STAGES:
+            raise UserError(f"--stage must be one of {', '.join(STAGES)}, got '{stage}'")
         if stage not in done:
             raise UserError(f"{p}: stage '{stage}' is not done (done: {', '.join(done) or 'none'})")
         chosen = stage
