@@ -89,16 +89,63 @@ def test_checkpoint_without_output_fq_still_loads(tmp_path):
     """QAT checkpoints written before output fake-quant existed (no out_fq modules, no meta entry)."""
     torch.manual_seed(0)
     m = create_model("mobilenet_v3_small", 3)
-    prepare_qat(m, QuantConfig(trace_size=32, output_fq=[]))
+    prepare_qat(m, QuantConfig(trace_size=32, output_fq=[], float_convs=[]))
     calibrate(m, [(torch.randn(8, 3, 32, 32), None)])
     assert output_fq_names(m) == []
-    old_meta = {k: v for k, v in QuantConfig(trace_size=32).to_dict().items() if k != "output_fq"}
+    old_meta = {k: v for k, v in QuantConfig(trace_size=32).to_dict().items()
+                if k not in ("output_fq", "float_convs", "float_stem")}
     p = save_checkpoint(tmp_path / "old.pt", m, "mobilenet_v3_small", ["a", "b", "c"], Preprocess(input_size=32),
                         meta={"quant": old_meta})
     m2 = load_checkpoint(p).build()
     assert output_fq_names(m2) == []
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(m.eval()(x), m2(x))
+
+
+def test_float_stem_default_and_old_checkpoints(tmp_path):
+    """The image stem stays float (no input/weight fake-quant, plain float Conv in the QDQ ONNX that ORT runs as
+    fp32 while the other convs run QLinearConv); a checkpoint whose meta predates float convs rebuilds with every
+    conv quantized, as it was trained."""
+    import onnx
+
+    from edgecv.export.onnx import export_int8_qdq, ort_int8_kernels
+
+    m, spec, _ = _qat_pruned()
+    assert m.edgecv_quant["float_convs"] == ["features.0.0"]
+    stem = m.get_submodule("features.0.0")
+    assert stem.float_layer and not m.get_submodule("features.1.block.0.0").float_layer
+    x = torch.randn(4, 3, 32, 32)
+    # no fake-quant anywhere in the stem: exactly the folded float conv
+    assert torch.equal(stem(x), stem._conv(x, *stem.folded()))
+    path = tmp_path / "m.onnx"
+    export_int8_qdq(to_deploy(m), path, 32)
+    g = onnx.load(str(path)).graph
+    first = next(n for n in g.node if n.op_type == "Conv")
+    assert first.input[0] == g.input[0].name  # float input, float weight: no Q/DQ before the stem
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == g.input[0].name for n in g.node)
+    k = ort_int8_kernels(path)
+    assert k["int8_kernels"] and k["int8_convs"] >= k["convs_in_model"] - 1 - 4  # stem (+ mixed-consumer convs)
+
+    old_meta = {k: v for k, v in m.edgecv_quant.items() if k not in ("float_convs", "float_stem")}
+    p = save_checkpoint(tmp_path / "old.pt", m, "mobilenet_v3_small", ["a", "b", "c"], Preprocess(input_size=32),
+                        meta={"channel_spec": spec, "quant": old_meta})
+    m2 = load_checkpoint(p).build()
+    assert not any(getattr(mod, "float_layer", False) for mod in m2.modules())
+    p = save_checkpoint(tmp_path / "new.pt", m, "mobilenet_v3_small", ["a", "b", "c"], Preprocess(input_size=32),
+                        meta={"channel_spec": spec, "quant": m.edgecv_quant})
+    assert torch.equal(m(x), load_checkpoint(p).build()(x))
+
+
+def test_prepare_qat_leaves_observers_unseeded():
+    """prepare_qat's tracing forwards (Conv+BN pairs, stem, output fake-quant placement) must not initialise
+    any activation range: calibration starts from real data (a zeros forward once seeded a 10x-too-small range
+    that the EMA never recovered from: PTQ top-1 57 % -> 34 %)."""
+    from edgecv.compress.quantize import ActFakeQuant
+
+    for arch in ("mobilenet_v3_small", "resnet18"):
+        m = prepare_qat(create_model(arch, 3), QuantConfig(trace_size=32))
+        fqs = [a for a in m.modules() if isinstance(a, ActFakeQuant)]
+        assert fqs and not any(a.initialized.item() for a in fqs), arch
 
 
 def _colour_batch(n: int, size: int, gen: torch.Generator, classes: int = 4):

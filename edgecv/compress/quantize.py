@@ -11,6 +11,10 @@ Scheme (TensorRT explicit quantization, OpenVINO and ONNX Runtime QDQ all run it
   read by hardswish, SE gates, residual adds...: no next-layer input Q it could reuse). Those convs are
   found by exporting the deploy form once and asking :func:`edgecv.export.onnx.conv_output_plan`, so the
   QAT model simulates (and trains with) exactly the graph that is deployed;
+* the stem (a conv reading the 3-channel image) stays float by default (``QuantConfig.float_convs``): as an
+  int8 kernel it ran 2.7x slower than its fp32 kernel on ONNX Runtime (0.31 vs 0.11 ms at 224 px, 1 thread:
+  a K=27 GEMM gains nothing from int8) and it made the ExecuTorch INT8 model 16 % slower; every later conv
+  is int8. The float stem's output is quantized by the next conv's input fake-quant as usual;
 * biases as int8 runtimes apply them: int32 with scale ``input_scale * weight_scale`` (per channel),
   :func:`fake_quant_bias`, once BN is folded (eval / frozen BN). A one-LSB flip of an activation moves this
   model's logits noticeably, so leaving that rounding out cost ~3 points of top-1 agreement with ORT.
@@ -43,6 +47,10 @@ class QuantConfig:
     # names of the QConvBn2d modules with an output fake-quant; None = decide from the deploy graph
     # (prepare_qat), [] = none (checkpoints written before output fake-quant existed)
     output_fq: list[str] | None = None
+    # names of the convs that stay float (no input / weight fake-quant); None = decide (:func:`float_conv_placement`:
+    # the image stem when ``float_stem``), [] = none (checkpoints written before float convs existed)
+    float_convs: list[str] | None = None
+    float_stem: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +124,7 @@ class QConvBn2d(nn.Module):
         self.out_fq: ActFakeQuant | None = None  # output fake-quant (conv+BN output, before the activation)
         self.register_buffer("bn_frozen", torch.tensor(0, dtype=torch.uint8))
         self.register_buffer("weight_fq", torch.tensor(1, dtype=torch.uint8))
+        self.float_layer = False  # stays float in every INT8 artifact (QuantConfig.float_convs): no fake-quant
 
     def _conv(self, x, w, b=None):
         c = self.conv
@@ -142,13 +151,14 @@ class QConvBn2d(nn.Module):
     def _bias_q(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
         """int32 bias simulation (when both input and weight are quantized, as in the exported graph)."""
         a = self.act_fq
-        if b is None or not (self.weight_fq.item() and a.fake_quant.item() and a.initialized.item()):
+        if b is None or self.float_layer or not (self.weight_fq.item() and a.fake_quant.item() and a.initialized.item()):
             return b
         return fake_quant_bias(b, a.scale.float(), _weight_scale(w))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act_fq(x)
-        wq = (lambda t: fake_quant_weight(t)) if self.weight_fq.item() else (lambda t: t)
+        if not self.float_layer:
+            x = self.act_fq(x)
+        wq = (lambda t: fake_quant_weight(t)) if self.weight_fq.item() and not self.float_layer else (lambda t: t)
         if self.bn is None:
             w = self.conv.weight
             return self._conv(x, wq(w), self._bias_q(self.conv.bias, w))
@@ -233,6 +243,8 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
     of ``qcfg.output_fq`` (decided by :func:`output_fq_placement` when None) an output fake-quant. Returns the
     model; ``model.edgecv_quant`` is the resolved config to store in the checkpoint's ``meta["quant"]``."""
     qcfg = copy.deepcopy(qcfg) if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)
+    if qcfg.float_convs is None:  # traced on the float model: a forward after the swap would seed the observers
+        qcfg.float_convs = float_conv_placement(model, qcfg.trace_size) if qcfg.float_stem else []
     pairs = find_conv_bn_pairs(model, qcfg.trace_size)
     paired_bn = {b: c for c, b in pairs}
     conv_to_bn = {c: b for c, b in pairs}
@@ -247,9 +259,13 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
     for bn_name in paired_bn:
         bn = mods[bn_name]
         _set_module(model, bn_name, _BnTail(bn) if hasattr(bn, "act") else nn.Identity())
+    mods = dict(model.named_modules())
+    for name in qcfg.float_convs:
+        if not isinstance(mods.get(name), QConvBn2d):
+            raise ValueError(f"float conv '{name}': not a conv of this model")
+        mods[name].float_layer = True
     if qcfg.output_fq is None:
         qcfg.output_fq = output_fq_placement(model, qcfg.trace_size)
-    mods = dict(model.named_modules())
     for name in qcfg.output_fq:
         q = mods.get(name)
         if not isinstance(q, QConvBn2d):
@@ -257,6 +273,29 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
         q.out_fq = ActFakeQuant(qcfg.ema).to(q.act_fq.amax.device)
     model.edgecv_quant = qcfg.to_dict()  # marker + the config that rebuilds this model
     return model
+
+
+def float_conv_placement(model: nn.Module, size: int) -> list[str]:
+    """The ``nn.Conv2d`` modules of a float model that read the network input itself (the image stem)."""
+    from edgecv.models.registry import traced_forward
+
+    names = {m: n for n, m in model.named_modules()}
+    found: list[str] = []
+    inp: list[torch.Tensor] = []
+
+    def first(m, args):
+        inp.append(args[0])
+
+    def hook(m, args, out):
+        if inp and args[0] is inp[0] and names[m] not in found:
+            found.append(names[m])
+
+    h = model.register_forward_pre_hook(first)
+    try:
+        traced_forward(model, [(m, hook) for m in model.modules() if isinstance(m, nn.Conv2d)], size, batch=2)
+    finally:
+        h.remove()
+    return found
 
 
 def output_fq_placement(model: nn.Module, size: int) -> list[str]:
@@ -270,7 +309,7 @@ def output_fq_placement(model: nn.Module, size: int) -> list[str]:
 
     d = to_deploy(model).cpu()
     for m in d.modules():
-        if isinstance(m, _DeployBase):
+        if isinstance(m, _DeployBase) and not getattr(m, "float_layer", False):
             m.act_enabled, m.act_scale, m.w_enabled = True, 1.0, True
             if isinstance(m, DeployQConv):
                 m.out_enabled = False
@@ -285,13 +324,18 @@ def output_fq_placement(model: nn.Module, size: int) -> list[str]:
         for h in hooks:
             h.remove()
     plan = conv_output_plan(onnx_model_in_memory(d, size))
-    if len(plan) != len(order) or any(r["how"] == "float_input" for r in plan):
+    float_convs = {n for n, m in model.named_modules() if isinstance(m, QConvBn2d) and m.float_layer}
+    unexpected = [r for r, n in zip(plan, order, strict=False) if (r["how"] == "float_input") != (n in float_convs)]
+    if len(plan) != len(order) or unexpected:
         raise RuntimeError(
             f"output fake-quant placement: the deploy graph has {len(plan)} Conv nodes "
             f"({sum(r['how'] == 'float_input' for r in plan)} without a quantized input) but the model ran "
-            f"{len(order)} quantized convs; cannot match them (architecture not supported by prepare_qat)")
+            f"{len(order)} convs ({len(float_convs)} float); cannot match them (architecture not supported by "
+            f"prepare_qat)")
     decision: dict[str, bool] = {}
     for name, row in zip(order, plan, strict=True):
+        if name in float_convs:
+            continue
         need = row["how"] == "needs_range"
         if decision.setdefault(name, need) != need:
             raise RuntimeError(f"output fake-quant placement: '{name}' runs more than once with different needs")
@@ -397,7 +441,10 @@ class DeployQConv(_DeployBase):
         w, b = q.folded()
         c = q.conv
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
-        self._init_q(q.act_fq, w, bool(q.weight_fq.item()))
+        self._init_q(q.act_fq, w, bool(q.weight_fq.item()) and not q.float_layer)
+        self.float_layer = q.float_layer
+        if q.float_layer:
+            self.act_enabled = False
         self.register_buffer("bias", self._bias_q(b))
         o = q.out_fq
         self.out_enabled = bool(o is not None and o.fake_quant.item() and o.initialized.item())

@@ -71,6 +71,8 @@ class Checkpoint:
         if q.get("output_fq") is None:
             sd = self.state_dict or {}
             q["output_fq"] = sorted({k[: -len(".out_fq.amax")] for k in sd if k.endswith(".out_fq.amax")})
+        if q.get("float_convs") is None:
+            q["float_convs"] = []  # written before float convs existed: every conv was quantized
         return q
 
 
