@@ -101,7 +101,11 @@ def test_export_all_writes_and_validates_every_format(bundle_all):
         v = got[("pte", "int8")].validation
         assert v["reference"].startswith("torch PT2E model"), v
         assert "qat_reference_accuracy" in v and "qat_top1_agreement" in v, v
+        # int8 weights really stored as int8 (not fp32 next to q/dq ops), the QAT model's float stem kept float
+        assert got[("pte", "int8")].size_bytes < 0.5 * got[("pte", "fp32")].size_bytes
+        assert got[("pte", "int8")].extra["float_modules"] == ["conv_stem"]
     assert got[("onnx", "int8")].validation["reference"] == "torch QAT model (fake-quant)"
+    assert got[("onnx", "int8")].size_bytes < 0.5 * got[("onnx", "fp32")].size_bytes
     qdq = got[("onnx", "int8")].extra["qdq_passes"]["conv_output_qdq"]
     assert qdq.get("calibrated", 0) == 0 and qdq.get("trained", 0) > 0, qdq  # QAT simulated every output Q
     assert got[("ptl", "fp32")].extra["optimize_for_mobile"]  # applied, or skipped with the reason
