@@ -169,6 +169,25 @@ def test_int8_not_faster_note_and_recommendation():
     assert recommend(rows, None, tolerance=10)["x86"]["name"] == "openvino-int8"
 
 
+def test_best_int8_vs_onnx_fp32():
+    """The fastest validated INT8 artifact of any runtime against ORT's FP32 ONNX, from the same rows."""
+    from edgecv.bench.bench import int8_vs_onnx_fp32
+    from edgecv.bench.report import _best_int8_text
+
+    rows = [_row("onnx-fp32", "onnx", "fp32", "onnxruntime", 0.53, 0.6, None),
+            _row("onnx-int8", "onnx", "int8", "onnxruntime", 1.07, 1.2, None),
+            _row("pte-int8", "pte", "int8", "executorch", 0.48, 0.5, None),
+            _row("openvino-int8", "openvino", "int8", "openvino", 0.40, 0.45, None)]
+    rows[3]["notes"].append("export validation failed (benched because of --include-failed; never recommended)")
+    c = int8_vs_onnx_fp32(rows)
+    assert c["int8"] == "pte-int8" and c["faster"] and abs(c["speedup"] - 0.53 / 0.48) < 1e-9
+    assert "1.10x faster than onnx-fp32" in _best_int8_text(c)
+    rows[2]["primary"]["p50_ms"] = 0.54
+    c = int8_vs_onnx_fp32(rows)
+    assert not c["faster"] and "not faster than" in _best_int8_text(c)
+    assert int8_vs_onnx_fp32(rows[1:]) is None  # no FP32 ONNX measured
+
+
 def test_markdown_and_plot_render_without_accuracy(tmp_path, bundle):
     res = run_bench(str(bundle), BenchConfig(min_time_s=0.02, min_runs=5, warmup=1, rounds=1, accuracy=False))
     validate(res)
@@ -213,3 +232,17 @@ def test_include_failed_validation_is_timed_labelled_never_recommended(tmp_path)
     assert row["status"] == "ok" and row["primary"]["p50_ms"] > 0
     assert any(n.startswith("export validation failed") and "96.0%" in n for n in row["notes"])
     assert all(rec is None or rec["name"] != "onnx-int8" for rec in res["recommended"].values())
+
+
+def test_build_script_entry_is_skipped_not_unexported(tmp_path):
+    """The TensorRT build script is written fine but is not a model: the row says so (it once read
+    'not_exported: export status ok: no reason recorded')."""
+    from edgecv.bench.bench import BenchConfig, run_bench
+
+    root = tmp_path / "b"
+    script = ArtifactEntry(file="tensorrt/build_engine.py", format="tensorrt_script", precision="fp16+int8",
+                           runtime=None, status="ok")
+    make_bundle(root, model=ColourNet(), extra_entries=[script])
+    res = run_bench(str(root), BenchConfig(min_time_s=0.02, min_runs=5, warmup=1, rounds=1, accuracy=False))
+    row = next(a for a in res["artifacts"] if a["format"] == "tensorrt_script")
+    assert row["status"] == "skipped" and "not a model" in row["reason"] and "build_engine.py" in row["reason"]

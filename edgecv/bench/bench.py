@@ -120,8 +120,12 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
     rows: dict[str, dict] = {}
     order: list[str] = []
     for e in src.not_ok:
-        r = _skip_row(Resolved(e, src.path / e.file, man), "not_exported",
-                      f"export status {e.status}: {e.error or 'no reason recorded'}")
+        if e.status == "ok":  # written fine but nothing to run (the TensorRT build script)
+            r = _skip_row(Resolved(e, src.path / e.file, man), "skipped",
+                          f"{e.format}: not a model; run {e.file} on the target to build it there")
+        else:
+            r = _skip_row(Resolved(e, src.path / e.file, man), "not_exported",
+                          f"export status {e.status}: {e.error or 'no reason recorded'}")
         rows[e.name] = r
         order.append(e.name)
     live: list[Resolved] = []
@@ -297,6 +301,7 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
         "recommended": recommend([rows[n] for n in order], profile, cfg.accuracy_tolerance,
                                  slower={c["int8"] for c in comparison if c["faster"] == "fp32"}),
         "precision_comparison": comparison,
+        "int8_vs_onnx_fp32": int8_vs_onnx_fp32([rows[n] for n in order]),
         "notes": notes,
     }
     return result
@@ -324,6 +329,21 @@ def precision_comparison(rows: list[dict]) -> list[dict]:
                     "fp32_p50_ms": b, "int8_p50_ms": a, "int8_speedup": b / a if a > 0 else None, "faster": faster,
                     "deploy": r8["name"] if faster == "int8" else r32["name"]})
     return out
+
+
+def int8_vs_onnx_fp32(rows: list[dict]) -> dict | None:
+    """The fastest INT8 artifact (any runtime, export validation passed) against the FP32 ONNX on ONNX Runtime, at
+    the primary config: the question "does INT8 pay off at all on this host", answered by one run's numbers."""
+    ok = [r for r in rows if r["status"] == "ok" and r["primary"]
+          and not any(n.startswith("export validation failed") for n in r["notes"])]
+    ref = [r for r in ok if r["format"] == "onnx" and r["precision"] == "fp32" and r["runtime"] == "onnxruntime"]
+    int8 = [r for r in ok if r["precision"] == "int8"]
+    if len(ref) != 1 or not int8:
+        return None
+    best = min(int8, key=lambda r: r["primary"]["p50_ms"])
+    a, b = best["primary"]["p50_ms"], ref[0]["primary"]["p50_ms"]
+    return {"int8": best["name"], "int8_runtime": best["runtime"], "int8_p50_ms": a, "onnx_fp32": ref[0]["name"],
+            "onnx_fp32_p50_ms": b, "speedup": b / a if a > 0 else None, "faster": a < INT8_NOT_FASTER * b}
 
 
 def _int8_notes(rows: list[dict]) -> list[str]:

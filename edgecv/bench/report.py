@@ -85,6 +85,13 @@ def _cmp_text(c: dict) -> str:
             "on this runtime")
 
 
+def _best_int8_text(c: dict) -> str:
+    sp = c["speedup"]
+    how = f"{sp:.2f}x faster than" if c["faster"] else f"not faster than ({sp:.2f}x)"
+    return (f"best INT8 artifact {c['int8']} ({c['int8_runtime']}, p50 {c['int8_p50_ms']:.3f} ms) is {how} "
+            f"{c['onnx_fp32']} on onnxruntime (p50 {c['onnx_fp32_p50_ms']:.3f} ms), same run")
+
+
 def print_table(result: dict, console=None) -> None:
 
     from rich.markup import escape
@@ -112,6 +119,8 @@ def print_table(result: dict, console=None) -> None:
         con.print(f"measured on: {escape(m)}")
     for c in result.get("precision_comparison") or []:
         con.print(f"{escape(c['runtime'])}: {_cmp_text(c)}")
+    if result.get("int8_vs_onnx_fp32"):
+        con.print(escape(_best_int8_text(result["int8_vs_onnx_fp32"])))
     for tname, rec in (result.get("recommended") or {}).items():
         con.print(f"recommended for {tname}: " + (f"[bold]{escape(rec['name'])}[/] ({escape(rec['reason'])})" if rec
                                                    else "none (no artifact passes the budget and keeps accuracy)"))
@@ -135,6 +144,8 @@ def to_markdown(result: dict) -> str:
     lines.append("")
     for c in result.get("precision_comparison") or []:
         lines.append(f"- {c['runtime']}: {_cmp_text(c)}")
+    if result.get("int8_vs_onnx_fp32"):
+        lines.append(f"- {_best_int8_text(result['int8_vs_onnx_fp32'])}")
     for tname, rec in (result.get("recommended") or {}).items():
         lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
     for n in result["notes"]:
