@@ -283,7 +283,7 @@ class _Exporter:
             from edgecv.export import openvino as OV
 
             src = self.onnx_file(prec)
-            xml, binf = OV.convert(src, path)
+            xml, binf = OV.convert(src, path, extra)
             comp = str(binf.relative_to(self.out))
             extra["companions"] = [comp]
             extra["companion_sha256"] = {comp: sha256_file(binf)}
