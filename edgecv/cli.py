@@ -246,6 +246,9 @@ _COMPRESS_FLAGS = ("teacher", "teacher_arch", "data", "student", "target_macs", 
 @click.option("--feature-kd", default=None, type=click.FloatRange(0),
               help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
 @click.option("--calib-size", default=None, type=click.IntRange(1), help="PTQ calibration images [default: 512].")
+@click.option("--int8-stem/--float-stem", "int8_stem", default=None,
+              help="Quantize the 3-channel stem conv too. Default float: faster INT8 on ONNX Runtime and "
+                   "ExecuTorch, slower on OpenVINO (benchmarks/RESULTS.md).")
 @click.option("--teacher-epochs", default=None, type=click.IntRange(0),
               help="Epochs of the on-the-fly teacher (no --teacher) [default: 3].")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from edgecv.compress.pipeline import SCHEMA, CompressConfig, compress
 from edgecv.data.preprocess import Preprocess
@@ -64,6 +65,7 @@ def test_run_json_contract(full_run):
         assert st["sha256"] == sha256_file(full_run / st["checkpoint"])
     assert run["stages"]["prune"]["macs"] <= 0.5 * run["stages"]["distill"]["macs"]
     assert "ptq_top1" in run["stages"]["quantize"] and "baseline_top1" in run["stages"]["prune"]
+    assert run["stages"]["quantize"]["quant"]["float_convs"] == ["features.0.0"]  # float stem by default
     assert (full_run / "config.yaml").is_file()
     assert not list(full_run.glob("*.state")) and not list(full_run.glob("*.partial.pt"))
 
@@ -82,6 +84,18 @@ def test_checkpoints_rebuild_without_pickles(full_run):
 
     assert is_qat(qm) and qm(x).shape == (2, 3)
     assert torch.equal(qm(x), q.build()(x))
+
+
+def test_int8_stem_flag_quantizes_the_stem(data, teacher, tmp_path, cli):
+    """`--int8-stem` (for OpenVINO, whose int8 stem is faster) keeps every conv quantized."""
+    out = tmp_path / "r"
+    r = cli("compress", "--teacher", str(teacher), "--data", str(data), "--student", "mobilenet_v3_small",
+            "--img-size", "16", "--epochs-kd", "0", "--epochs-prune", "0", "--epochs-qat", "0", "--prune-steps", "1",
+            "--batch-size", "16", "--workers", "0", "--calib-size", "16", "--int8-stem", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["quantize"]["quant"]["float_convs"] == []
+    assert yaml.safe_load((out / "config.yaml").read_text())["int8_stem"] is True
 
 
 def test_stages_subset_then_resume(data, teacher, tmp_path):

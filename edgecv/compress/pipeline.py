@@ -68,6 +68,8 @@ class CompressConfig:
     qat_lr_scale: float = 0.1
     freeze_bn_at: float = 0.5  # fraction of QAT epochs after which BN statistics freeze
     freeze_observers_at: float = 0.7  # ... and activation ranges freeze
+    # quantize the image stem too (default float: faster on ORT and XNNPACK, slower on OpenVINO; RESULTS.md)
+    int8_stem: bool = False
     # the on-the-fly teacher (no --teacher)
     teacher_epochs: int = 3
     skip_bad: bool = False
@@ -603,7 +605,7 @@ def stage_quantize(ctx: Context) -> dict:
     fp32_top1 = float(ctx.run.data["stages"]["prune"].get("val_top1", float("nan")))
     stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
     spec = channel_spec_of(model)
-    qcfg = QuantConfig(trace_size=ctx.img_size)
+    qcfg = QuantConfig(trace_size=ctx.img_size, float_stem=not c.int8_stem)
     model = prepare_qat(model, qcfg)
     state = ctx.out / "quantize.state"
     if ctx.resume and state.is_file():
