@@ -369,7 +369,7 @@ def archs(as_json):
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(13, 23), help="ONNX opset (QDQ per-channel needs >= 13).")
 @click.option("--data", default=None, help="Validation/calibration images [default: the data the source was trained on].")
 @click.option("--num-val", default=256, show_default=True, type=click.IntRange(1), help="Validation images per artifact.")
-@click.option("--num-calib", default=128, show_default=True, type=click.IntRange(1),
+@click.option("--num-calib", default=512, show_default=True, type=click.IntRange(1),
               help="Calibration images (PTQ of a float source, ExecuTorch INT8, ONNX conv-output ranges).")
 @click.option("--stage", default=None, help="Run directory: export this stage (distill | prune | quantize) instead of the best.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Runtime threads for validation.")

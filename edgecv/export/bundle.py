@@ -51,7 +51,7 @@ class ExportOptions:
     opset: int = 17
     data: str | None = None
     num_val: int = 256
-    num_calib: int = 128
+    num_calib: int = 512
     stage: str | None = None
     trust_pickle: bool = False
     threads: int = 1
