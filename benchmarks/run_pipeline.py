@@ -125,6 +125,10 @@ def main() -> None:
         for tname, rec in (res.get("recommended") or {}).items():
             if src == "student":
                 lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
+        if src == "student" and res.get("int8_vs_onnx_fp32"):
+            from edgecv.bench.report import best_int8_text
+
+            lines.append(f"- student: {best_int8_text(res['int8_vs_onnx_fp32'])}")
         for n in res["notes"]:
             lines.append(f"- {src} note: {n}")
     lines += ["", f"Pareto plot: `{(work / 'pareto.png').relative_to(REPO) if work.is_relative_to(REPO) else work / 'pareto.png'}`"

@@ -172,7 +172,7 @@ def test_int8_not_faster_note_and_recommendation():
 def test_best_int8_vs_onnx_fp32():
     """The fastest validated INT8 artifact of any runtime against ORT's FP32 ONNX, from the same rows."""
     from edgecv.bench.bench import int8_vs_onnx_fp32
-    from edgecv.bench.report import _best_int8_text
+    from edgecv.bench.report import best_int8_text
 
     rows = [_row("onnx-fp32", "onnx", "fp32", "onnxruntime", 0.53, 0.6, None),
             _row("onnx-int8", "onnx", "int8", "onnxruntime", 1.07, 1.2, None),
@@ -181,10 +181,10 @@ def test_best_int8_vs_onnx_fp32():
     rows[3]["notes"].append("export validation failed (benched because of --include-failed; never recommended)")
     c = int8_vs_onnx_fp32(rows)
     assert c["int8"] == "pte-int8" and c["faster"] and abs(c["speedup"] - 0.53 / 0.48) < 1e-9
-    assert "1.10x faster than onnx-fp32" in _best_int8_text(c)
+    assert "1.10x faster than onnx-fp32" in best_int8_text(c)
     rows[2]["primary"]["p50_ms"] = 0.54
     c = int8_vs_onnx_fp32(rows)
-    assert not c["faster"] and "not faster than" in _best_int8_text(c)
+    assert not c["faster"] and "not faster than" in best_int8_text(c)
     assert int8_vs_onnx_fp32(rows[1:]) is None  # no FP32 ONNX measured
 
 

@@ -85,7 +85,7 @@ def _cmp_text(c: dict) -> str:
             "on this runtime")
 
 
-def _best_int8_text(c: dict) -> str:
+def best_int8_text(c: dict) -> str:
     sp = c["speedup"]
     how = f"{sp:.2f}x faster than" if c["faster"] else f"not faster than ({sp:.2f}x)"
     return (f"best INT8 artifact {c['int8']} ({c['int8_runtime']}, p50 {c['int8_p50_ms']:.3f} ms) is {how} "
@@ -120,7 +120,7 @@ def print_table(result: dict, console=None) -> None:
     for c in result.get("precision_comparison") or []:
         con.print(f"{escape(c['runtime'])}: {_cmp_text(c)}")
     if result.get("int8_vs_onnx_fp32"):
-        con.print(escape(_best_int8_text(result["int8_vs_onnx_fp32"])))
+        con.print(escape(best_int8_text(result["int8_vs_onnx_fp32"])))
     for tname, rec in (result.get("recommended") or {}).items():
         con.print(f"recommended for {tname}: " + (f"[bold]{escape(rec['name'])}[/] ({escape(rec['reason'])})" if rec
                                                    else "none (no artifact passes the budget and keeps accuracy)"))
@@ -145,7 +145,7 @@ def to_markdown(result: dict) -> str:
     for c in result.get("precision_comparison") or []:
         lines.append(f"- {c['runtime']}: {_cmp_text(c)}")
     if result.get("int8_vs_onnx_fp32"):
-        lines.append(f"- {_best_int8_text(result['int8_vs_onnx_fp32'])}")
+        lines.append(f"- {best_int8_text(result['int8_vs_onnx_fp32'])}")
     for tname, rec in (result.get("recommended") or {}).items():
         lines.append(f"- recommended for **{tname}**: " + (f"`{rec['name']}` ({rec['reason']})" if rec else "none"))
     for n in result["notes"]:
