@@ -166,10 +166,62 @@ def lower_int8(converted: nn.Module, path: Path, img_size: int, calibration_imag
     return info
 
 
+def _exact_qmean(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """Global average pool of a dequantized int8 tensor ``x`` (``(q - zero_point) * scale``), returned so that the
+    following ``quantize_per_tensor(scale, zero_point)`` yields ``round_half_even(mean(q))`` of the int8 values
+    ``q`` themselves (zero point included: with an odd zero point the ties go the other way than on
+    ``mean(q - zero_point)``), exactly: what XNNPACK's qs8 mean computes (measured on the .pte, every
+    element). The fp32 mean of ``x`` lands a hair off the .5 ties, which are frequent (1 in 16 on a 4x4 map), so
+    the float reference rounded them at random: 2-6 % of the pooled values 1 LSB off, which the squeeze-excite
+    convs then amplify."""
+    q = torch.round(x.double() / scale)  # q - zero_point, exactly (|error| ~1e-6)
+    n = x.shape[-1] * x.shape[-2]
+    m = torch.round(q.sum(dim=(-2, -1), keepdim=True) / n + zero_point) - zero_point  # exact rational; half-even
+    return (m * scale).to(x.dtype)
+
+
+def _reference_module(converted: nn.Module) -> nn.Module:
+    """A copy of the ``convert_pt2e`` module whose int8 global average pools (``dq -> adaptive_avg_pool2d(1) ->
+    q`` with the input's q-params, XNNPACKQuantizer shares them) compute the exact integer mean, as XNNPACK does
+    (:func:`_exact_qmean`). Everything else is unchanged; the .pte is still lowered from ``converted``."""
+    import copy
+
+    qd = torch.ops.quantized_decomposed
+    gm = copy.deepcopy(converted)
+    n_rewritten = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.ops.aten.adaptive_avg_pool2d.default,
+                                                              torch.ops.aten.mean.dim):
+            continue
+        src = node.args[0]
+        if node.target == torch.ops.aten.adaptive_avg_pool2d.default:
+            if list(node.args[1]) != [1, 1]:
+                continue
+        elif sorted(int(d) % 4 for d in node.args[1]) != [2, 3] or not (len(node.args) > 2 and node.args[2]):
+            continue
+        users = list(node.users)
+        if not (isinstance(src, torch.fx.Node) and src.target == qd.dequantize_per_tensor.default and users
+                and all(u.target == qd.quantize_per_tensor.default for u in users)):
+            continue
+        scale, zp = float(src.args[1]), int(src.args[2])
+        if not all(float(u.args[1]) == scale and int(u.args[2]) == zp for u in users):
+            continue
+        with gm.graph.inserting_after(node):
+            exact = gm.graph.call_function(_exact_qmean, (src, scale, zp))
+        node.replace_all_uses_with(exact)
+        gm.graph.erase_node(node)
+        n_rewritten += 1
+    if n_rewritten:
+        gm.recompile()
+    return gm
+
+
 @torch.no_grad()
 def pt2e_logits(converted: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Logits of the PT2E-converted (fake-quant) module, one image at a time (it was exported with batch 1)."""
-    return np.concatenate([converted(torch.from_numpy(np.ascontiguousarray(x[i : i + 1]))).float().numpy()
+    """Logits of the PT2E-converted (fake-quant) module, one image at a time (it was exported with batch 1), with
+    its int8 global average pools computed exactly as XNNPACK computes them (:func:`_reference_module`)."""
+    ref = _reference_module(converted)
+    return np.concatenate([ref(torch.from_numpy(np.ascontiguousarray(x[i : i + 1]))).float().numpy()
                            for i in range(len(x))])
 
 
