@@ -468,6 +468,7 @@ def ort_int8_kernels(path: Path, threads: int = 1) -> dict:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
         so.optimized_model_filepath = str(opt)
+        so.log_severity_level = 3  # not the "optimized model is hardware specific" warning: it is only inspected
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         om = onnx.load(str(opt))
     ops = Counter(n.op_type for n in om.graph.node)

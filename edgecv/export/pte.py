@@ -15,6 +15,7 @@ accuracy next to it.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import torch
 from torch import nn
 
 from edgecv.utils import atomic_path
+
+# torchao (imported by executorch) registers an Enum with torch's pytree, which torch 2.14 logs as deprecated
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def _lower_and_save(ep, path: Path) -> dict:

@@ -16,6 +16,16 @@ from edgecv.utils import atomic_path
 
 
 def export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool = True) -> dict:
+    import warnings
+
+    with warnings.catch_warnings():
+        # TorchScript and the lite interpreter are deprecated upstream (FutureWarning on every call); the format is
+        # still what PyTorch Mobile apps load, so it is written without the noise
+        warnings.simplefilter("ignore", FutureWarning)
+        return _export_ptl(model, path, img_size, optimize)
+
+
+def _export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool) -> dict:
     model = model.eval()
     dummy = torch.zeros(1, 3, img_size, img_size)
     with torch.no_grad():
