@@ -22,7 +22,7 @@ from edgecv.bench import budget as B
 from edgecv.bench.artifacts import Resolved, input_shape, resolve_source
 from edgecv.bench.latency import LatencyStats, measure_interleaved
 from edgecv.errors import UserError
-from edgecv.runtimes.base import RuntimeUnavailable, host_description, load_runner
+from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
 from edgecv.targets import TargetProfile, get_target
 
 SCHEMA = "edgecv.bench/1"
@@ -230,11 +230,7 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
                     except Exception as ex:  # noqa: BLE001
                         row["notes"].append(f"accuracy failed: {type(ex).__name__}: {ex}")
         finally:
-            for runner in runners.values():
-                try:
-                    runner.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            close_all(runners.values())
 
     # accuracy for artifacts timed on the device: through the host runtime when it exists here
     if cfg.adb and ev is not None:
@@ -331,11 +327,16 @@ def precision_comparison(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _measured_and_validated(rows: list[dict]) -> list[dict]:
+    """Rows timed here whose export validation passed (--include-failed rows are timed but never chosen)."""
+    return [r for r in rows if r["status"] == "ok" and r["primary"]
+            and not any(n.startswith("export validation failed") for n in r["notes"])]
+
+
 def int8_vs_onnx_fp32(rows: list[dict]) -> dict | None:
     """The fastest INT8 artifact (any runtime, export validation passed) against the FP32 ONNX on ONNX Runtime, at
     the primary config: the question "does INT8 pay off at all on this host", answered by one run's numbers."""
-    ok = [r for r in rows if r["status"] == "ok" and r["primary"]
-          and not any(n.startswith("export validation failed") for n in r["notes"])]
+    ok = _measured_and_validated(rows)
     ref = [r for r in ok if r["format"] == "onnx" and r["precision"] == "fp32" and r["runtime"] == "onnxruntime"]
     int8 = [r for r in ok if r["precision"] == "int8"]
     if len(ref) != 1 or not int8:
@@ -376,8 +377,7 @@ def recommend(rows: list[dict], profile: TargetProfile | None, tolerance: float 
     artifacts (when accuracy was measured). "Fastest" = lowest p90 for a p90 budget, highest fps for an fps
     budget, lowest p50 without a budget. Returns ``{target: {"name", "reason"} | None}``.
     """
-    ok = [r for r in rows if r["status"] == "ok" and r["primary"]
-          and not any(n.startswith("export validation failed") for n in r["notes"])]
+    ok = _measured_and_validated(rows)
     groups: dict[str, list[dict]] = {}
     for r in ok:
         groups.setdefault(r["profile"] or (profile.name if profile else "host"), []).append(r)

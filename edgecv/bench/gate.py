@@ -53,7 +53,7 @@ from edgecv import __version__
 from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
 from edgecv.bench.latency import gc_paused, time_block
 from edgecv.errors import UserError
-from edgecv.runtimes.base import RuntimeUnavailable, host_description, load_runner
+from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
 
 SCHEMA = "edgecv.gate/1"
 
@@ -385,11 +385,7 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
             row.update(status="error", reason=f"{type(ex).__name__}: {ex}", verdict="regression")
             log(f"{name}: error: {ex}")
         finally:
-            for r in runners:
-                try:
-                    r.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            close_all(runners)
 
     measured = [r for r in rows if r["status"] == "ok"]
     if not measured and not any(r["status"] in ("missing", "error") for r in rows):

@@ -158,7 +158,7 @@ class Measurer:
         from edgecv.bench.bench import INT8_NOT_FASTER, _measured_on
         from edgecv.bench.budget import on_target_hardware
         from edgecv.bench.latency import measure_interleaved
-        from edgecv.runtimes.base import RuntimeUnavailable, load_runner
+        from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
 
         res: dict[str, dict] = {k: {} for k in artifacts}
         runners, fns = {}, {}
@@ -194,11 +194,7 @@ class Measurer:
                                       "measured_on": measured_on + (" (host proxy)" if proxy else ""),
                                       "host_proxy": proxy}
         finally:
-            for r in runners.values():
-                try:
-                    r.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            close_all(runners.values())
         for d in res.values():
             f, i = d.get("fp32", {}), d.get("int8", {})
             if "p50_ms" in f and "p50_ms" in i:

@@ -302,9 +302,8 @@ class _Exporter:
             if prec == "fp32":
                 extra.update(PTE.export_fp32(self.float_model(), path, self.size))
             else:
-                fm = PTE.float_module_names(self.qat_float_model())
-                converted, n = PTE.pt2e_int8(self.qat_float_model(), self.size, self.data.calib, fm)
-                extra.update(PTE.lower_int8(converted, path, self.size, n, fm))
+                info, converted = PTE.export_int8(self.qat_float_model(), path, self.size, self.data.calib)
+                extra.update(info)
                 self._models["pte_int8_pt2e"] = converted  # what the .pte computes: its validation reference
                 outside = extra.get("ops_outside_delegate", {})
                 extra["int8_kernels"] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +117,6 @@ def pt2e_int8(float_model: nn.Module, img_size: int, calib: list[np.ndarray],
     return converted, n
 
 
-def _attr(gm, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _round_bias_like_xnnpack(gm) -> int:
     """Put every quantized conv/linear bias of a ``convert_pt2e`` module on the int32 grid XNNPACK stores it on
     (``quantize_per_channel(bias, weight_scale * input_scale, 0, int32)``, as its serializer does), so the PT2E
@@ -140,12 +134,12 @@ def _round_bias_like_xnnpack(gm) -> int:
             continue
         x_scale = float(x.args[1])
         if w.target == qd.dequantize_per_channel.default:
-            w_scale = _attr(gm, w.args[1].target) if isinstance(w.args[1], torch.fx.Node) else w.args[1]
+            w_scale = attrgetter(w.args[1].target)(gm) if isinstance(w.args[1], torch.fx.Node) else w.args[1]
         elif w.target == qd.dequantize_per_tensor.default:
             w_scale = torch.tensor([float(w.args[1])])
         else:
             continue
-        bias = _attr(gm, b.target)
+        bias = attrgetter(b.target)(gm)
         scale = w_scale * x_scale
         if scale.numel() == 1:
             scale = scale.expand(bias.shape[0]).contiguous()
@@ -229,6 +223,8 @@ def pt2e_logits(converted: nn.Module, x: np.ndarray) -> np.ndarray:
                            for i in range(len(x))])
 
 
-def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[np.ndarray]) -> dict:
+def export_int8(float_model: nn.Module, path: Path, img_size: int, calib: list[np.ndarray]) -> tuple[dict, nn.Module]:
+    """PT2E-quantize ``float_model`` (its float layers stay float) and lower it to ``path``. Returns the export
+    info and the ``convert_pt2e`` module, what the .pte computes (:func:`pt2e_logits` is its reference)."""
     converted, n = pt2e_int8(float_model, img_size, calib)
-    return lower_int8(converted, path, img_size, n, float_module_names(float_model))
+    return lower_int8(converted, path, img_size, n, float_module_names(float_model)), converted

@@ -7,6 +7,7 @@ saved instead, never a crash.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,30 +17,24 @@ from edgecv.utils import atomic_path
 
 
 def export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool = True) -> dict:
-    import warnings
-
+    model = model.eval()
+    dummy = torch.zeros(1, 3, img_size, img_size)
+    info: dict = {"method": "torch.jit.trace + freeze", "optimize_for_mobile": "not requested"}
     with warnings.catch_warnings():
         # TorchScript and the lite interpreter are deprecated upstream (FutureWarning on every call); the format is
         # still what PyTorch Mobile apps load, so it is written without the noise
         warnings.simplefilter("ignore", FutureWarning)
-        return _export_ptl(model, path, img_size, optimize)
+        with torch.no_grad():
+            scripted = torch.jit.trace(model, dummy, check_trace=False)
+            scripted = torch.jit.freeze(scripted.eval())
+        if optimize:
+            try:
+                from torch.utils.mobile_optimizer import optimize_for_mobile
 
-
-def _export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool) -> dict:
-    model = model.eval()
-    dummy = torch.zeros(1, 3, img_size, img_size)
-    with torch.no_grad():
-        scripted = torch.jit.trace(model, dummy, check_trace=False)
-        scripted = torch.jit.freeze(scripted.eval())
-    info: dict = {"method": "torch.jit.trace + freeze", "optimize_for_mobile": "not requested"}
-    if optimize:
-        try:
-            from torch.utils.mobile_optimizer import optimize_for_mobile
-
-            scripted = optimize_for_mobile(scripted)
-            info["optimize_for_mobile"] = "applied"
-        except Exception as e:  # x86 torch builds: no XNNPACK / mobile passes
-            info["optimize_for_mobile"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    with atomic_path(path) as tmp:
-        scripted._save_for_lite_interpreter(str(tmp))
+                scripted = optimize_for_mobile(scripted)
+                info["optimize_for_mobile"] = "applied"
+            except Exception as e:  # x86 torch builds: no XNNPACK / mobile passes
+                info["optimize_for_mobile"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        with atomic_path(path) as tmp:
+            scripted._save_for_lite_interpreter(str(tmp))
     return info

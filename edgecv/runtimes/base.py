@@ -64,6 +64,15 @@ class RunnerBase:
         self.close()
 
 
+def close_all(runners) -> None:
+    """Close every runner; a runner that fails to close does not keep the others open."""
+    for r in runners:
+        try:
+            r.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 # runtime name -> module implementing ``load(path, threads=..., device=..., **opts) -> Runner``
 RUNTIME_MODULES = {
     "onnxruntime": "edgecv.runtimes.ort",
