@@ -189,11 +189,6 @@ def _opt_duration(ctx, param, value):
     return None if value is None else _duration(ctx, param, value)
 
 
-_COMPRESS_FLAGS = ("teacher", "teacher_arch", "data", "student", "target_macs", "epochs_kd", "epochs_prune",
-                   "epochs_qat", "img_size", "batch_size", "lr", "seed", "workers", "device", "importance",
-                   "prune_steps", "temperature", "alpha", "feature_kd", "calib_size", "teacher_epochs", "out")
-
-
 @cli.command()
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),
               help="Teacher: edgecv checkpoint, bare state_dict (with --teacher-arch) or TorchScript file "
