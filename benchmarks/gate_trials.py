@@ -38,8 +38,12 @@ from edgecv.utils import sha256_file  # noqa: E402
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def make_model(width: float, seed: int = 0) -> torch.nn.Module:
+def make_model(width: float, seed: int = 0, tiny: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
+    if tiny:  # ~20 us per call: per-session memory-layout effects are largest relative to the compute
+        w = round(8 * width)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(w, len(CLASSES))).eval()
     m = torchvision.models.mobilenet_v3_small(num_classes=len(CLASSES), width_mult=width)
     # non-trivial BN statistics so the graph is a realistic trained-model graph
     with torch.no_grad():
@@ -106,6 +110,7 @@ def run_gate(base: Path, cand: Path, extra: list[str]) -> dict:
     return {"rc": p.returncode, "wall_s": round(wall, 2), "load_before": None,
             "ratio": lat and lat["ratio"], "ci": lat and [lat["ci_low"], lat["ci_high"]],
             "rounds": lat and lat["rounds"], "inconclusive": lat and lat["inconclusive"],
+            "session_ratios": lat and lat.get("session_ratios"),
             "stderr_tail": p.stderr.strip().splitlines()[-1] if p.returncode not in (0, 1) and p.stderr else None}
 
 
@@ -116,13 +121,17 @@ def main() -> None:
     ap.add_argument("--slow-width", type=float, default=1.1)
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "gate_trials"))
     ap.add_argument("--gate-args", default="", help="extra args for edgecv gate, e.g. '--rounds 20'")
+    ap.add_argument("--tiny", action="store_true", help="a 1-conv model (width 8 x --slow-width) instead of MobileNetV3")
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="run N busy-loop processes during the gate trials (simulated CI neighbours)")
     args = ap.parse_args()
     work = Path(args.work)
     torch.set_num_threads(1)
-    base = write_bundle(make_model(1.0), work / "base", args.size, "mobilenet_v3_small")
-    same = write_bundle(make_model(1.0), work / "same", args.size, "mobilenet_v3_small")
-    slow_m = make_model(args.slow_width)
-    slow = write_bundle(slow_m, work / "slower", args.size, f"mobilenet_v3_small(width_mult={args.slow_width})")
+    arch = "conv3x3(8)" if args.tiny else "mobilenet_v3_small"
+    base = write_bundle(make_model(1.0, tiny=args.tiny), work / "base", args.size, arch)
+    same = write_bundle(make_model(1.0, tiny=args.tiny), work / "same", args.size, arch)
+    slow_m = make_model(args.slow_width, tiny=args.tiny)
+    slow = write_bundle(slow_m, work / "slower", args.size, f"{arch} width x{args.slow_width}")
     macs = {k: json.loads((b / "manifest.json").read_text())["source"]["macs"] for k, b in
             (("base", base), ("slower", slow))}
     print(f"host: {host_description()}; load avg {loadavg()}", flush=True)
@@ -135,18 +144,16 @@ def main() -> None:
     extra = args.gate_args.split()
     trials = {"identical": [], "slower": []}
     t_start = time.time()
-    for i in range(args.trials):
-        for kind, cand in (("identical", same), ("slower", slow)):
-            la = loadavg()
-            r = run_gate(base, cand, extra)
-            r["load_before"] = la
-            trials[kind].append(r)
-            print(f"trial {i + 1:2d} {kind:9s}: rc={r['rc']} ratio={r['ratio'] and round(r['ratio'], 3)} "
-                  f"ci={r['ci'] and [round(c, 3) for c in r['ci']]} rounds={r['rounds']} "
-                  f"inconclusive={r['inconclusive']} wall={r['wall_s']}s load={la}", flush=True)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.stress)]
+    try:
+        _trials(args, base, same, slow, extra, trials)
+    finally:
+        for h in hogs:
+            h.kill()
     summary = {
-        "host": host_description(), "size": args.size, "slow_width": args.slow_width, "macs": macs,
-        "direct_same": d_same, "direct_slower": d_slow, "gate_args": extra, "trials": trials,
+        "host": host_description(), "size": args.size, "slow_width": args.slow_width, "macs": macs, "arch": arch,
+        "stress_processes": args.stress, "direct_same": d_same, "direct_slower": d_slow, "gate_args": extra,
+        "trials": trials,
         "identical_pass": sum(r["rc"] == 0 for r in trials["identical"]),
         "slower_fail": sum(r["rc"] == 1 for r in trials["slower"]),
         "max_wall_s": max(r["wall_s"] for k in trials for r in trials[k]),
@@ -164,6 +171,19 @@ def main() -> None:
         print(f"| {kind} | {exp} | {ok}/{n} | {np.median(ratios):.3f} | "
               f"{widest and '[{:.3f}, {:.3f}]'.format(*widest['ci'])} | {max(r['wall_s'] for r in rs)} |")
     print(f"\ntotal {summary['total_s']}s; results in {work / 'trials.json'}")
+
+
+def _trials(args, base: Path, same: Path, slow: Path, extra: list[str], trials: dict) -> None:
+    for i in range(args.trials):
+        for kind, cand in (("identical", same), ("slower", slow)):
+            la = loadavg()
+            r = run_gate(base, cand, extra)
+            r["load_before"] = la
+            trials[kind].append(r)
+            print(f"trial {i + 1:2d} {kind:9s}: rc={r['rc']} ratio={r['ratio'] and round(r['ratio'], 3)} "
+                  f"ci={r['ci'] and [round(c, 3) for c in r['ci']]} rounds={r['rounds']} "
+                  f"inconclusive={r['inconclusive']} sessions={r['session_ratios']} wall={r['wall_s']}s load={la}",
+                  flush=True)
 
 
 if __name__ == "__main__":

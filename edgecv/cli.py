@@ -540,6 +540,9 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
               help="Interleaved A/B rounds before the first decision.")
 @click.option("--max-rounds", default=60, show_default=True, type=click.IntRange(2),
               help="Cap when the interval straddles the limit (inconclusive).")
+@click.option("--sessions", default=4, show_default=True, type=click.IntRange(1),
+              help="Independent session pairs the rounds are spread over (fresh runtime sessions and input per pair: "
+                   "a session's memory layout can shift a small model's latency by 10 %+).")
 @click.option("--block-time", callback=_duration, default="80ms", show_default=True,
               help="Minimum duration of one model's block within a round.")
 @click.option("--on-inconclusive", type=click.Choice(["point", "fail", "pass"]), default="point", show_default=True,
@@ -552,8 +555,8 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
               help="Extra tolerance factor when the baseline is a stored bench JSON.")
 @click.option("--json", "json_out", default=None, metavar="PATH", help="Write the JSON result here ('-' = stdout).")
 @quiet_option
-def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric, rounds, max_rounds, block_time,
-         on_inconclusive, data, max_images, threads, device, stored_noise, json_out):
+def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric, rounds, max_rounds, sessions,
+         block_time, on_inconclusive, data, max_images, threads, device, stored_noise, json_out):
     """CI gate: fail when CANDIDATE is slower or less accurate than BASELINE beyond the thresholds.
 
     Both are measured in this process, interleaved (A B, B A, ... in short blocks), and the decision is made on
@@ -578,7 +581,7 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
     if max_rounds < rounds:
         max_rounds = rounds
     cfg = G.GateConfig(max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop,
-                       metric=metric, rounds=rounds, max_rounds=max_rounds, block_time_s=block_time,
+                       metric=metric, rounds=rounds, max_rounds=max_rounds, sessions=sessions, block_time_s=block_time,
                        on_inconclusive=on_inconclusive, data=data, max_images=max_images, threads=threads,
                        device=device, stored_noise=stored_noise)
     result = G.run_gate(baseline, candidate, cfg, log=log)

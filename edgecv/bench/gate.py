@@ -6,21 +6,28 @@ on their **ratio** with a confidence interval.
 
 Latency decision (per matched artifact pair)
 --------------------------------------------
-1. Warm both up, then run rounds. A round is one short block of calls of each model (>= ``block_runs`` calls and
-   >= ``block_time_s``), in alternating order (A B, then B A, ...) so that slow drift cancels. The round
-   statistic is the block median (``--metric p50``) or block 90th percentile (``p90``); the round ratio is
-   ``r_i = stat(candidate_i) / stat(baseline_i)``. Both blocks of a round ran within ~0.2 s of each other, so
-   they saw the same machine load: the ratio cancels most of the noise that ruins absolute numbers.
-2. Point estimate ``R`` = exp(20 % trimmed mean of log r_i) (robust to a round hit by a burst).
-   Confidence interval ``[lo, hi]``: percentile bootstrap over rounds (resampling whole rounds keeps the
-   pairing), ``confidence`` = 95 %, 4000 resamples, fixed seed (the decision is reproducible given the samples).
-3. With ``limit = 1 + max_latency_regression`` (default 1.10):
+1. Rounds. A round is one short block of calls of each model (>= ``block_runs`` calls and >= ``block_time_s``),
+   in alternating order (A B, then B A, ...) so that slow drift cancels. The round statistic is the block median
+   (``--metric p50``) or block 90th percentile (``p90``); the round ratio is ``r_i = stat(candidate_i) /
+   stat(baseline_i)``. Both blocks of a round ran within ~0.2 s of each other, so they saw the same machine
+   load: the ratio cancels most of the noise that ruins absolute numbers.
+2. Session pairs. The rounds are spread over ``sessions`` (default 4) independent pairs of runtime sessions:
+   for every pair both models are loaded afresh (load order alternating), get a fresh input (one array shared by
+   both when the shapes match) and are warmed up. Reason: the memory layout of a session (arena and buffer
+   addresses, their cache/4K-aliasing interplay with the input) shifts the latency of a small model by a few
+   per cent, and by 13 % for a 20 us model on a CI runner, **consistently for the life of the session**. Rounds
+   on one pair cannot see that; a gate on one pair "proved" two identical models 13 % apart (CI 1.127-1.131).
+3. Point estimate ``R`` = exp(20 % trimmed mean of all log r_i) (robust to a round or a pair hit by a burst).
+   Confidence interval ``[lo, hi]``: two-stage percentile bootstrap (session pairs with replacement, then rounds
+   within each drawn pair; whole rounds keep the A/B pairing), ``confidence`` = 95 %, 4000 resamples, fixed
+   seed (the decision is reproducible given the samples).
+4. With ``limit = 1 + max_latency_regression`` (default 1.10):
 
    * ``hi <= limit``  -> **pass** (the candidate is shown not to be more than 10 % slower);
    * ``lo >  limit``  -> **regression** (it is shown to be more than 10 % slower);
-   * otherwise the interval straddles the limit: **inconclusive** -> more rounds are run (in chunks of half the
-     initial count) up to ``max_rounds``; if it is still inconclusive at the cap, ``on_inconclusive`` decides:
-     ``point`` (default: regression iff ``R > limit``), ``fail`` (strict: regression) or ``pass`` (lenient).
+   * otherwise the interval straddles the limit: **inconclusive** -> more session pairs are measured (half
+     the initial number at a time) up to ``max_rounds`` rounds in all; if it is still inconclusive at the cap,
+     ``on_inconclusive`` decides: ``point`` (default: regression iff ``R > limit``), ``fail`` (strict: regression) or ``pass`` (lenient).
      The verdict then carries ``inconclusive: true`` and the label says so.
 
    Consequence: identical models (true ratio 1.0) pass whenever the interval is narrower than +-10 %, which the
@@ -33,7 +40,7 @@ accuracy check is skipped with a note.
 
 Stored baseline: ``--baseline bench.json`` (from ``edgecv bench --json``) is accepted but is **less reliable**:
 the baseline was measured at another time (possibly another machine) so the ratio cannot cancel machine noise.
-The candidate is measured in rounds as above and compared with the stored number with a widened limit
+The candidate is measured in rounds (one session) and compared with the stored number with a widened limit
 ``(1 + max_latency_regression) * stored_noise`` (default noise factor 1.5, the spread observed on shared
 runners); the verdict is labelled ``stored baseline, low reliability``.
 """
@@ -65,6 +72,7 @@ class GateConfig:
     metric: str = "p50"
     rounds: int = 20
     max_rounds: int = 60
+    sessions: int = 4
     block_time_s: float = 0.08
     block_runs: int = 5
     warmup: int = 10
@@ -96,16 +104,29 @@ def trimmed_mean(a: np.ndarray, prop: float = 0.2, axis: int = -1) -> np.ndarray
 
 
 def ratio_ci(ratios, confidence: float = 0.95, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """(point, lo, hi) of the per-round ratios: exp(trimmed mean of logs), percentile bootstrap over rounds."""
+    """(point, lo, hi) of the per-round ratios: exp(20 % trimmed mean of the log ratios), percentile bootstrap.
+
+    ``ratios`` is 1-D (rounds, resampled as independent) or 2-D ``(sessions, rounds per session)``: rounds measured
+    on one pair of runtime sessions share that pair's memory layout, whose effect on a small model can exceed the
+    round-to-round noise by far. The 2-D bootstrap is two-stage (session pairs with replacement, then rounds within
+    each drawn pair), so a pair that was consistently unlucky widens the interval instead of hiding in it.
+    """
     lr = np.log(np.asarray(ratios, dtype=np.float64))
     if lr.size == 0:
         raise ValueError("no rounds")
-    point = float(np.exp(trimmed_mean(lr)))
+    point = float(np.exp(trimmed_mean(lr.ravel())))
     if lr.size == 1:
         return point, point, point
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, lr.size, size=(n_boot, lr.size))
-    boots = trimmed_mean(lr[idx], axis=1)
+    if lr.ndim == 2 and lr.shape[0] > 1:
+        g, m = lr.shape
+        gi = rng.integers(0, g, size=(n_boot, g, 1))
+        ri = rng.integers(0, m, size=(n_boot, g, m))
+        samples = lr[gi, ri].reshape(n_boot, g * m)
+    else:
+        flat = lr.ravel()
+        samples = flat[rng.integers(0, flat.size, size=(n_boot, flat.size))]
+    boots = trimmed_mean(samples, axis=1)
     a = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [a, 1 - a])
     return point, float(np.exp(lo)), float(np.exp(hi))
@@ -142,8 +163,9 @@ def decide(ratios, limit: float, confidence: float = 0.95, on_inconclusive: str 
     point, lo, hi = ratio_ci(ratios, confidence, n_boot, seed)
     c = classify(lo, hi, limit)
     ci = f"{point:.3f}x [{lo:.3f}, {hi:.3f}] vs limit {limit:.3f}"
+    n = int(np.size(ratios))
     if c != "inconclusive":
-        return LatencyDecision(c, False, point, lo, hi, limit, len(ratios), f"{c}: {ci}")
+        return LatencyDecision(c, False, point, lo, hi, limit, n, f"{c}: {ci}")
     if not final:
         return None
     if on_inconclusive == "fail":
@@ -152,7 +174,7 @@ def decide(ratios, limit: float, confidence: float = 0.95, on_inconclusive: str 
         v = "pass"
     else:
         v = "regression" if point > limit else "pass"
-    return LatencyDecision(v, True, point, lo, hi, limit, len(ratios),
+    return LatencyDecision(v, True, point, lo, hi, limit, n,
                            f"{v} (inconclusive, decided by {on_inconclusive}): {ci}")
 
 
@@ -161,38 +183,57 @@ def _stat(block_ns: list[int], metric: str) -> float:
     return float(np.percentile(block_ns, 90 if metric == "p90" else 50))
 
 
-def paired_rounds(fa: Callable[[], object], fb: Callable[[], object], cfg: GateConfig,
-                  limit: float, log: Callable[[str], None] = lambda m: None) -> tuple[LatencyDecision, dict]:
-    """Interleaved A/B rounds until the decision is conclusive or ``max_rounds``; returns (decision, details)."""
-    for _ in range(cfg.warmup):
-        fa()
-        fb()
+def session_plan(cfg: GateConfig) -> tuple[int, int, int, int]:
+    """(initial session pairs, rounds per pair, pairs added per inconclusive step, max pairs) for ``cfg``."""
+    pairs = max(1, min(cfg.sessions, cfg.rounds // 2))
+    per = math.ceil(cfg.rounds / pairs)
+    return pairs, per, max(1, pairs // 2), max(pairs, cfg.max_rounds // per)
+
+
+Pair = tuple[Callable[[], object], Callable[[], object]]
+
+
+def paired_rounds(open_pair: Callable[[int], Pair], cfg: GateConfig, limit: float,
+                  log: Callable[[str], None] = lambda m: None) -> tuple[LatencyDecision, dict]:
+    """Interleaved A/B rounds until the decision is conclusive or ``max_rounds``; returns (decision, details).
+
+    ``open_pair(k)`` loads a fresh pair of sessions (baseline, candidate) and returns their predict calls; the
+    rounds are spread over several such pairs (``GateConfig.sessions``) so that the per-session memory layout
+    is sampled too, and an inconclusive decision adds new pairs rather than more rounds on the old ones.
+    """
+    pairs0, per, step, max_pairs = session_plan(cfg)
     sa: list[float] = []
     sb: list[float] = []
-    ratios: list[float] = []
-    chunk = max(2, cfg.rounds // 2)
-    target = cfg.rounds
+    ratios: list[list[float]] = []
+    target = pairs0
     while True:
-        with gc_paused():
-            while len(ratios) < target:
-                i = len(ratios)
-                if i % 2 == 0:
-                    a = time_block(fa, cfg.block_runs, cfg.block_time_s)
-                    b = time_block(fb, cfg.block_runs, cfg.block_time_s)
-                else:
-                    b = time_block(fb, cfg.block_runs, cfg.block_time_s)
-                    a = time_block(fa, cfg.block_runs, cfg.block_time_s)
-                sa.append(_stat(a, cfg.metric))
-                sb.append(_stat(b, cfg.metric))
-                ratios.append(sb[-1] / sa[-1])
-        final = len(ratios) >= cfg.max_rounds
+        while len(ratios) < target:
+            fa, fb = open_pair(len(ratios))
+            for _ in range(cfg.warmup):
+                fa()
+                fb()
+            group: list[float] = []
+            with gc_paused():
+                for i in range(per):
+                    if i % 2 == 0:
+                        a = time_block(fa, cfg.block_runs, cfg.block_time_s)
+                        b = time_block(fb, cfg.block_runs, cfg.block_time_s)
+                    else:
+                        b = time_block(fb, cfg.block_runs, cfg.block_time_s)
+                        a = time_block(fa, cfg.block_runs, cfg.block_time_s)
+                    sa.append(_stat(a, cfg.metric))
+                    sb.append(_stat(b, cfg.metric))
+                    group.append(sb[-1] / sa[-1])
+            ratios.append(group)
+        final = len(ratios) >= max_pairs
         d = decide(ratios, limit, cfg.confidence, cfg.on_inconclusive, final=final, n_boot=cfg.n_boot, seed=cfg.seed)
         if d is not None:
             break
-        log(f"  inconclusive after {len(ratios)} rounds, running more")
-        target = min(cfg.max_rounds, len(ratios) + chunk)
+        log(f"  inconclusive after {len(ratios)} session pairs x {per} rounds, adding session pairs")
+        target = min(max_pairs, len(ratios) + step)
     det = {"baseline_ms": float(np.median(sa)) / 1e6, "candidate_ms": float(np.median(sb)) / 1e6,
-           "round_ratios": [round(r, 4) for r in ratios]}
+           "round_ratios": [round(r, 4) for g in ratios for r in g], "sessions": len(ratios),
+           "session_ratios": [round(float(np.exp(trimmed_mean(np.log(g)))), 4) for g in ratios]}
     return d, det
 
 
@@ -211,6 +252,44 @@ def stored_rounds(fb: Callable[[], object], base_ms: float, cfg: GateConfig, lim
                         d.label + " (stored baseline, low reliability)")
     return d, {"baseline_ms": base_ms, "candidate_ms": float(np.median(sb)) / 1e6,
                "round_ratios": [round(r, 4) for r in ratios]}
+
+
+class SessionPairs:
+    """Runtime sessions for one (baseline, candidate) artifact pair, opened afresh for every session pair ``k``.
+
+    A new pair closes the previous one, loads both models (load order alternating with ``k``) and draws a new
+    input; baseline and candidate get the same input array when their input shapes match. ``open(k)`` for the
+    pair that is already open returns it unchanged. ``base`` is None for a stored baseline (candidate only).
+    """
+
+    def __init__(self, base_art: Resolved | None, cand_art: Resolved, cfg: GateConfig, rng: np.random.Generator):
+        self.base_art, self.cand_art, self.cfg, self.rng = base_art, cand_art, cfg, rng
+        self.shape = input_shape(cand_art, 1)
+        self.base_shape = input_shape(base_art, 1) if base_art is not None else None
+        self.k: int | None = None
+        self.base = self.cand = None
+        self._calls: Pair | None = None
+
+    def open(self, k: int) -> tuple[Callable[[], object] | None, Callable[[], object]]:
+        if k == self.k and self._calls is not None:
+            return self._calls
+        self.close()
+        sides = [("cand", self.cand_art), ("base", self.base_art)]
+        for side, art in sides if k % 2 == 0 else sides[::-1]:
+            if art is not None:
+                setattr(self, side, load_runner(art.entry.runtime, art.path, threads=self.cfg.threads,
+                                                device=self.cfg.device))
+        xb = self.rng.standard_normal(self.shape).astype(np.float32)
+        xa = xb if self.base_shape == self.shape else (
+            self.rng.standard_normal(self.base_shape).astype(np.float32) if self.base_shape else None)
+        ra, rb = self.base, self.cand
+        self.k, self._calls = k, ((lambda: ra.predict(xa)) if ra is not None else None, lambda: rb.predict(xb))
+        return self._calls
+
+    def close(self) -> None:
+        close_all([r for r in (self.base, self.cand) if r is not None])
+        self.base = self.cand = None
+        self.k, self._calls = None, None
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -322,29 +401,24 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
         if stored is not None and name not in smap:
             row.update(status="skipped", reason="not in the stored baseline", verdict="skipped")
             continue
-        runners = []
+        sessions = SessionPairs(base_art, cand_art, cfg, rng)
+        if sessions.base_shape is not None and sessions.base_shape != sessions.shape:
+            notes.append(f"{name}: input shapes differ ({sessions.base_shape} vs {sessions.shape}); "
+                         "each model gets its own")
         try:
             try:
-                rb = load_runner(cand_art.entry.runtime, cand_art.path, threads=cfg.threads, device=cfg.device)
-                runners.append(rb)
-                ra = None
-                if base_art is not None:
-                    ra = load_runner(base_art.entry.runtime, base_art.path, threads=cfg.threads, device=cfg.device)
-                    runners.append(ra)
+                sessions.open(0)
             except RuntimeUnavailable as ex:
                 row.update(status="skipped", reason=str(ex), verdict="skipped")
                 log(f"{name}: skipped: {ex}")
                 continue
-            shape = input_shape(cand_art, 1)
-            if base_art is not None and input_shape(base_art, 1) != shape:
-                notes.append(f"{name}: input shapes differ ({input_shape(base_art, 1)} vs {shape}); each model gets its own")
-            xb = rng.standard_normal(shape).astype(np.float32)
-            xa = rng.standard_normal(input_shape(base_art, 1)).astype(np.float32) if base_art else None
-            log(f"{name}: measuring {'baseline and candidate interleaved' if ra else 'candidate'} "
-                f"({cfg.rounds}-{cfg.max_rounds} rounds, threads={cfg.threads}, metric={cfg.metric})")
-            if ra is not None:
-                d, det = paired_rounds(lambda ra=ra, xa=xa: ra.predict(xa), lambda rb=rb, xb=xb: rb.predict(xb), cfg,
-                                       limit, log)
+            paired = base_art is not None
+            log(f"{name}: measuring {'baseline and candidate interleaved' if paired else 'candidate'} "
+                f"({cfg.rounds}-{cfg.max_rounds} rounds"
+                f"{f' over {session_plan(cfg)[0]}+ session pairs' if paired else ''}, threads={cfg.threads}, "
+                f"metric={cfg.metric})")
+            if paired:
+                d, det = paired_rounds(sessions.open, cfg, limit, log)
             else:
                 s = smap[name]
                 lat = [x for x in s["latency"] if x["batch"] == 1]
@@ -353,7 +427,7 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
                     row.update(status="skipped", reason="stored baseline has no batch-1 latency", verdict="skipped")
                     continue
                 base_ms = pick["p90_ms" if cfg.metric == "p90" else "p50_ms"]
-                d, det = stored_rounds(lambda rb=rb, xb=xb: rb.predict(xb), base_ms, cfg, limit * cfg.stored_noise, log)
+                d, det = stored_rounds(sessions.open(0)[1], base_ms, cfg, limit * cfg.stored_noise, log)
             row["latency"] = {"metric": cfg.metric, **det, **d.to_dict()}
             if d.verdict == "regression":
                 row["verdict"] = "regression"
@@ -361,6 +435,7 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
             if ev_cand is not None:
                 from edgecv.bench.accuracy import evaluate_runner
 
+                ra, rb = sessions.base, sessions.cand
                 acc_c = evaluate_runner(rb, ev_cand, desc=f"{name} candidate accuracy")["top1"]
                 if ra is not None and ev_base is not None:
                     acc_b = evaluate_runner(ra, ev_base, desc=f"{name} baseline accuracy")["top1"]
@@ -385,7 +460,7 @@ def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Callable[[str]
             row.update(status="error", reason=f"{type(ex).__name__}: {ex}", verdict="regression")
             log(f"{name}: error: {ex}")
         finally:
-            close_all(runners)
+            sessions.close()
 
     measured = [r for r in rows if r["status"] == "ok"]
     if not measured and not any(r["status"] in ("missing", "error") for r in rows):
