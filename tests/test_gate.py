@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -213,3 +214,24 @@ def test_gate_nothing_runnable_is_bad_input(tmp_path, cli):
         bundles.append(b)
     p = cli("gate", "--baseline", str(bundles[0]), "--candidate", str(bundles[1]))
     assert p.returncode == 2 and "nothing to gate" in p.stderr and "tensorrt" in p.stderr.lower()
+
+
+def test_single_artifacts_read_their_input_shape_from_the_file(tmp_path):
+    """A single .onnx / OpenVINO .xml / .pte has no manifest: the gate and bench take the shape from the file."""
+    from edgecv.bench.artifacts import input_shape, resolve_source
+
+    model = TinyNet(3, width=8, depth=1)
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", 24, dynamic_batch=False)
+    files = [onnx_path]
+    if importlib.util.find_spec("openvino"):
+        from edgecv.export import openvino as ov_export
+
+        files += ov_export.convert(onnx_path, tmp_path / "m.xml")[:1]
+    if importlib.util.find_spec("executorch"):
+        from edgecv.export import pte
+
+        pte.export_fp32(model, tmp_path / "m.pte", 24)
+        files.append(tmp_path / "m.pte")
+    for f in files:
+        art = resolve_source(f).artifacts[0]
+        assert input_shape(art, 2) == (2, 3, 24, 24), f

@@ -132,15 +132,34 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool 
     return src
 
 
-def input_shape(res: Resolved, batch: int) -> tuple[int, ...]:
-    """The NCHW input shape for ``batch`` from the manifest entry / manifest / ONNX graph."""
-    shape = res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
-    if not shape and res.entry.format == "onnx":
-        import onnx
+def _shape_from_file(path: Path, fmt: str) -> list[int] | None:
+    """The input shape stored in the artifact itself (ONNX graph, OpenVINO IR, ExecuTorch method metadata);
+    None where the format has none (TorchScript-lite) or its runtime is not installed."""
+    try:
+        if fmt == "onnx":
+            import onnx
 
-        m = onnx.load(str(res.path), load_external_data=False)
-        dims = m.graph.input[0].type.tensor_type.shape.dim
-        shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+            dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+            return [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+        if fmt == "openvino":
+            import openvino as ov
+
+            ps = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
+            return [d.get_length() if d.is_static else 1 for d in ps]
+        if fmt == "pte":
+            from executorch.runtime import Runtime
+
+            return list(Runtime.get().load_program(path).metadata("forward").input_tensor_meta(0).sizes())
+    except Exception:  # noqa: BLE001 - unreadable or runtime missing: the caller says "shape unknown"
+        return None
+    return None
+
+
+def input_shape(res: Resolved, batch: int) -> tuple[int, ...]:
+    """The NCHW input shape for ``batch`` from the manifest entry / manifest / the artifact itself."""
+    shape = res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
+    if not shape:
+        shape = _shape_from_file(res.path, res.entry.format)
     if not shape:
         raise UserError(f"{res.path}: input shape unknown (no manifest); bench a bundle instead")
     return (int(batch), *[int(s) for s in shape[1:]])

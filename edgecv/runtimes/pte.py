@@ -8,6 +8,23 @@ import numpy as np
 
 from edgecv.runtimes.base import RunnerBase, RuntimeUnavailable, predict_in_chunks
 
+_pool_threads: int | None = None  # what this process last set XNNPACK's (process-wide) threadpool to
+
+
+def _set_pool_threads(threads: int) -> None:
+    """Resize XNNPACK's threadpool only when the size changes: every reset logs a line from C++, and the gate
+    loads a session pair several times per artifact."""
+    global _pool_threads
+    if threads == _pool_threads:
+        return
+    try:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(int(threads))
+        _pool_threads = int(threads)
+    except Exception:  # noqa: BLE001 - an executorch build without the pybinding: its default pool
+        pass
+
 
 class PteRunner(RunnerBase):
     runtime = "executorch"
@@ -23,12 +40,7 @@ class PteRunner(RunnerBase):
         self._torch = torch
         rt = Runtime.get()
         if threads:
-            try:  # XNNPACK's threadpool is process-wide
-                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-                _unsafe_reset_threadpool(int(threads))
-            except Exception:
-                pass
+            _set_pool_threads(int(threads))
         self.program = rt.load_program(Path(path))
         self.method = self.program.load_method("forward")
         meta = self.method.metadata
