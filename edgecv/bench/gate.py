@@ -190,7 +190,7 @@ def session_plan(cfg: GateConfig) -> tuple[int, int, int, int]:
     return pairs, per, max(1, pairs // 2), max(pairs, cfg.max_rounds // per)
 
 
-Pair = tuple[Callable[[], object], Callable[[], object]]
+Pair = tuple[Callable[[], object] | None, Callable[[], object]]  # (baseline call or None: stored, candidate call)
 
 
 def paired_rounds(open_pair: Callable[[int], Pair], cfg: GateConfig, limit: float,
@@ -270,7 +270,7 @@ class SessionPairs:
         self.base = self.cand = None
         self._calls: Pair | None = None
 
-    def open(self, k: int) -> tuple[Callable[[], object] | None, Callable[[], object]]:
+    def open(self, k: int) -> Pair:
         if k == self.k and self._calls is not None:
             return self._calls
         self.close()

@@ -113,6 +113,14 @@ def fake_quant_bias(b: torch.Tensor, x_scale: torch.Tensor | float, w_scale: tor
     return b + ((q.float() * bs).to(b.dtype) - b).detach()
 
 
+def _sim_bias(b: torch.Tensor | None, act_fq: ActFakeQuant, w: torch.Tensor, quantized: bool) -> torch.Tensor | None:
+    """The bias a QAT layer trains with: int32-rounded (:func:`fake_quant_bias`) when its input and weight are
+    both quantized in the exported graph (``quantized``: weight fake-quant on, not a float layer), else as is."""
+    if b is None or not (quantized and act_fq.fake_quant.item() and act_fq.initialized.item()):
+        return b
+    return fake_quant_bias(b, act_fq.scale.float(), _weight_scale(w))
+
+
 class QConvBn2d(nn.Module):
     """Conv2d (+ folded BatchNorm) with input-activation and per-channel weight fake-quant."""
 
@@ -149,11 +157,7 @@ class QConvBn2d(nn.Module):
         return self.out_fq(y) if self.out_fq is not None else y
 
     def _bias_q(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
-        """int32 bias simulation (when both input and weight are quantized, as in the exported graph)."""
-        a = self.act_fq
-        if b is None or self.float_layer or not (self.weight_fq.item() and a.fake_quant.item() and a.initialized.item()):
-            return b
-        return fake_quant_bias(b, a.scale.float(), _weight_scale(w))
+        return _sim_bias(b, self.act_fq, w, bool(self.weight_fq.item()) and not self.float_layer)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.float_layer:
@@ -187,9 +191,8 @@ class QLinear(nn.Module):
 
     def forward(self, x):
         x = self.act_fq(x)
-        w, b, a = self.linear.weight, self.linear.bias, self.act_fq
-        if b is not None and self.weight_fq.item() and a.fake_quant.item() and a.initialized.item():
-            b = fake_quant_bias(b, a.scale.float(), _weight_scale(w))
+        w = self.linear.weight
+        b = _sim_bias(self.linear.bias, self.act_fq, w, bool(self.weight_fq.item()))
         return F.linear(x, fake_quant_weight(w) if self.weight_fq.item() else w, b)
 
 
@@ -313,16 +316,12 @@ def output_fq_placement(model: nn.Module, size: int) -> list[str]:
             m.act_enabled, m.act_scale, m.w_enabled = True, 1.0, True
             if isinstance(m, DeployQConv):
                 m.out_enabled = False
+    from edgecv.models.registry import traced_forward
+
     names = {m: n for n, m in d.named_modules()}
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod]))
-             for m in d.modules() if isinstance(m, DeployQConv)]
-    try:
-        with torch.no_grad():
-            d(torch.zeros(1, 3, size, size))
-    finally:
-        for h in hooks:
-            h.remove()
+    traced_forward(d, [(m, lambda mod, i, o: order.append(names[mod])) for m in d.modules()
+                       if isinstance(m, DeployQConv)], size)
     plan = conv_output_plan(onnx_model_in_memory(d, size))
     float_convs = {n for n, m in model.named_modules() if isinstance(m, QConvBn2d) and m.float_layer}
     unexpected = [r for r, n in zip(plan, order, strict=False) if (r["how"] == "float_input") != (n in float_convs)]

@@ -115,7 +115,8 @@ def _const_value(name: str, inits: dict, producers: dict) -> np.ndarray | None:
     return None
 
 
-def _graph_maps(g):
+def graph_maps(g):
+    """(producer node of each value name, consumer nodes of each value name) of an ONNX graph."""
     producers = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list] = defaultdict(list)
     for n in g.node:
@@ -124,7 +125,7 @@ def _graph_maps(g):
     return producers, consumers
 
 
-def _add_init(g, name: str, arr: np.ndarray) -> str:
+def add_initializer(g, name: str, arr: np.ndarray) -> str:
     from onnx import numpy_helper
 
     g.initializer.append(numpy_helper.from_array(arr, name))
@@ -144,7 +145,7 @@ def fold_weight_quantize(model) -> int:
 
     g = model.graph
     inits = _init_map(g)
-    producers, consumers = _graph_maps(g)
+    producers, consumers = graph_maps(g)
     n_done = 0
     remove = []
     for q in list(g.node):
@@ -165,7 +166,7 @@ def fold_weight_quantize(model) -> int:
         z = zp.reshape(shape).astype(np.int32) if zp.ndim else zp.astype(np.int32)
         info = np.iinfo(zp.dtype)
         qw = np.clip(np.round(w / s) + z, info.min, info.max).astype(zp.dtype)
-        qname = _add_init(g, q.output[0] + "_int", qw)
+        qname = add_initializer(g, q.output[0] + "_int", qw)
         for c in consumers[q.output[0]]:
             for k, inp in enumerate(c.input):
                 if inp == q.output[0]:
@@ -191,7 +192,7 @@ def quantize_bias(model) -> dict:
 
     g = model.graph
     inits = _init_map(g)
-    producers, _ = _graph_maps(g)
+    producers, _ = graph_maps(g)
     n_done = 0
     stats_over = [0]
     for node in list(g.node):
@@ -227,9 +228,9 @@ def quantize_bias(model) -> dict:
             stats_over[0] += int(over.sum())
         qb = np.clip(np.round(b.astype(np.float64) / bscale), -(2**31), 2**31 - 1).astype(np.int32)
         base = node.name or node.output[0]
-        qn = _add_init(g, f"{base}.bias_int32", qb)
-        sn = _add_init(g, f"{base}.bias_scale", bscale)
-        zn = _add_init(g, f"{base}.bias_zp", np.zeros(qb.shape, np.int32))
+        qn = add_initializer(g, f"{base}.bias_int32", qb)
+        sn = add_initializer(g, f"{base}.bias_scale", bscale)
+        zn = add_initializer(g, f"{base}.bias_zp", np.zeros(qb.shape, np.int32))
         out = f"{base}.bias_dq"
         dq = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=f"{base}.bias_DQ", axis=0)
         idx = list(g.node).index(node)
@@ -325,7 +326,7 @@ def conv_output_plan(model) -> list[dict]:
     """
     g = model.graph
     inits = _init_map(g)
-    producers, consumers = _graph_maps(g)
+    producers, consumers = graph_maps(g)
     plan = []
     for node in g.node:
         if node.op_type != "Conv":
@@ -362,7 +363,7 @@ def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale:
 
     g = model.graph
     convs = {n.output[0]: n for n in g.node if n.op_type == "Conv"}
-    _, consumers = _graph_maps(g)
+    _, consumers = graph_maps(g)
     stats = Counter()
     for row in conv_output_plan(model):
         how, out = row["how"], row["output"]
@@ -387,8 +388,8 @@ def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale:
             if o.name == out:  # keep the graph output name: rename through an Identity
                 raise ValueError("a Conv output is a graph output; not supported")
         base = node.name or out
-        sn = _add_init(g, f"{base}.out_scale", np.array(scale, np.float32))
-        zn = _add_init(g, f"{base}.out_zp", np.array(0, np.int8))
+        sn = add_initializer(g, f"{base}.out_scale", np.array(scale, np.float32))
+        zn = add_initializer(g, f"{base}.out_zp", np.array(0, np.int8))
         new_out = f"{out}_fq"
         q = helper.make_node("QuantizeLinear", [out, sn, zn], [f"{out}_q"], name=f"{base}.out_Q")
         dq = helper.make_node("DequantizeLinear", [f"{out}_q", sn, zn], [new_out], name=f"{base}.out_DQ")

@@ -36,14 +36,12 @@ def guard_residual_output_fq(model) -> int:
     ``QuantizeLinear`` does; the convolution itself still runs int8. Only the pattern the plugin mis-executes is
     touched: the DQ output is read by an Add whose only reader is a ``QuantizeLinear``. Returns the count.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from edgecv.export.onnx import add_initializer, graph_maps
 
     g = model.graph
-    producers = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producers, consumers = graph_maps(g)
     graph_outputs = {o.name for o in g.output}
     lowest = None
     done = 0
@@ -61,8 +59,7 @@ def guard_residual_output_fq(model) -> int:
                    and a.output[0] not in graph_outputs for a in adds):
             continue
         if lowest is None:
-            lowest = "ov_guard.float32_lowest"
-            g.initializer.append(numpy_helper.from_array(np.array(FLOAT32_LOWEST, np.float32), lowest))
+            lowest = add_initializer(g, "ov_guard.float32_lowest", np.array(FLOAT32_LOWEST, np.float32))
         raw = conv.output[0] + "_unguarded"
         guard = helper.make_node("Max", [raw, lowest], [conv.output[0]], name=(conv.name or conv.output[0]) + ".ov_guard")
         conv.output[0] = raw

@@ -15,6 +15,7 @@ accuracy next to it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from operator import attrgetter
@@ -76,8 +77,6 @@ def _weights_as_parameters(model: nn.Module) -> nn.Module:
     """A copy whose deploy-form weight/bias buffers are (frozen) parameters. ``convert_pt2e`` folds the weight
     quantize of parameters into int8 constants; a *buffer* weight stayed fp32 next to its q/dq ops, so the .pte
     carried every weight in fp32 (measured: 2.68 MB int8 .pte vs 0.63 MB, for a 2.1 MB fp32 one)."""
-    import copy
-
     m = copy.deepcopy(model)
     for mod in m.modules():
         for k in ("weight", "bias"):
@@ -182,8 +181,6 @@ def _reference_module(converted: nn.Module) -> nn.Module:
     """A copy of the ``convert_pt2e`` module whose int8 global average pools (``dq -> adaptive_avg_pool2d(1) ->
     q`` with the input's q-params, XNNPACKQuantizer shares them) compute the exact integer mean, as XNNPACK does
     (:func:`_exact_qmean`). Everything else is unchanged; the .pte is still lowered from ``converted``."""
-    import copy
-
     qd = torch.ops.quantized_decomposed
     gm = copy.deepcopy(converted)
     n_rewritten = 0

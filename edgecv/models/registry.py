@@ -104,14 +104,16 @@ def create_model(arch: str, num_classes: int, channel_spec: dict | None = None) 
 def traced_forward(model: nn.Module, hooks: list[tuple[nn.Module, Callable]], img_size: int, batch: int = 1,
                    in_ch: int = 3) -> None:
     """One eval-mode, no-grad forward of zeros with temporary forward ``hooks`` ((module, fn) pairs); the hooks are
-    removed and the training mode restored afterwards. How MACs, Conv+BN pairs and feature maps are found."""
+    removed and the training mode restored afterwards. How MACs, Conv+BN pairs and feature maps are found. The
+    input takes the device/dtype of the first floating-point parameter (or buffer: a deploy-form QAT model)."""
+    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", torch.float32)
     handles = [m.register_forward_hook(fn) for m, fn in hooks]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(batch, in_ch, img_size, img_size, device=p.device, dtype=p.dtype))
+            model(torch.zeros(batch, in_ch, img_size, img_size, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
