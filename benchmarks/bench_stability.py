@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgecv.contracts.manifest import ArtifactEntry, Manifest  # noqa: E402
 from edgecv.data.preprocess import Preprocess  # noqa: E402
-from edgecv.export.manifest import ArtifactEntry, Manifest  # noqa: E402
 from edgecv.runtimes.base import host_description  # noqa: E402
 from edgecv.utils import sha256_file  # noqa: E402
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from edgecv.export.manifest import load_manifest
+from edgecv.contracts.manifest import load_manifest
 from edgecv.runtimes.base import RuntimeUnavailable, host_description, runner_for_entry
 
 

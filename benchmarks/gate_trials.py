@@ -29,9 +29,9 @@ import torchvision
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgecv.contracts.manifest import ArtifactEntry, Manifest  # noqa: E402
 from edgecv.data.preprocess import Preprocess  # noqa: E402
-from edgecv.export.manifest import ArtifactEntry, Manifest  # noqa: E402
-from edgecv.models.registry import count_macs  # noqa: E402
+from edgecv.nn.graph import count_macs  # noqa: E402
 from edgecv.runtimes.base import host_description, load_runner  # noqa: E402
 from edgecv.utils import sha256_file  # noqa: E402
 

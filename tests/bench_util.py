@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgecv.contracts.manifest import ArtifactEntry, Manifest
 from edgecv.data.preprocess import Preprocess
-from edgecv.export.manifest import ArtifactEntry, Manifest
 from edgecv.utils import sha256_file
 
 

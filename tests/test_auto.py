@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgecv.bench.budget import Budget
-from edgecv.compress.auto import Measurer, SelectionFailed, search_prune_fraction, select_student
+from edgecv.autotune.select import Measurer, SelectionFailed, search_prune_fraction, select_student
 from edgecv.compress.pipeline import CompressConfig, compress
 from edgecv.errors import UserError
-from edgecv.models.registry import count_macs, create_model
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
+from edgecv.targets.budget import Budget
 from tests.conftest import make_image_folder, save_untrained_teacher
 
 CLASSES = ["red", "green", "blue"]

@@ -14,7 +14,7 @@ import torch
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
 from edgecv.bench.bench import BenchConfig, _int8_notes, exit_code, recommend, run_bench
 from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
-from edgecv.export.manifest import ArtifactEntry, load_manifest
+from edgecv.contracts.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
 from tests.bench_util import ColourNet, TinyNet, export_onnx, make_bundle
 from tests.conftest import make_image_folder

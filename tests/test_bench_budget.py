@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import platform
 
-from edgecv.bench.budget import Budget, budget_from, on_target_hardware, profile_for_artifact, verdict
 from edgecv.targets import get_target
+from edgecv.targets.budget import Budget, budget_from, on_target_hardware, profile_for_artifact, verdict
 
 
 def test_budget_from_targets_and_cli_override():

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecv.compress.distill import KDConfig, KDLoss, last_feature_module
-from edgecv.compress.train import TrainConfig, fit
 from edgecv.data.datasets import load_train_val
 from edgecv.data.preprocess import Preprocess
 from edgecv.models.registry import create_model
+from edgecv.training.loop import TrainConfig, fit
 
 
 def _tiny(n=3):

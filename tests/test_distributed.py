@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from edgecv import distributed as D
-from edgecv.compress.train import _Shard, epoch_seed, make_loader
 from edgecv.errors import UserError
+from edgecv.training.loop import _Shard, epoch_seed, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from edgecv import distributed as D
-from edgecv.compress.train import TrainConfig, evaluate_top1, fit, make_loader
+from edgecv.training.loop import TrainConfig, evaluate_top1, fit, make_loader
 
 out = Path(sys.argv[1])
 D.init("cpu")
@@ -254,7 +254,7 @@ def test_two_process_helpers_sync_shard_and_resume(tmp_path):
 _TRAIN_SCRIPT = _CHECKSUM + """
 import json, os, sys
 from pathlib import Path
-import edgecv.compress.teacher as T
+import edgecv.training.teacher as T
 
 dumps = Path(sys.argv[1])
 real_fit = T.fit
@@ -298,7 +298,7 @@ def test_torchrun_train_identical_weights_and_only_rank0_writes(tmp_path, tiny_f
 
 _ONE_RANK_FAILS_SCRIPT = """
 import os, sys
-import edgecv.compress.teacher as T
+import edgecv.training.teacher as T
 from edgecv.errors import UserError
 
 real = T.load_train_val

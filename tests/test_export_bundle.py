@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgecv.contracts.manifest import load_manifest, verify_artifact
 from edgecv.errors import UserError
-from edgecv.export.manifest import load_manifest, verify_artifact
 from edgecv.utils import sha256_file
 
 from .conftest import make_image_folder
@@ -26,12 +26,12 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 def _make_checkpoints(root: Path) -> dict:
     """A float and a QAT checkpoint of a small net trained briefly on class-coloured images (confident logits,
     so the agreement thresholds test the exporters, not ties of an untrained net), plus a RUN_DIR."""
-    from edgecv.compress.quantize import QuantConfig, calibrate, prepare_qat
-    from edgecv.compress.train import TrainConfig, fit
     from edgecv.data.datasets import load_train_val
     from edgecv.data.preprocess import Preprocess
     from edgecv.models.checkpoint import save_checkpoint
     from edgecv.models.registry import create_model
+    from edgecv.quant.qat import QuantConfig, calibrate, prepare_qat
+    from edgecv.training.loop import TrainConfig, fit
 
     data = make_image_folder(root / "data", n_train=16, n_val=8, size=S)
     pre = Preprocess(input_size=S, hflip=False)

@@ -200,7 +200,7 @@ def test_gate_bad_input_exit_2(bundles, cli, tmp_path):
 def test_gate_nothing_runnable_is_bad_input(tmp_path, cli):
     import importlib.util
 
-    from edgecv.export.manifest import ArtifactEntry, load_manifest
+    from edgecv.contracts.manifest import ArtifactEntry, load_manifest
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here: the engine would be loaded")

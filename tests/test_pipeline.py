@@ -14,11 +14,13 @@ import pytest
 import torch
 import yaml
 
-from edgecv.compress.pipeline import SCHEMA, CompressConfig, compress
+from edgecv.compress.pipeline import CompressConfig, compress
+from edgecv.contracts.rundir import SCHEMA
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
-from edgecv.models.registry import count_macs, create_model
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
 from edgecv.utils import sha256_file
 from tests.conftest import REPO, make_image_folder, save_untrained_teacher
 
@@ -80,7 +82,7 @@ def test_checkpoints_rebuild_without_pickles(full_run):
     q = load_checkpoint(full_run / "quantize.pt")
     assert q.meta["quant"] and q.meta["channel_spec"] == pr.meta["channel_spec"]
     qm = q.build()
-    from edgecv.compress.quantize import is_qat
+    from edgecv.quant.qat import is_qat
 
     assert is_qat(qm) and qm(x).shape == (2, 3)
     assert torch.equal(qm(x), q.build()(x))

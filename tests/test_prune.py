@@ -15,8 +15,9 @@ from edgecv.compress.prune import (
     prune_substep,
     prune_to_macs,
 )
-from edgecv.models.registry import count_macs, create_model
-from edgecv.models.spec import channel_spec_of
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
+from edgecv.nn.spec import channel_spec_of
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,12 @@ import functools
 import torch
 
 from edgecv.compress.prune import prune_to_macs
-from edgecv.compress.quantize import (
+from edgecv.data.preprocess import Preprocess
+from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
+from edgecv.nn.spec import channel_spec_of
+from edgecv.quant.qat import (
     QuantConfig,
     calibrate,
     freeze_bn,
@@ -18,10 +23,6 @@ from edgecv.compress.quantize import (
     set_observers,
     to_deploy,
 )
-from edgecv.data.preprocess import Preprocess
-from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
-from edgecv.models.registry import count_macs, create_model
-from edgecv.models.spec import channel_spec_of
 
 
 def _qat_pruned(size=32):
@@ -108,7 +109,8 @@ def test_float_stem_default_and_old_checkpoints(tmp_path):
     conv quantized, as it was trained."""
     import onnx
 
-    from edgecv.export.onnx import export_int8_qdq, ort_int8_kernels
+    from edgecv.export.onnx import export_int8_qdq
+    from edgecv.runtimes.introspect import ort_int8_kernels
 
     m, spec, _ = _qat_pruned()
     assert m.edgecv_quant["float_convs"] == ["features.0.0"]
@@ -140,7 +142,7 @@ def test_prepare_qat_leaves_observers_unseeded():
     """prepare_qat's tracing forwards (Conv+BN pairs, stem, output fake-quant placement) must not initialise
     any activation range: calibration starts from real data (a zeros forward once seeded a 10x-too-small range
     that the EMA never recovered from: PTQ top-1 57 % -> 34 %)."""
-    from edgecv.compress.quantize import ActFakeQuant
+    from edgecv.quant.qat import ActFakeQuant
 
     for arch in ("mobilenet_v3_small", "resnet18"):
         m = prepare_qat(create_model(arch, 3), QuantConfig(trace_size=32))
@@ -162,7 +164,8 @@ def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from edgecv.export.onnx import export_int8_qdq, ort_int8_kernels
+    from edgecv.export.onnx import export_int8_qdq
+    from edgecv.runtimes.introspect import ort_int8_kernels
 
     torch.set_num_threads(1)
     S, gen = 32, torch.Generator().manual_seed(0)

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from edgecv.compress.train import TrainConfig, fit
 from edgecv.data.datasets import load_train_val
 from edgecv.errors import TrainingError
 from edgecv.models.registry import create_model
+from edgecv.training.loop import TrainConfig, fit
 
 
 def test_train_then_eval_agree(tmp_path, tiny_folder, cli):

@@ -44,7 +44,7 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
-    """Same as :func:`edgecv.metrics.topk_correct`, without importing torch (seconds of start-up that a
+    """Same as :func:`edgecv.training.metrics.topk_correct`, without importing torch (seconds of start-up that a
     runtime-only bench of ONNX/OpenVINO artifacts does not need)."""
     k = min(k, logits.shape[1])
     top = np.argsort(-logits, axis=1)[:, :k]

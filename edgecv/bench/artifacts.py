@@ -1,6 +1,6 @@
 """What ``edgecv bench`` / ``edgecv gate`` run: the artifacts of a bundle, or one artifact file.
 
-A bundle is a folder with ``manifest.json`` (:mod:`edgecv.export.manifest`). A single artifact is a model file
+A bundle is a folder with ``manifest.json`` (:mod:`edgecv.contracts.manifest`). A single artifact is a model file
 whose format is known from its extension; it has no manifest, hence no class names or preprocessing (no
 accuracy), and its precision is read from the file where the format allows it (ONNX: QuantizeLinear nodes ->
 int8, float16 input -> fp16).
@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecv.errors import UserError
-from edgecv.export.manifest import (
+from edgecv.contracts.manifest import (
     FORMAT_RUNTIME,
     MANIFEST,
     ArtifactEntry,
@@ -20,6 +19,7 @@ from edgecv.export.manifest import (
     load_manifest,
     verify_artifact,
 )
+from edgecv.errors import UserError
 
 EXT_FORMAT = {".onnx": "onnx", ".xml": "openvino", ".ptl": "ptl", ".pte": "pte", ".engine": "tensorrt",
               ".plan": "tensorrt"}

@@ -3,7 +3,7 @@
 For each artifact (after the manifest's sha256 check): load it with :func:`edgecv.runtimes.base.load_runner`
 (a runtime that cannot run here -> ``skipped: <reason>``), measure latency per (threads, batch) with the
 interleaved method of :mod:`edgecv.bench.latency`, top-1/top-5 through the same runtime on ``--data``, and the
-budget verdict of :mod:`edgecv.bench.budget`. The result is a dict following the ``edgecv.bench/1`` JSON
+budget verdict of :mod:`edgecv.targets.budget`. The result is a dict following the ``edgecv.bench/1`` JSON
 Schema (``edgecv/bench/schemas/bench.schema.json``).
 """
 
@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgecv import __version__
-from edgecv.bench import budget as B
 from edgecv.bench.artifacts import Resolved, input_shape, resolve_source
 from edgecv.bench.latency import LatencyStats, measure_interleaved
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
+from edgecv.runtimes.introspect import measured_on
 from edgecv.targets import TargetProfile, get_target
+from edgecv.targets import budget as B
 
 SCHEMA = "edgecv.bench/1"
 INT8_NOT_FASTER = 0.95  # INT8 must be >= 5 % faster than FP32 (p50) to count as faster
@@ -57,26 +58,6 @@ class BenchConfig:
                 "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
                 "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
                 "device": self.device, "adb": self.adb}
-
-
-def _measured_on(runner, threads: int | None) -> tuple[str, str]:
-    """(measured_on, device) from the runner: host CPU + threads, or the accelerator's name."""
-    try:
-        d = runner.describe() or {}
-    except Exception:  # noqa: BLE001 - describe() is informative only
-        d = {}
-    device = str(d.get("device") or getattr(runner, "device", "cpu"))
-    if device.lower().startswith("cpu"):
-        return f"{host_description()}, {platform.machine()}, {threads or 'default'} thread(s)", device
-    name = d.get("gpu") or d.get("device_name") or d.get("device_full_name")
-    if not name and device.startswith("cuda"):
-        try:
-            import torch
-
-            name = torch.cuda.get_device_name(int(device.split(":")[1]) if ":" in device else 0)
-        except Exception:  # noqa: BLE001
-            name = None
-    return f"{name or device} ({device}) on {platform.node() or 'host'}", device
 
 
 def _skip_row(res: Resolved, status: str, reason: str) -> dict:
@@ -221,7 +202,7 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Callable[[str], None] = lambda
             for name, runner in runners.items():
                 row = rows[name]
                 if row["measured_on"] is None:
-                    row["measured_on"], row["device"] = _measured_on(runner, t)
+                    row["measured_on"], row["device"] = measured_on(runner, t)
                 if ev is not None and row["accuracy"] is None and row["status"] == "ok":
                     from edgecv.bench.accuracy import evaluate_runner
 

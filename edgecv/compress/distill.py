@@ -1,4 +1,4 @@
-"""Knowledge distillation as a ``loss_fn`` for :func:`edgecv.compress.train.fit`.
+"""Knowledge distillation as a ``loss_fn`` for :func:`edgecv.training.loop.fit`.
 
 Hinton KD: ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)`` with the teacher
 frozen in eval mode; its logits are computed once per batch under ``no_grad`` (fp16 autocast on CUDA).
@@ -43,7 +43,7 @@ def last_feature_module(model: nn.Module, size: int) -> tuple[nn.Module, int]:
         if isinstance(out, torch.Tensor) and out.ndim == 4:
             order.append((m, out.shape[1]))
 
-    from edgecv.models.registry import traced_forward
+    from edgecv.nn.graph import traced_forward
 
     traced_forward(model, [(m, hook) for m in model.modules() if not list(m.children())], size)
     if not order:

@@ -8,10 +8,7 @@ stage status change. Interrupted stages continue mid-way from their fit state fi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -22,19 +19,17 @@ from torch import nn
 
 from edgecv import distributed as D
 from edgecv.compress.distill import KDConfig, KDLoss
-from edgecv.compress.train import TrainConfig, evaluate_top1, fit
-from edgecv.data.datasets import DataBundle, load_train_val, resolve_data, sample_calibration
-from edgecv.data.preprocess import Preprocess
+from edgecv.contracts.rundir import SCHEMA, STAGE_INPUT, STAGES, Run
+from edgecv.data.datasets import DataBundle, load_train_val, sample_calibration
 from edgecv.errors import UserError
-from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edgecv.models.registry import STUDENTS, arch_info, count_macs, count_params, create_model
-from edgecv.utils import cache_dir, seed_everything, sha256_file, write_json_atomic, write_text_atomic
+from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
+from edgecv.models.registry import STUDENTS, arch_info, create_model
+from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.loop import TrainConfig, evaluate_top1, fit
+from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
+from edgecv.utils import seed_everything, sha256_file, write_text_atomic
 
-SCHEMA = "edgecv.run/1"
-STAGES = ("distill", "prune", "quantize")
-STAGE_INPUT = {"distill": None, "prune": "distill", "quantize": "prune"}
 DEFAULT_OUT = "runs/compress"
-AUTO_TEACHER_ARCH = "resnet18"
 
 
 @dataclass
@@ -136,7 +131,7 @@ class CompressConfig:
 
 def _validate_auto(c: CompressConfig) -> None:
     """Flags of --student auto / --target-macs auto: valid combinations only (UserError, exit 2)."""
-    from edgecv.compress.auto import AUTO_TARGETS, parse_candidates, resolve_budget
+    from edgecv.autotune.select import AUTO_TARGETS, parse_candidates, resolve_budget
 
     if c.budget_ms is not None and c.budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")
@@ -197,129 +192,6 @@ def parse_stages(s: str | None) -> list[str]:
     if bad or not out:
         raise UserError(f"--stages: unknown stage(s) {', '.join(bad) or s!r} (stages: {', '.join(STAGES)})")
     return [st for st in STAGES if st in out]
-
-
-# ---------------------------------------------------------------------------------------------- teacher
-@dataclass
-class Teacher:
-    model: nn.Module
-    preprocess: Preprocess | None
-    path: str
-    sha256: str
-    arch: str | None
-    kind: str
-
-
-class _Reorder(nn.Module):
-    """Teacher logits permuted into the data's class order (edgecv teachers with the same names, other order)."""
-
-    def __init__(self, inner: nn.Module, index: list[int]):
-        super().__init__()
-        self.inner = inner
-        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
-
-    def forward(self, x):
-        return self.inner(x).index_select(1, self.index)
-
-
-def load_teacher(path: str, arch: str | None, class_names: list[str], img_size: int,
-                 trust_pickle: bool = False) -> Teacher:
-    ck: Checkpoint = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
-    n = len(class_names)
-    if ck.kind == "edgecv":
-        if ck.class_names != list(class_names):
-            if sorted(ck.class_names) != sorted(class_names):
-                extra = sorted(set(ck.class_names) ^ set(class_names))[:5]
-                raise UserError(f"teacher {path} was trained on classes that do not match the data "
-                                f"({ck.num_classes} vs {n}; differing: {', '.join(extra)})")
-    elif ck.kind == "state_dict" and ck.num_classes != n:
-        raise UserError(f"teacher {path} has {ck.num_classes} outputs but the data has {n} classes")
-    model = ck.build()
-    if ck.kind in ("torchscript", "pickle"):
-        size = ck.preprocess.input_size if ck.preprocess else img_size
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(2, 3, size, size))
-        except Exception as e:
-            raise UserError(f"teacher {path} does not run on a 3x{size}x{size} input: {str(e).splitlines()[0][:200]}") from None
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise UserError(f"teacher {path} outputs {shape}, expected (N, {n}) logits for the data's {n} classes")
-    if ck.kind == "edgecv" and ck.class_names != list(class_names):
-        model = _Reorder(model, [ck.class_names.index(c) for c in class_names]).eval()
-    return Teacher(model, ck.preprocess, str(path), sha256_file(path), ck.arch, ck.kind)
-
-
-def auto_teacher(cfg: CompressConfig, log: Callable[[str], None]) -> str:
-    """Train (or reuse from the cache) the default teacher for ``cfg.data``; returns its path."""
-    from edgecv.compress.teacher import train_classifier
-
-    kind, root = resolve_data(cfg.data)
-    key_src = {"v": 1, "data": cfg.data if kind == "builtin" else str(Path(root).resolve()),
-               "arch": AUTO_TEACHER_ARCH, "epochs": cfg.teacher_epochs, "img_size": cfg.img_size,
-               "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / "teachers" / f"{AUTO_TEACHER_ARCH}-{key}.pt"
-    if path.is_file():
-        log(f"teacher: reusing cached {path}")
-        return str(path)
-    log(f"teacher: training {AUTO_TEACHER_ARCH} on {cfg.data} for {cfg.teacher_epochs} epochs (cached as {path})")
-    tmp = path.with_name(path.stem + ".partial.pt")
-    tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       workers=cfg.workers, device=cfg.device, desc="teacher")
-    train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
-                     resume=True, log=log)
-    if D.is_main():
-        os.replace(tmp, path)
-    D.barrier()
-    return str(path)
-
-
-# ---------------------------------------------------------------------------------------------- run.json
-class Run:
-    """RUN_DIR and its run.json; every mutation is written atomically (rank 0 only)."""
-
-    def __init__(self, out: Path, data: dict):
-        self.out = out
-        self.data = data
-
-    @property
-    def path(self) -> Path:
-        return self.out / "run.json"
-
-    @classmethod
-    def load(cls, out: Path) -> Run | None:
-        p = out / "run.json"
-        if not p.is_file():
-            return None
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}: unreadable run.json ({e})") from None
-        if d.get("schema") != SCHEMA:
-            raise UserError(f"{p}: not an edgecv run (schema {d.get('schema')!r}, expected {SCHEMA})")
-        return cls(out, d)
-
-    def save(self) -> None:
-        if D.is_main():
-            write_json_atomic(self.path, self.data)
-
-    def stage(self, name: str) -> dict:
-        return self.data["stages"].setdefault(name, {"status": "pending"})
-
-    def set_stage(self, name: str, **kw) -> None:
-        self.stage(name).update(kw)
-        done = [s for s in STAGES if self.data["stages"].get(s, {}).get("status") == "done"]
-        self.data["completed"] = done
-        self.save()
-
-    def reset_stage(self, name: str) -> None:
-        self.data["stages"][name] = {"status": "pending"}
-        self.set_stage(name)
-
-    def done(self, name: str) -> bool:
-        st = self.data["stages"].get(name, {})
-        return st.get("status") == "done" and (self.out / st.get("checkpoint", "")).is_file()
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -399,7 +271,7 @@ def make_measurer(cfg: CompressConfig, bundle: DataBundle, log: Callable[[str], 
     """The target runtime's latency measurer at the deploy size, calibrated on a few training images."""
     import numpy as np
 
-    from edgecv.compress.auto import Measurer
+    from edgecv.autotune.select import Measurer
 
     size = auto_opt(cfg, "deploy_size")
     pre = bundle.preprocess.with_size(size)
@@ -412,7 +284,7 @@ def make_measurer(cfg: CompressConfig, bundle: DataBundle, log: Callable[[str], 
 def run_selection(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, device: torch.device,
                   log: Callable[[str], None]) -> dict:
     """``--student auto``: measure every candidate on the target's runtime, probe the in-budget ones, pick one."""
-    from edgecv.compress.auto import ProbeSpec, parse_candidates, resolve_budget, select_student
+    from edgecv.autotune.select import ProbeSpec, parse_candidates, resolve_budget, select_student
 
     budget = resolve_budget(cfg.target, cfg.budget_ms, cfg.budget_fps)
     epochs = auto_opt(cfg, "probe_epochs")
@@ -462,7 +334,7 @@ def stage_prune(ctx: Context) -> dict:
         prune_to_macs,
         pruned_copy_synced,
     )
-    from edgecv.models.spec import channel_spec_of
+    from edgecv.nn.spec import channel_spec_of
 
     c = ctx.cfg
     n = ctx.bundle.num_classes
@@ -488,7 +360,7 @@ def stage_prune(ctx: Context) -> dict:
     if c.auto_macs:  # the pruning amount from the measured budget: prune a copy step by step, measuring it
         search = ctx.run.stage("prune").get("latency_search") if ctx.resume else None
         if search is None:
-            from edgecv.compress.auto import resolve_budget, search_prune_fraction
+            from edgecv.autotune.select import resolve_budget, search_prune_fraction
 
             if D.is_main():
                 measurer = make_measurer(c, ctx.bundle, ctx.log)
@@ -568,7 +440,7 @@ def stage_prune(ctx: Context) -> dict:
     spec = channel_spec_of(model)
     auto_info = {}
     if search is not None:  # the pruned, fine-tuned model measured on the runtime again (not its MACs)
-        from edgecv.compress.auto import deploy_figures, meets, resolve_budget
+        from edgecv.autotune.select import deploy_figures, meets, resolve_budget
 
         final = None
         if D.is_main():
@@ -596,8 +468,8 @@ def stage_prune(ctx: Context) -> dict:
 
 
 def stage_quantize(ctx: Context) -> dict:
-    from edgecv.compress.quantize import QuantConfig, calibrate, freeze_bn, prepare_qat, set_observers
-    from edgecv.models.spec import channel_spec_of
+    from edgecv.nn.spec import channel_spec_of
+    from edgecv.quant.qat import QuantConfig, calibrate, freeze_bn, prepare_qat, set_observers
 
     c = ctx.cfg
     train, val = ctx.datasets()
@@ -663,7 +535,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     """Run the requested stages; returns run.json's content.
 
     ``cfg.student == "auto"``: the student is chosen first (:func:`run_selection`; ``on_selection`` gets the
-    record); a budget no candidate meets raises :class:`edgecv.compress.auto.SelectionFailed` before anything is
+    record); a budget no candidate meets raises :class:`edgecv.autotune.select.SelectionFailed` before anything is
     written. ``cfg.select_only``: record the choice in run.json and run no stage.
     """
     log = log or (lambda s: None)

@@ -17,8 +17,9 @@ from torch import nn
 
 from edgecv import distributed as D
 from edgecv.errors import UserError
-from edgecv.models.registry import count_macs, create_model
-from edgecv.models.spec import channel_spec_of
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
+from edgecv.nn.spec import channel_spec_of
 
 IMPORTANCES = ("magnitude", "taylor")
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecv.contracts.manifest import FORMAT_RUNTIME, ArtifactEntry, Manifest, load_manifest, verify_artifact
 from edgecv.errors import UserError
-from edgecv.export.manifest import FORMAT_RUNTIME, ArtifactEntry, Manifest, load_manifest, verify_artifact
 from edgecv.utils import progress, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -205,7 +205,7 @@ class _Exporter:
     def qat_model(self) -> nn.Module:
         """The fake-quant model INT8 artifacts reproduce (QAT checkpoint, else PTQ of the float model)."""
         if "qat" not in self._models:
-            from edgecv.compress.quantize import QuantConfig, calibrate, prepare_qat
+            from edgecv.quant.qat import QuantConfig, calibrate, prepare_qat
 
             if self.src.is_qat:
                 m = self.src.build()
@@ -222,7 +222,7 @@ class _Exporter:
     def qat_float_model(self) -> nn.Module:
         """QAT-trained weights, BN folded, fake-quant off (start point of the ExecuTorch PT2E quantizer)."""
         if "qat_float" not in self._models:
-            from edgecv.compress.quantize import set_fake_quant, to_deploy
+            from edgecv.quant.qat import set_fake_quant, to_deploy
 
             m = copy.deepcopy(self.qat_model())
             set_fake_quant(m, False)
@@ -250,7 +250,7 @@ class _Exporter:
         elif precision == "fp16":
             E.export_fp16(self.float_model(), path, self.size, self.opts.opset)
         else:
-            from edgecv.compress.quantize import to_deploy
+            from edgecv.quant.qat import to_deploy
 
             info = E.export_int8_qdq(to_deploy(self.qat_model()), path, self.size, self.opts.opset,
                                      calib_batches=self.data.calib)
@@ -273,7 +273,7 @@ class _Exporter:
             extra["dynamic_batch"] = True
             entry.input_shape = ["batch", 3, self.size, self.size]
             if prec == "int8":
-                from edgecv.export.onnx import ort_int8_kernels
+                from edgecv.runtimes.introspect import ort_int8_kernels
 
                 extra["qdq_passes"] = self.notes.get("onnx_int8_passes")
                 extra["int8_kernels"] = ort_int8_kernels(path, self.opts.threads)

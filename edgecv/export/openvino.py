@@ -38,7 +38,7 @@ def guard_residual_output_fq(model) -> int:
     """
     from onnx import helper
 
-    from edgecv.export.onnx import add_initializer, graph_maps
+    from edgecv.quant.onnx_rules import add_initializer, graph_maps
 
     g = model.graph
     producers, consumers = graph_maps(g)

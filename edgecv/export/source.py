@@ -60,7 +60,7 @@ class ExportSource:
         m = self.build()
         if not self.is_qat:
             return m, f"stage:{self.stage}" if self.stage else "checkpoint"
-        from edgecv.compress.quantize import set_fake_quant, to_deploy
+        from edgecv.quant.qat import set_fake_quant, to_deploy
 
         m = copy.deepcopy(m)
         set_fake_quant(m, False)
@@ -99,7 +99,7 @@ def resolve_source(source: str | Path, stage: str | None = None, trust_pickle: b
     rj = p / "run.json"
     if not rj.is_file():
         raise UserError(f"{p}: not a compress run directory (no run.json)")
-    from edgecv.compress.pipeline import STAGES, Run
+    from edgecv.contracts.rundir import STAGES, Run
 
     run = Run.load(p).data  # the one reader of run.json: bad JSON or another schema -> UserError
     stages = run.get("stages") or {}

@@ -52,7 +52,7 @@ class Checkpoint:
             raise UserError(f"{self.path}: checkpoint has no arch/state_dict to build a model from")
         model = create_model(self.arch, self.num_classes, self.meta.get("channel_spec"))
         if self.meta.get("quant"):
-            from edgecv.compress.quantize import prepare_qat
+            from edgecv.quant.qat import prepare_qat
 
             model = prepare_qat(model, self.quant_config())
         try:

@@ -128,11 +128,11 @@ def predict_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndar
 
 def runner_for_entry(bundle_dir: str | Path, entry, threads: int | None = 1, device: str = "cpu", verify: bool = True,
                      **opts) -> Runner:
-    """Load the runner for a manifest :class:`~edgecv.export.manifest.ArtifactEntry` (sha256-verified first)."""
+    """Load the runner for a manifest :class:`~edgecv.contracts.manifest.ArtifactEntry` (sha256-verified first)."""
     if not entry.runtime:
         raise RuntimeUnavailable(f"{entry.file}: {entry.format} is not a runnable model")
     if verify:
-        from edgecv.export.manifest import verify_artifact
+        from edgecv.contracts.manifest import verify_artifact
 
         verify_artifact(bundle_dir, entry)
     return load_runner(entry.runtime, Path(bundle_dir) / entry.file, threads=threads, device=device, **opts)

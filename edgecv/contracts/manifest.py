@@ -36,6 +36,7 @@ from edgecv.errors import UserError
 from edgecv.utils import sha256_file, write_json_atomic
 
 SCHEMA = "edgecv.manifest/1"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"  # tensor names of every exported model
 MANIFEST = "manifest.json"
 FORMAT_RUNTIME = {
     "onnx": "onnxruntime",

@@ -3,8 +3,8 @@
 Selection, for the target's runtime (x86: OpenVINO CPU, jetson: ONNX Runtime (host proxy), android: ExecuTorch):
 
 1. every candidate student is built with the data's classes, exported FP32 and INT8 (quick PTQ of the untrained
-   weights: :func:`~edgecv.compress.quantize.prepare_qat` + calibration on a few training images +
-   :func:`~edgecv.compress.quantize.to_deploy`) at the deployment size, through the same exporters as
+   weights: :func:`~edgecv.quant.qat.prepare_qat` + calibration on a few training images +
+   :func:`~edgecv.quant.qat.to_deploy`) at the deployment size, through the same exporters as
    ``edgecv export``, and timed through the real runtime with the interleaved method of
    :mod:`edgecv.bench.latency` (all candidates' artifacts interleaved, so a burst of load from another process
    lands on all of them). Every figure carries ``measured_on`` and ``host_proxy``;
@@ -103,7 +103,7 @@ class Measurer:
 
     # -- export -------------------------------------------------------------------------------------------
     def _int8_model(self, model: nn.Module) -> nn.Module:
-        from edgecv.compress.quantize import QuantConfig, calibrate, is_qat, prepare_qat
+        from edgecv.quant.qat import QuantConfig, calibrate, is_qat, prepare_qat
 
         if is_qat(model):
             return copy.deepcopy(model).eval()
@@ -113,8 +113,8 @@ class Measurer:
 
     def export(self, model: nn.Module) -> dict[str, Path | str]:
         """FP32 and INT8 artifacts for the runtime: ``{precision: path}`` or ``{precision: "error: ..."}``."""
-        from edgecv.compress.quantize import set_fake_quant, to_deploy
         from edgecv.export import onnx as E
+        from edgecv.quant.qat import set_fake_quant, to_deploy
 
         self._n += 1
         d = self.work / f"m{self._n}"
@@ -155,10 +155,11 @@ class Measurer:
     def measure(self, artifacts: dict[str, dict[str, Path | str]]) -> dict[str, dict]:
         """Time every ``{key: {precision: path}}`` artifact, all interleaved. Returns per key and precision a
         latency dict or ``{"error": reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
-        from edgecv.bench.bench import INT8_NOT_FASTER, _measured_on
-        from edgecv.bench.budget import on_target_hardware
+        from edgecv.bench.bench import INT8_NOT_FASTER
         from edgecv.bench.latency import measure_interleaved
         from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
+        from edgecv.runtimes.introspect import measured_on
+        from edgecv.targets.budget import on_target_hardware
 
         res: dict[str, dict] = {k: {} for k in artifacts}
         runners, fns = {}, {}
@@ -186,7 +187,7 @@ class Measurer:
                                          cpu_time=self.threads == 1)
                 for (key, prec), m in ms.items():
                     st = m.stats()
-                    measured_on, device = _measured_on(runners[(key, prec)], self.threads)
+                    measured_on, device = measured_on(runners[(key, prec)], self.threads)
                     proxy = not on_target_hardware(self.profile, device)
                     res[key][prec] = {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "fps": st.fps, "n": st.n,
                                       "cpu_p50_ms": st.cpu_p50_ms, "round_p50_spread": st.round_p50_spread,
@@ -238,8 +239,8 @@ def budget_text(budget) -> str:
 
 
 def resolve_budget(target: str | None, budget_ms: float | None, budget_fps: float | None):
-    from edgecv.bench.budget import budget_from
     from edgecv.targets import get_target
+    from edgecv.targets.budget import budget_from
 
     return budget_from(get_target(target) if target else None, budget_ms, budget_fps)
 
@@ -266,9 +267,9 @@ PROBE_BATCH = 16
 def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> dict:
     """Short KD of a fresh ``arch`` on a class-balanced training subset; best val top-1 on a val subset."""
     from edgecv.compress.distill import KDLoss
-    from edgecv.compress.train import fit
     from edgecv.data.datasets import sample_calibration
     from edgecv.models.registry import create_model
+    from edgecv.training.loop import fit
     from edgecv.utils import seed_everything
 
     b = spec.bundle
@@ -296,7 +297,8 @@ def select_student(candidates: list[str], num_classes: int, measurer: Measurer, 
     Raises :class:`SelectionFailed` (exit 1) when no candidate meets the budget. ``probe=None`` ranks the
     in-budget candidates by deploy latency only (used when there is nothing to probe with).
     """
-    from edgecv.models.registry import arch_info, count_macs, count_params, create_model
+    from edgecv.models.registry import arch_info, create_model
+    from edgecv.nn.graph import count_macs, count_params
 
     t0 = time.perf_counter()
     rows: list[dict] = []
@@ -390,7 +392,7 @@ def search_prune_fraction(model: nn.Module, train_size: int, num_classes: int, m
     the deploy-precision latency meets ``budget`` or the MACs reach ``floor``. Returns the MAC fraction to prune
     to and every measured step."""
     from edgecv.compress.prune import prune_to_macs
-    from edgecv.models.registry import count_macs
+    from edgecv.nn.graph import count_macs
 
     if budget is None:
         raise UserError("--target-macs auto needs a latency budget (--budget-ms / --budget-fps or a target's)")

@@ -9,7 +9,7 @@ Scheme (TensorRT explicit quantization, OpenVINO and ONNX Runtime QDQ all run it
 * plus an *output* fake-quant (``QConvBn2d.out_fq``, before the activation) on exactly the convs whose
   exported INT8 ONNX output needs a quantize of its own so ONNX Runtime runs them as ``QLinearConv`` (output
   read by hardswish, SE gates, residual adds...: no next-layer input Q it could reuse). Those convs are
-  found by exporting the deploy form once and asking :func:`edgecv.export.onnx.conv_output_plan`, so the
+  found by exporting the deploy form once and asking :func:`edgecv.quant.onnx_rules.conv_output_plan`, so the
   QAT model simulates (and trains with) exactly the graph that is deployed;
 * the stem (a conv reading the 3-channel image) stays float by default (``QuantConfig.float_convs``): as an
   int8 kernel it ran 2.7x slower than its fp32 kernel on ONNX Runtime (0.31 vs 0.11 ms at 224 px, 1 thread:
@@ -103,7 +103,7 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_bias(b: torch.Tensor, x_scale: torch.Tensor | float, w_scale: torch.Tensor) -> torch.Tensor:
     """The bias as int8 runtimes apply it: int32 with scale ``x_scale * w_scale`` (per output channel), rounded
-    exactly like :func:`edgecv.export.onnx.quantize_bias` (scale in float32, where the int32 range would
+    exactly like :func:`edgecv.quant.onnx_rules.quantize_bias` (scale in float32, where the int32 range would
     overflow the scale is raised as that pass does), with a straight-through gradient."""
     x_scale = torch.as_tensor(x_scale, dtype=torch.float64, device=b.device)
     bs = (x_scale * w_scale.detach().double()).float().double()
@@ -233,7 +233,7 @@ def find_conv_bn_pairs(model: nn.Module, size: int = 64) -> list[tuple[str, str]
         if src is not None:
             pairs.append((src, names[m]))
 
-    from edgecv.models.registry import traced_forward
+    from edgecv.nn.graph import traced_forward
 
     hooks = [(m, conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [(m, bn_hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -280,7 +280,7 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
 
 def float_conv_placement(model: nn.Module, size: int) -> list[str]:
     """The ``nn.Conv2d`` modules of a float model that read the network input itself (the image stem)."""
-    from edgecv.models.registry import traced_forward
+    from edgecv.nn.graph import traced_forward
 
     names = {m: n for n, m in model.named_modules()}
     found: list[str] = []
@@ -303,12 +303,12 @@ def float_conv_placement(model: nn.Module, size: int) -> list[str]:
 
 def output_fq_placement(model: nn.Module, size: int) -> list[str]:
     """Names of the :class:`QConvBn2d` modules whose output the deployed INT8 ONNX graph quantizes with a scale
-    of its own (``needs_range`` in :func:`edgecv.export.onnx.conv_output_plan`).
+    of its own (``needs_range`` in :func:`edgecv.quant.onnx_rules.conv_output_plan`).
 
     The deploy form (every fake-quant enabled, placeholder scales) is exported once to an in-memory ONNX;
     its Conv nodes (graph order) are matched to the modules by the order of their forward calls.
     """
-    from edgecv.export.onnx import conv_output_plan, onnx_model_in_memory
+    from edgecv.quant.onnx_rules import conv_output_plan, onnx_model_in_memory
 
     d = to_deploy(model).cpu()
     for m in d.modules():
@@ -316,7 +316,7 @@ def output_fq_placement(model: nn.Module, size: int) -> list[str]:
             m.act_enabled, m.act_scale, m.w_enabled = True, 1.0, True
             if isinstance(m, DeployQConv):
                 m.out_enabled = False
-    from edgecv.models.registry import traced_forward
+    from edgecv.nn.graph import traced_forward
 
     names = {m: n for n, m in d.named_modules()}
     order: list[str] = []

@@ -110,8 +110,8 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
           --batch-size 64 --lr 1.6e-2 --warmup-epochs 5 --epochs 90 --out r50.pt
     """
     from edgecv import distributed as D
-    from edgecv.compress.teacher import train_classifier
-    from edgecv.compress.train import TrainConfig
+    from edgecv.training.loop import TrainConfig
+    from edgecv.training.teacher import train_classifier
 
     D.init(device)
     try:
@@ -154,7 +154,7 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
       edgecv eval teacher.pt --data digits
       edgecv eval teacher.pt --data ~/data/cifar10 --confusion cm.png --json > eval.json
     """
-    from edgecv.evaluate import evaluate_checkpoint
+    from edgecv.training.evaluate import evaluate_checkpoint
 
     rep = evaluate_checkpoint(checkpoint, data, batch_size, confusion_png, skip_bad=skip_bad,
                               trust_pickle=trust_pickle)
@@ -296,7 +296,7 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
         merged["select_only"] = True
     cfg = CompressConfig.from_dict(merged)
     stage_list = parse_stages(stages)
-    from edgecv.compress.auto import SelectionFailed, print_selection
+    from edgecv.autotune.select import SelectionFailed, print_selection
     from edgecv.utils import is_quiet
 
     def on_selection(sel: dict) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from edgecv.data.datasets import load_eval_dataset
 from edgecv.errors import UserError
-from edgecv.metrics import classification_report, predict_logits, save_confusion_png
 from edgecv.models.checkpoint import load_checkpoint
+from edgecv.training.metrics import classification_report, predict_logits, save_confusion_png
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 256, confusion_png: str | None = None,

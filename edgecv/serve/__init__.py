@@ -1,0 +1,1 @@
+"""Delivering a bundle: predict and serve (issue 12)."""

@@ -1,0 +1,166 @@
+"""``edgecv train``: train a classifier (usually the teacher) with the one training loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecv import distributed as D
+from edgecv.data.datasets import load_train_val, resolve_data
+from edgecv.data.preprocess import Preprocess
+from edgecv.errors import UserError
+from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgecv.models.registry import arch_info, create_model
+from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.loop import FitResult, TrainConfig, fit
+from edgecv.utils import cache_dir, seed_everything, sha256_file
+
+
+@dataclass
+class TrainOutcome:
+    checkpoint: Path
+    arch: str
+    fit: FitResult
+    num_classes: int
+    params: int
+    macs: int
+    data: str
+
+    def to_dict(self) -> dict:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "arch": self.arch,
+            "data": self.data,
+            "num_classes": self.num_classes,
+            "params": self.params,
+            "macs": self.macs,
+            "best_val_top1": round(self.fit.best_top1, 3),
+            "best_epoch": self.fit.best_epoch,
+            "last_val_top1": round(self.fit.last_top1, 3),
+            "wall_s": round(self.fit.wall_s, 2),
+            "effective_batch": self.fit.effective_batch,
+            "world_size": self.fit.world_size,
+            "history": self.fit.history,
+        }
+
+
+def train_classifier(
+    data: str,
+    arch: str,
+    out: str | Path,
+    cfg: TrainConfig,
+    img_size: int | None = None,
+    skip_bad: bool = False,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    arch_info(arch)  # validate early
+    out = Path(out)
+    bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad)
+    pre = bundle.preprocess
+    train_ds = bundle.train.with_transform(pre.train_transform())
+    val_ds = bundle.val.with_transform(pre.eval_transform())
+    # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
+    # single-process run is reproducible
+    seed_everything(cfg.seed)
+    model = create_model(arch, bundle.num_classes)
+    macs = count_macs(model, pre.input_size)
+
+    def on_best(m, metrics):
+        save_checkpoint(out, m, arch, bundle.class_names, pre, metrics={**metrics, "data": bundle.source},
+                        meta={"train_config": cfg.to_dict()})
+
+    state = out.with_name(out.name + ".state")
+    result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, log=log)
+    if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
+        # the final checkpoint carries the whole history; the resume state is no longer needed
+        save_checkpoint(out, model, arch, bundle.class_names, pre,
+                        metrics={"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source},
+                        meta={"train_config": cfg.to_dict(), "history": result.history})
+        state.unlink(missing_ok=True)
+    D.barrier()
+    return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source)
+
+
+# ---------------------------------------------------------------------------------------------- loading a teacher
+AUTO_TEACHER_ARCH = "resnet18"
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    preprocess: Preprocess | None
+    path: str
+    sha256: str
+    arch: str | None
+    kind: str
+
+
+class _Reorder(nn.Module):
+    """Teacher logits permuted into the data's class order (edgecv teachers with the same names, other order)."""
+
+    def __init__(self, inner: nn.Module, index: list[int]):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+
+    def forward(self, x):
+        return self.inner(x).index_select(1, self.index)
+
+
+def load_teacher(path: str, arch: str | None, class_names: list[str], img_size: int,
+                 trust_pickle: bool = False) -> Teacher:
+    ck: Checkpoint = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+    n = len(class_names)
+    if ck.kind == "edgecv":
+        if ck.class_names != list(class_names):
+            if sorted(ck.class_names) != sorted(class_names):
+                extra = sorted(set(ck.class_names) ^ set(class_names))[:5]
+                raise UserError(f"teacher {path} was trained on classes that do not match the data "
+                                f"({ck.num_classes} vs {n}; differing: {', '.join(extra)})")
+    elif ck.kind == "state_dict" and ck.num_classes != n:
+        raise UserError(f"teacher {path} has {ck.num_classes} outputs but the data has {n} classes")
+    model = ck.build()
+    if ck.kind in ("torchscript", "pickle"):
+        size = ck.preprocess.input_size if ck.preprocess else img_size
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, 3, size, size))
+        except Exception as e:
+            raise UserError(f"teacher {path} does not run on a 3x{size}x{size} input: {str(e).splitlines()[0][:200]}") from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(f"teacher {path} outputs {shape}, expected (N, {n}) logits for the data's {n} classes")
+    if ck.kind == "edgecv" and ck.class_names != list(class_names):
+        model = _Reorder(model, [ck.class_names.index(c) for c in class_names]).eval()
+    return Teacher(model, ck.preprocess, str(path), sha256_file(path), ck.arch, ck.kind)
+
+
+def auto_teacher(cfg, log: Callable[[str], None]) -> str:
+    """Train (or reuse from the cache) the default teacher for ``cfg.data``; returns its path."""
+    kind, root = resolve_data(cfg.data)
+    key_src = {"v": 1, "data": cfg.data if kind == "builtin" else str(Path(root).resolve()),
+               "arch": AUTO_TEACHER_ARCH, "epochs": cfg.teacher_epochs, "img_size": cfg.img_size,
+               "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "teachers" / f"{AUTO_TEACHER_ARCH}-{key}.pt"
+    if path.is_file():
+        log(f"teacher: reusing cached {path}")
+        return str(path)
+    log(f"teacher: training {AUTO_TEACHER_ARCH} on {cfg.data} for {cfg.teacher_epochs} epochs (cached as {path})")
+    tmp = path.with_name(path.stem + ".partial.pt")
+    tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                       workers=cfg.workers, device=cfg.device, desc="teacher")
+    train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
+                     resume=True, log=log)
+    if D.is_main():
+        os.replace(tmp, path)
+    D.barrier()
+    return str(path)
