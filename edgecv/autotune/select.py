@@ -155,8 +155,8 @@ class Measurer:
     def measure(self, artifacts: dict[str, dict[str, Path | str]]) -> dict[str, dict]:
         """Time every ``{key: {precision: path}}`` artifact, all interleaved. Returns per key and precision a
         latency dict or ``{"error": reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
-        from edgecv.bench.bench import INT8_NOT_FASTER
         from edgecv.bench.latency import measure_interleaved
+        from edgecv.bench.policy import deploy_precision
         from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
         from edgecv.runtimes.introspect import measured_on
         from edgecv.targets.budget import on_target_hardware
@@ -199,7 +199,7 @@ class Measurer:
         for d in res.values():
             f, i = d.get("fp32", {}), d.get("int8", {})
             if "p50_ms" in f and "p50_ms" in i:
-                faster = "int8" if i["p50_ms"] < INT8_NOT_FASTER * f["p50_ms"] else "fp32"
+                faster = deploy_precision(f["p50_ms"], i["p50_ms"])
                 why = (f"INT8 p50 {i['p50_ms']:.3f} ms vs FP32 {f['p50_ms']:.3f} ms on {self.runtime}: "
                        + ("INT8 is faster" if faster == "int8" else "INT8 is not faster, deploy FP32"))
             elif "p50_ms" in f or "p50_ms" in i:

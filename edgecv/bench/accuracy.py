@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecv.data.arrays import to_arrays
 from edgecv.data.datasets import load_eval_dataset
 from edgecv.data.preprocess import Preprocess
-from edgecv.utils import progress
+from edgecv.runtimes.base import predict_all
 
 
 @dataclass
@@ -35,11 +36,7 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
         from edgecv.data.datasets import sample_calibration
 
         ds = sample_calibration(ds, n, seed=0)
-    xs = np.empty((n, 3, pre.input_size, pre.input_size), dtype=np.float32)
-    ys = np.empty((n,), dtype=np.int64)
-    for i in progress(range(n), desc="preprocess", total=n):
-        xs[i] = pre.to_array(ds.load_image(i))
-        ys[i] = ds.samples[i][1]
+    xs, ys = to_arrays(ds, pre)
     return EvalSet(xs, ys, str(data), pre.to_dict())
 
 
@@ -49,20 +46,6 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     k = min(k, logits.shape[1])
     top = np.argsort(-logits, axis=1)[:, :k]
     return int((top == labels[:, None]).any(axis=1).sum())
-
-
-def predict_all(runner, x: np.ndarray, batch_size: int = 32, desc: str = "accuracy") -> np.ndarray:
-    """Logits for every row of ``x`` through ``runner``, respecting a fixed batch size."""
-    b = runner.batch_size or batch_size
-    outs = []
-    for i in progress(range(0, len(x), b), desc=desc, total=(len(x) + b - 1) // b):
-        chunk = x[i:i + b]
-        n = len(chunk)
-        if runner.batch_size and n < b:
-            chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
-        out = np.asarray(runner.predict(chunk), dtype=np.float32).reshape(len(chunk), -1)
-        outs.append(out[:n])
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:

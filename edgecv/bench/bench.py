@@ -20,6 +20,7 @@ import numpy as np
 from edgecv import __version__
 from edgecv.bench.artifacts import Resolved, input_shape, resolve_source
 from edgecv.bench.latency import LatencyStats, measure_interleaved
+from edgecv.bench.policy import deploy_precision, int8_pays
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
 from edgecv.runtimes.introspect import measured_on
@@ -27,7 +28,6 @@ from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
 
 SCHEMA = "edgecv.bench/1"
-INT8_NOT_FASTER = 0.95  # INT8 must be >= 5 % faster than FP32 (p50) to count as faster
 CONTENDED = 1.15  # wall / CPU time above this at 1 thread: the host was busy, say so
 
 
@@ -301,7 +301,7 @@ def precision_comparison(rows: list[dict]) -> list[dict]:
     out = []
     for r8, r32 in _pairs(rows):
         a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
-        faster = "int8" if a < INT8_NOT_FASTER * b else "fp32"
+        faster = deploy_precision(b, a)
         out.append({"runtime": r8["runtime"], "format": r8["format"], "fp32": r32["name"], "int8": r8["name"],
                     "fp32_p50_ms": b, "int8_p50_ms": a, "int8_speedup": b / a if a > 0 else None, "faster": faster,
                     "deploy": r8["name"] if faster == "int8" else r32["name"]})
@@ -325,7 +325,7 @@ def int8_vs_onnx_fp32(rows: list[dict]) -> dict | None:
     best = min(int8, key=lambda r: r["primary"]["p50_ms"])
     a, b = best["primary"]["p50_ms"], ref[0]["primary"]["p50_ms"]
     return {"int8": best["name"], "int8_runtime": best["runtime"], "int8_p50_ms": a, "onnx_fp32": ref[0]["name"],
-            "onnx_fp32_p50_ms": b, "speedup": b / a if a > 0 else None, "faster": a < INT8_NOT_FASTER * b}
+            "onnx_fp32_p50_ms": b, "speedup": b / a if a > 0 else None, "faster": int8_pays(a, b)}
 
 
 def _int8_notes(rows: list[dict]) -> list[str]:
@@ -339,7 +339,7 @@ def _int8_notes(rows: list[dict]) -> list[str]:
             continue
         r32 = same[0]
         a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
-        if a >= INT8_NOT_FASTER * b:
+        if not int8_pays(a, b):
             msg = (f"INT8 is not faster than FP32 on {r8['runtime']} ({r8['format']}): p50 {a:.3f} ms vs "
                    f"{b:.3f} ms; deploy {r32['name']} on this runtime (the measurement decides the precision)")
             out.append(msg)

@@ -107,6 +107,7 @@ class EvalData:
 
 
 def load_eval_data(data: str, class_names: list[str], preprocess, num_val: int, num_calib: int, seed: int = 0) -> EvalData:
+    from edgecv.data.arrays import to_arrays
     from edgecv.data.datasets import load_train_val, sample_calibration
 
     b = load_train_val(data, img_size=preprocess.input_size, seed=seed, preprocess=preprocess)
@@ -115,12 +116,8 @@ def load_eval_data(data: str, class_names: list[str], preprocess, num_val: int, 
     val = sample_calibration(b.val, num_val, seed)
     cal = sample_calibration(b.train, num_calib, seed + 1)
 
-    def arrays(ds, desc):
-        xs = [preprocess.to_array(ds.load_image(i)) for i in progress(range(len(ds)), desc=desc)]
-        return np.stack(xs).astype(np.float32), np.asarray(ds.targets, np.int64)
-
-    x, y = arrays(val, "val images")
-    cx, _ = arrays(cal, "calibration images")
+    x, y = to_arrays(val, preprocess, "val images")
+    cx, _ = to_arrays(cal, preprocess, "calibration images")
     calib = [cx[i : i + 32] for i in range(0, len(cx), 32)]
     return EvalData(x, y, calib, b.source)
 

@@ -1,0 +1,44 @@
+"""The INT8 scheme (symmetric per-channel int8 weights, per-tensor int8 activations, int32 bias on the
+``x_scale * w_scale`` grid), its QAT modules and placement rules, the ONNX graph rules and the deploy form.
+
+Two facades are the public surface the other layers use:
+
+* :func:`ptq` - a float model -> a calibrated fake-quant (QAT-form) model, no training;
+* :func:`deploy` - a QAT-form model -> its deployment form (BN folded, explicit quantize/dequantize), the model
+  every INT8 exporter starts from.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecv.quant.qat import QuantConfig, calibrate, is_qat, prepare_qat, set_fake_quant, to_deploy
+
+__all__ = ["QuantConfig", "deploy", "is_qat", "ptq"]
+
+
+def ptq(model: nn.Module, calib, size: int, qcfg: QuantConfig | None = None) -> tuple[nn.Module, int]:
+    """Post-training quantization of a copy of ``model``: QAT-form modules placed for ``size``, observers run on
+    ``calib`` (arrays / tensors N x 3 x S x S, or a loader of ``(x, y)`` batches). A model that is already QAT is
+    copied unchanged. Returns the eval-mode model and the number of calibration images seen."""
+    if is_qat(model):
+        return copy.deepcopy(model).eval(), 0
+    q = prepare_qat(copy.deepcopy(model).eval(), qcfg or QuantConfig(trace_size=size))
+    batches = [(torch.from_numpy(b) if isinstance(b, np.ndarray) else b, None)
+               for b in calib] if isinstance(calib, (list, tuple)) else calib
+    n = calibrate(q, batches)
+    return q.eval(), n
+
+
+def deploy(qat_model: nn.Module, fake_quant: bool = True) -> nn.Module:
+    """The deployment form of a copy of ``qat_model``. ``fake_quant=False``: the QAT-trained weights with BN
+    folded and quantization off (what the ExecuTorch PT2E quantizer starts from)."""
+    m = qat_model
+    if not fake_quant:
+        m = copy.deepcopy(qat_model)
+        set_fake_quant(m, False)
+    return to_deploy(m).eval()  # to_deploy copies

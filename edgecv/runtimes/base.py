@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from edgecv.utils import progress
+
 
 class RuntimeUnavailable(Exception):
     """The runtime (package, delegate or device) is missing here; ``str(e)`` is the reason."""
@@ -124,6 +126,20 @@ def predict_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndar
             part = np.concatenate([part, np.zeros((fixed_batch - n, *part.shape[1:]), part.dtype)])
         outs.append(fn(part)[:n])
     return np.concatenate(outs)
+
+
+def predict_all(runner, x: np.ndarray, batch_size: int = 32, desc: str = "accuracy") -> np.ndarray:
+    """Logits for every row of ``x`` through ``runner``, respecting a fixed batch size."""
+    b = runner.batch_size or batch_size
+    outs = []
+    for i in progress(range(0, len(x), b), desc=desc, total=(len(x) + b - 1) // b):
+        chunk = x[i:i + b]
+        n = len(chunk)
+        if runner.batch_size and n < b:
+            chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        out = np.asarray(runner.predict(chunk), dtype=np.float32).reshape(len(chunk), -1)
+        outs.append(out[:n])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def runner_for_entry(bundle_dir: str | Path, entry, threads: int | None = 1, device: str = "cpu", verify: bool = True,
