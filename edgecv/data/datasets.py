@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from edgecv.data.decode import decode_image
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
 
@@ -40,14 +41,7 @@ class ImageSamples:
         return [y for _, y in self.samples]
 
     def load_image(self, i: int) -> Image.Image:
-        src, _ = self.samples[i]
-        if isinstance(src, Image.Image):
-            return src.convert("RGB")
-        try:
-            with Image.open(src) as im:
-                return im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"cannot read image {src}: {e}") from e
+        return decode_image(self.samples[i][0])
 
     def __getitem__(self, i: int):
         img = self.load_image(i)

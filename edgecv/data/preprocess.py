@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from edgecv.data.decode import decode_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -64,8 +66,7 @@ class Preprocess:
 
     # -- transforms ----------------------------------------------------------------------------------------
     def _resize_crop(self, img: Image.Image) -> Image.Image:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = decode_image(img)  # any mode -> 8-bit RGB by the one set of rules (the image itself when it is)
         w, h = img.size
         s = self.resize_size
         if w <= h:
