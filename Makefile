@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/edgecv compress --out runs/demo
 
-## the whole test suite, slow tests included (this is what CI runs)
+## the import-layering contract, then the whole test suite, slow tests included (this is what CI runs)
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "slow or not slow" -n 2 -q
 
 ## the fast subset, for development
@@ -27,6 +28,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgecv tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

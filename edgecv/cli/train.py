@@ -1,0 +1,66 @@
+"""edgecv train: train a classifier (the teacher)."""
+
+from __future__ import annotations
+
+import click
+
+from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
+
+
+@click.command()
+@click.option("--data", default="digits", show_default=True,
+              help="ImageFolder root (train/ + val/, or class folders) or a built-in dataset name (digits).")
+@click.option("--arch", default="resnet18", show_default=True, help="Architecture from the registry (see 'edgecv archs').")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Input size [default: 32 for digits, 224 otherwise].")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Per process (torchrun: x world size).")
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Peak learning rate (AdamW). Scale it with the effective batch: see docs/distributed.md.")
+@click.option("--warmup-epochs", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Linear learning-rate warm-up before the cosine decay (use more with large effective batches).")
+@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(0))
+@click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader workers [default: auto].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run.")
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard scalars here.")
+@click.option("--out", default="teacher.pt", show_default=True, type=click.Path(dir_okay=False))
+@json_option
+@quiet_option
+def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_decay, label_smoothing, workers, seed, device,
+          skip_bad, resume, tensorboard, out, as_json):
+    """Train a classifier (the teacher) on DATA.
+
+    \b
+    Examples:
+      edgecv train --data digits --epochs 3
+      edgecv train --data ~/data/cifar10 --arch resnet18 --img-size 64 --epochs 30 --out teacher.pt
+      torchrun --nproc-per-node 2 -m edgecv train --data ~/data/cifar10 --batch-size 64
+      # 8 GPUs x 64 = effective batch 512: linear LR scaling 2e-3 x 512/64 (docs/distributed.md)
+      torchrun --standalone --nproc-per-node 8 -m edgecv train --data /data/imagenet --arch resnet50
+          --batch-size 64 --lr 1.6e-2 --warmup-epochs 5 --epochs 90 --out r50.pt
+    """
+    from edgecv import distributed as D
+    from edgecv.training.loop import TrainConfig
+    from edgecv.training.teacher import train_classifier
+
+    D.init(device)
+    try:
+        main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+                          weight_decay=weight_decay, label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
+                          tensorboard=tensorboard, desc=arch)
+        res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log)
+    finally:
+        D.shutdown()
+    if not main_rank:  # under torchrun only rank 0 prints the result / --json
+        return
+    d = res.to_dict()
+    if as_json:
+        emit_json(d)
+    else:
+        echo(f"saved {res.checkpoint}: {arch}, best val top-1 {d['best_val_top1']:.2f}% (epoch {d['best_epoch']}), "
+             f"{d['wall_s']:.1f}s, effective batch {d['effective_batch']} "
+             f"({batch_size} x {d['world_size']} process{'es' if d['world_size'] > 1 else ''})")
