@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
-from edgecv.bench.bench import BenchConfig, _int8_notes, exit_code, recommend, run_bench
+from edgecv.bench.bench import BenchConfig, run_bench
+from edgecv.bench.policy import exit_code, int8_notes, recommend
 from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
 from edgecv.contracts.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
@@ -115,16 +116,15 @@ def test_cli_json_stdout_and_budget_fail_exit_1(bundle, cli):
     assert next(a for a in res["artifacts"] if a["name"] == "onnx-fp32")["verdict"]["verdict"] == "fail"
 
 
-def test_modified_artifact_is_invalid_and_exit_1(tmp_path, cli):
+def test_modified_artifact_is_bad_input_exit_2(tmp_path, cli):
+    """A tampered artifact is bad input, as in gate and export: one line, exit 2, nothing measured or written."""
     b = make_bundle(tmp_path / "b")
     with open(b / "model_fp32.onnx", "ab") as f:
         f.write(b"tampered")
     p = cli("bench", str(b), "--json", str(tmp_path / "o.json"), *FAST)
-    assert p.returncode == 1
-    assert "sha256 does not match" in p.stderr
-    res = json.loads((tmp_path / "o.json").read_text())
-    validate(res)
-    assert res["artifacts"][0]["status"] == "invalid"
+    assert p.returncode == 2
+    assert "sha256 does not match" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_bad_input_exit_2(tmp_path, bundle, cli):
@@ -159,7 +159,7 @@ def test_int8_not_faster_note_and_recommendation():
             _row("onnx-int8", "onnx", "int8", "onnxruntime", 2.5, 2.7, 79.8, "pass"),
             _row("openvino-fp32", "openvino", "fp32", "openvino", 2.4, 2.6, 80.0, "pass"),
             _row("openvino-int8", "openvino", "int8", "openvino", 1.2, 1.3, 75.0, "pass")]
-    notes = _int8_notes(rows)
+    notes = int8_notes(rows)
     assert len(notes) == 1 and "INT8 is not faster than FP32 on onnxruntime" in notes[0]
     rec = recommend(rows, None, tolerance=1.0)
     # openvino-int8 is fastest but loses 5 points -> not recommended; onnx-fp32 is the fastest that keeps accuracy
@@ -171,7 +171,7 @@ def test_int8_not_faster_note_and_recommendation():
 
 def test_best_int8_vs_onnx_fp32():
     """The fastest validated INT8 artifact of any runtime against ORT's FP32 ONNX, from the same rows."""
-    from edgecv.bench.bench import int8_vs_onnx_fp32
+    from edgecv.bench.policy import int8_vs_onnx_fp32
     from edgecv.bench.report import best_int8_text
 
     rows = [_row("onnx-fp32", "onnx", "fp32", "onnxruntime", 0.53, 0.6, None),

@@ -6,6 +6,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from edgecv.targets.budget import budget_text
 from edgecv.utils import atomic_path, dumps_json, stderr_console, write_text_atomic
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -65,12 +66,7 @@ COLUMNS = [("artifact", "artifact"), ("format", "format"), ("precision", "precis
 
 
 def _budget_text(result: dict) -> str:
-    b = result.get("budget")
-    if not b:
-        return "no budget"
-    op = "<=" if b["metric"] == "p90_ms" else ">="
-    unit = " ms" if b["metric"] == "p90_ms" else " fps"
-    return f"{b['metric'].replace('_ms', '')} {op} {b['limit']:g}{unit} ({b['source']}, {b['hardware']})"
+    return budget_text(result.get("budget"), source=True)
 
 
 def _measured_on(result: dict) -> list[str]:
@@ -81,8 +77,9 @@ def _cmp_text(c: dict) -> str:
     sp = c.get("int8_speedup")
     how = (f"INT8 is {sp:.2f}x faster than FP32" if c["faster"] == "int8" else
            f"INT8 is not faster than FP32 ({sp:.2f}x)") if sp else "INT8 vs FP32"
-    return (f"{how} (p50 {c['int8_p50_ms']:.3f} vs {c['fp32_p50_ms']:.3f} ms, {c['format']}): deploy {c['deploy']} "
-            "on this runtime")
+    loses = f" but loses {c['int8_top1_drop']:.2f} pt top-1" if c.get("int8_top1_drop") is not None else ""
+    return (f"{how} (p50 {c['int8_p50_ms']:.3f} vs {c['fp32_p50_ms']:.3f} ms, {c['format']}){loses}: "
+            f"deploy {c['deploy']} on this runtime")
 
 
 def best_int8_text(c: dict) -> str:

@@ -34,6 +34,18 @@ class Budget:
         return fps >= self.limit, fps
 
 
+def budget_text(budget: Budget | dict | None, source: bool = False, hardware: bool = True) -> str:
+    """The one way a budget is written for people: ``p90 <= 85 ms`` / ``>= 120 fps``, then in parentheses its
+    source (``source=True``: ``target:android`` or ``cli``) and the hardware it refers to (``hardware=True``).
+    Accepts a :class:`Budget` or its ``to_dict()`` (as stored in bench JSON and run.json)."""
+    if not budget:
+        return "no budget"
+    b = budget if isinstance(budget, Budget) else Budget(**budget)
+    text = f"p90 <= {b.limit:g} ms" if b.metric == "p90_ms" else f">= {b.limit:g} fps"
+    extra = [x for x, on in ((b.source, source), (b.hardware, hardware)) if on]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
 def budget_from(profile: TargetProfile | None, budget_ms: float | None = None,
                 budget_fps: float | None = None) -> Budget | None:
     hw = profile.hardware if profile else "host"

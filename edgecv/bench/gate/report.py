@@ -1,0 +1,54 @@
+"""The gate's table on stderr."""
+
+from __future__ import annotations
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{(x - 1) * 100:+.1f}%"
+
+
+def _row_cells(r: dict) -> list[str]:
+    from rich.markup import escape
+
+    lat, acc = r.get("latency"), r.get("accuracy")
+    if r["status"] != "ok":
+        return [escape(r["name"]), "-", "-", "-", "-", "-", "-", "-", "-",
+                escape(f"{r['verdict']} ({r['status']}: {r['reason']})")]
+    lv = "-"
+    if lat:
+        lv = lat["verdict"] + (" (inconclusive)" if lat["inconclusive"] else "")
+    if acc and "drop" in acc:
+        at = f"{acc['baseline_top1']:.2f} -> {acc['candidate_top1']:.2f}"
+        av = f"{acc['verdict']} ({-acc['drop']:+.2f} pt)"
+    else:
+        at, av = "-", (acc or {}).get("skipped", "not checked")
+    return [escape(r["name"]), f"{lat['baseline_ms']:.3f}" if lat else "-",
+            f"{lat['candidate_ms']:.3f}" if lat else "-",
+            f"{lat['ratio']:.3f} ({_fmt_pct(lat['ratio'])})" if lat else "-",
+            f"[{lat['ci_low']:.3f}, {lat['ci_high']:.3f}]" if lat else "-",
+            str(lat["rounds"]) if lat else "-", lv, at, escape(av),
+            "[red]REGRESSION[/]" if r["verdict"] == "regression" else "[green]pass[/]"]
+
+
+def print_gate(result: dict, console=None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgecv.utils import stderr_console
+
+    con = console or stderr_console(170)
+    s = result["settings"]
+    t = Table(title=f"edgecv gate: {s['metric']} latency ratio candidate/baseline (limit +{s['max_latency_regression'] * 100:g}%), "
+                    f"top-1 drop (limit {s['max_accuracy_drop']:g} pt)", title_justify="left")
+    for h in ("artifact", "baseline ms", "candidate ms", "ratio", f"{s['confidence'] * 100:g}% CI", "rounds",
+              "latency", "top-1 base -> cand", "accuracy", "verdict"):
+        t.add_column(h, justify="right" if h.endswith(("ms", "ratio", "rounds")) else "left")
+    for r in result["artifacts"]:
+        t.add_row(*_row_cells(r))
+    con.print(t)
+    con.print(f"measured on: {escape(result['host'])}, {s['threads']} thread(s); baseline: {result['baseline_kind']}"
+              f" (reliability {result['reliability']})")
+    for n in result["notes"]:
+        con.print(f"note: {escape(n)}")
+    con.print("[bold green]gate: PASS[/]" if result["passed"]
+              else f"[bold red]gate: REGRESSION[/] in {', '.join(result['regressions'])}")
