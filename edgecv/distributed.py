@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from edgecv import utils
 from edgecv.errors import UserError
 
 
@@ -77,9 +78,8 @@ def init(device: str = "auto") -> torch.device:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device in ("auto", None, ""):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto`` | cpu | cuda | cuda:N; a device that is not there is a UserError naming those available."""
+    return utils.resolve_device(device)
 
 
 def shutdown() -> None:

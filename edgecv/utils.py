@@ -1,17 +1,21 @@
-"""Small shared helpers: atomic writes, hashing, progress bars, seeding, JSON."""
+"""Small shared helpers: atomic writes and output checks, hashing, progress bars, seeding, devices, JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from edgecv.errors import OutputError, UserError
 
 _QUIET = False
 
@@ -42,18 +46,87 @@ def _rank() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    The temporary file is removed whatever happens. A failure to write (an :class:`OSError`, or torch's
+    ``RuntimeError`` from a full disk) becomes one :class:`~edgecv.errors.OutputError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise output_error(path, e) from e
+    except RuntimeError as e:  # torch.save reports a full disk as "[enforce fail at inline_container.cc] ..."
+        if not any(k in str(e) for k in ("inline_container", "PytorchStreamWriter", "file write failed")):
+            raise
+        raise output_error(path, e) from e
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp_path is not None:
+            _remove_quietly(tmp_path)
+
+
+def _remove_quietly(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _existing_ancestor(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def output_error(path: str | os.PathLike, e: BaseException) -> OutputError:
+    """The one-line :class:`OutputError` for a failed write of ``path`` (``e``: what the OS or torch said)."""
+    path = Path(path)
+    anc = _existing_ancestor(path.parent)
+    if not anc.is_dir():
+        return OutputError(path, f"{anc} is a file, not a directory")
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or _disk_full(anc):
+        return OutputError(path, "no space left on device")
+    if isinstance(e, OSError):
+        what = e.strerror or str(e)
+        return OutputError(path, what + (f" ({e.filename})" if e.filename and str(e.filename) != str(path) and
+                                         not Path(str(e.filename)).name.startswith(f".{path.name}.") else ""))
+    return OutputError(path, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+
+
+def _disk_full(d: Path) -> bool:
+    try:
+        return shutil.disk_usage(d).free == 0
+    except OSError:
+        return False
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Fail before long work when ``path`` (a file, or with ``directory`` a folder) cannot be written.
+
+    Raises :class:`OutputError` for an existing entry of the other kind, a parent path that is a file, a folder
+    without write permission (or on a read-only file system) and a full disk. Creates nothing.
+    """
+    p = Path(path)
+    if p.exists() and p.is_dir() != directory:
+        raise OutputError(p, "is a directory" if p.is_dir() else "exists and is not a directory")
+    anc = _existing_ancestor(p if directory else p.parent)
+    if not anc.is_dir():
+        raise OutputError(p, f"{anc} is a file, not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(p, f"{anc} is not writable")
+    if _disk_full(anc):
+        raise OutputError(p, "no space left on device")
+    return p
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -110,3 +183,44 @@ def stderr_console(width: int = 160):
     from rich.console import Console
 
     return Console(stderr=True, width=None if sys.stderr.isatty() else width)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this process can use: ``cpu``, then ``cuda:N`` for each visible GPU (and ``mps``)."""
+    import torch
+
+    devs = ["cpu"]
+    if torch.cuda.is_available():
+        devs += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devs.append("mps")
+    return devs
+
+
+def resolve_device(device: str | None = "auto"):
+    """``auto`` (a GPU if one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a
+    :class:`torch.device`; anything else, or a device that is not there, is a :class:`UserError` naming the
+    devices available."""
+    import torch
+
+    name = str(device or "auto").strip()
+    if name.lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    avail = available_devices()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r}; available here: {', '.join(avail)}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        n = len([d for d in avail if d.startswith("cuda:")])
+        if n == 0:
+            raise UserError(f"device {name!r}: no CUDA GPU is visible here; available: {', '.join(avail)}")
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"device {name!r}: only {n} CUDA GPU(s) visible; available: {', '.join(avail)}")
+        return dev
+    if dev.type in avail:
+        return dev
+    raise UserError(f"device {name!r} is not available here; available: {', '.join(avail)}")
