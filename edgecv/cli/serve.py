@@ -1,0 +1,52 @@
+"""edgecv serve: a bundle's artifact as an HTTP service (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from edgecv.cli._common import echo, log, quiet_option
+from edgecv.errors import UserError
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--artifact", default="auto", show_default=True,
+              help="'auto' (fastest validated artifact here, the bench rule) or format-precision, e.g. onnx-int8.")
+@click.option("--bench-json", type=click.Path(exists=True, dir_okay=False),
+              help="With --artifact auto: take the recommendation of this 'edgecv bench --json' result.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Dynamic batching: at most this many images per runner call (1 = no batching).")
+@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="Dynamic batching: how long the oldest request may wait for others.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Images waiting at most; beyond it requests get 503 + Retry-After.")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001, 4096),
+              help="Largest request body (413 beyond).")
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
+@click.option("--api-key-env", metavar="VAR", help="Require the API key held in this environment variable.")
+@click.option("--model-name", default="edgecv", show_default=True, help="Model name on the v2 endpoints.")
+@quiet_option
+def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, threads,
+          api_key_env, model_name):
+    """Serve BUNDLE over HTTP: POST /predict, the Open Inference Protocol (v2) and /metrics; OpenAPI at /docs.
+
+    SIGTERM drains: queued and in-flight requests are answered, then exit 0.
+    """
+    from edgecv.serve.app import ServeConfig
+    from edgecv.serve.predictor import load_predictor
+    from edgecv.serve.server import serve as run_server
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise UserError(f"--api-key-env {api_key_env}: the variable is not set or empty")
+    cfg = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                      max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=key, model_name=model_name)
+    pred = load_predictor(bundle, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
+    run_server(pred, cfg, host=host, port=port, log=echo)
+    return 0

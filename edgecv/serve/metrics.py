@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server (own registry, so several apps in one process do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("edgecv_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram("edgecv_request_latency_seconds", "Server-side request latency", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("edgecv_batch_size", "Rows per runner call", buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("edgecv_queue_depth", "Rows queued or running", registry=r)
+        self.model_load = Gauge("edgecv_model_load_seconds", "Time to verify and load the artifact", registry=r)
+
+    def record(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,141 @@
+"""Open Inference Protocol (KServe v2 / Triton HTTP) tensors: parse an infer request, encode the response.
+
+Supports JSON tensors and Triton's binary tensor extension (``Inference-Header-Content-Length``), which is what
+``tritonclient.http`` sends by default. Inputs: ``FP32 [N, 3, S, S]`` (preprocessed with the manifest) or
+``BYTES [N]`` encoded images (binary: 4-byte little-endian length + bytes per element; JSON: base64 strings).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+
+import numpy as np
+
+from edgecv.contracts.manifest import INPUT_NAME, OUTPUT_NAME
+
+IMAGE_INPUT = "image"  # the BYTES input: encoded images
+
+
+class ClientError(Exception):
+    """A 4xx answer: ``status`` and a message for the JSON body."""
+
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status = status
+
+
+def metadata(name: str, platform: str, input_shape: tuple[int, ...], num_classes: int) -> dict:
+    return {"name": name, "versions": ["1"], "platform": platform,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]},
+                       {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, num_classes]}]}
+
+
+def _split_body(body: bytes, header_len: str | None) -> tuple[dict, bytes]:
+    try:
+        n = int(header_len) if header_len is not None else len(body)
+    except ValueError:
+        raise ClientError(400, f"Inference-Header-Content-Length {header_len!r} is not an integer") from None
+    if not 0 < n <= len(body):
+        raise ClientError(400, f"Inference-Header-Content-Length {n} does not fit the body ({len(body)} bytes)")
+    try:
+        req = json.loads(body[:n])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClientError(400, f"infer request is not valid JSON ({e})") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
+        raise ClientError(400, f"infer request needs exactly one input ('{INPUT_NAME}' FP32 or '{IMAGE_INPUT}' BYTES)")
+    return req, body[n:]
+
+
+def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
+    out, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            raise ClientError(400, "BYTES tensor: truncated element length")
+        (k,) = struct.unpack_from("<I", raw, i)
+        if i + 4 + k > len(raw):
+            raise ClientError(400, "BYTES tensor: element longer than the data")
+        out.append(raw[i + 4:i + 4 + k])
+        i += 4 + k
+    if len(out) != count:
+        raise ClientError(400, f"BYTES tensor: shape says {count} elements, data holds {len(out)}")
+    return out
+
+
+def parse_infer(body: bytes, header_len: str | None, input_shape: tuple[int, ...], max_rows: int):
+    """-> ``(request dict, ("fp32", N x C x H x W array) | ("bytes", [encoded images]))``; raises ClientError."""
+    req, rest = _split_body(body, header_len)
+    t = req["inputs"][0]
+    if not isinstance(t, dict):
+        raise ClientError(400, "input tensor must be an object")
+    name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ClientError(400, f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
+    size = (t.get("parameters") or {}).get("binary_data_size")
+    data = t.get("data")
+    if size is not None and (not isinstance(size, int) or size != len(rest)):
+        raise ClientError(400, f"input '{name}': binary_data_size {size} but {len(rest)} bytes follow the header")
+    if size is None and data is None:
+        raise ClientError(400, f"input '{name}': no data")
+    n = shape[0] if shape else 0
+    if not 1 <= n <= max_rows:
+        raise ClientError(400 if n < 1 else 413, f"input '{name}': batch of {n}; 1 to {max_rows} allowed")
+    if name == IMAGE_INPUT or dtype == "BYTES":
+        if dtype != "BYTES" or len(shape) != 1:
+            raise ClientError(400, f"input '{IMAGE_INPUT}' must be BYTES [N], got {dtype} {shape}")
+        if size is not None:
+            return req, ("bytes", _bytes_elements(rest, n))
+        if not isinstance(data, list) or len(data) != n or not all(isinstance(d, str) for d in data):
+            raise ClientError(400, f"input '{IMAGE_INPUT}': JSON data must be {n} base64 strings")
+        try:
+            return req, ("bytes", [base64.b64decode(d, validate=True) for d in data])
+        except (binascii.Error, ValueError):
+            raise ClientError(400, f"input '{IMAGE_INPUT}': JSON data is not base64") from None
+    if name != INPUT_NAME:
+        raise ClientError(400, f"unknown input '{name}' (inputs: '{INPUT_NAME}' FP32, '{IMAGE_INPUT}' BYTES)")
+    if dtype != "FP32":
+        raise ClientError(400, f"input '{INPUT_NAME}': datatype must be FP32, got {dtype}")
+    want = [n, *input_shape]
+    if shape != want:
+        raise ClientError(400, f"input '{INPUT_NAME}': shape must be {want}, got {shape}")
+    count = int(np.prod(want))
+    if size is not None:
+        if size != 4 * count:
+            raise ClientError(400, f"input '{INPUT_NAME}': {size} bytes of data, shape {want} needs {4 * count}")
+        x = np.frombuffer(rest, dtype="<f4").reshape(want)
+    else:
+        try:
+            x = np.asarray(data, dtype=np.float32).reshape(want)
+        except (ValueError, TypeError):
+            raise ClientError(400, f"input '{INPUT_NAME}': JSON data does not hold {count} numbers") from None
+    if not np.isfinite(x).all():
+        raise ClientError(400, f"input '{INPUT_NAME}': NaN or infinite values")
+    return req, ("fp32", np.ascontiguousarray(x, np.float32))
+
+
+def encode_response(req: dict, model: str, logits: np.ndarray) -> tuple[bytes, dict]:
+    """The infer response (JSON, or JSON header + binary data when the request asked for binary output)."""
+    params = req.get("parameters") or {}
+    binary = bool(params.get("binary_data_output"))
+    for o in req.get("outputs") or []:
+        if not isinstance(o, dict) or o.get("name") != OUTPUT_NAME:
+            raise ClientError(400, f"unknown output {o.get('name') if isinstance(o, dict) else o!r} "
+                                   f"(outputs: '{OUTPUT_NAME}')")
+        binary = bool((o.get("parameters") or {}).get("binary_data", binary))
+    logits = np.ascontiguousarray(logits, "<f4")
+    out = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
+    if binary:
+        raw = logits.tobytes()
+        out["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        out["data"] = logits.ravel().tolist()
+    resp = {"model_name": model, "model_version": "1", "outputs": [out]}
+    if "id" in req:
+        resp["id"] = req["id"]
+    head = json.dumps(resp).encode()
+    if not binary:
+        return head, {"Content-Type": "application/json"}
+    return head + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
