@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import duration, int_list, log, quiet_option
+from edgecv.utils import check_writable
 
 
 @click.command()
@@ -63,6 +64,9 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
 
     if budget_ms is not None and budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")
+    for path in (json_out if json_out != "-" else None, markdown, plot):
+        if path:
+            check_writable(path)  # before the measurement, not after it
     cfg = BenchConfig(target=target, data=data, threads=threads, batches=batches, min_time_s=min_time,
                       min_runs=min_runs, warmup=warmup, rounds=rounds, budget_ms=budget_ms, budget_fps=budget_fps,
                       artifacts=[a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None,

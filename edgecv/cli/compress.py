@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import emit_json, json_option, log, opt_duration, quiet_option, target_macs
-from edgecv.utils import stderr_console
+from edgecv.utils import check_writable, stderr_console
 
 
 @click.command()
@@ -123,6 +123,7 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
         if not is_quiet() and D.is_main():
             print_selection(sel)
 
+    check_writable(cfg.out, directory=True)  # before any training
     D.init(cfg.device)
     main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import emit_json, json_option, quiet_option
-from edgecv.utils import stderr_console
+from edgecv.utils import check_writable, stderr_console
 
 
 @click.command("eval")
@@ -18,9 +18,10 @@ from edgecv.utils import stderr_console
 @click.option("--per-class/--no-per-class", default=True, show_default=True, help="Print per-class P/R/F1.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading pickled Python objects (only for files you trust).")
+@click.option("--arch", default=None, help="Architecture of a bare state_dict CHECKPOINT (see 'edgecv archs').")
 @json_option
 @quiet_option
-def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trust_pickle, as_json):
+def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trust_pickle, arch, as_json):
     """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of CHECKPOINT on DATA.
 
     \b
@@ -30,8 +31,10 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
     """
     from edgecv.training.evaluate import evaluate_checkpoint
 
+    if confusion_png:
+        check_writable(confusion_png)
     rep = evaluate_checkpoint(checkpoint, data, batch_size, confusion_png, skip_bad=skip_bad,
-                              trust_pickle=trust_pickle)
+                              trust_pickle=trust_pickle, arch=arch)
     if as_json:
         emit_json(rep)
         return

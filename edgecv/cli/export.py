@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
+from edgecv.utils import check_writable
 
 
 @click.command()
@@ -62,6 +63,7 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
     from edgecv.targets import get_target
 
     get_target(target)  # unknown target -> exit 2 before any work
+    check_writable(out, directory=True)
     opts = ExportOptions(target=target, precisions=parse_precisions(precision), img_size=img_size, opset=opset,
                          data=data, num_val=num_val, num_calib=num_calib, stage=stage, trust_pickle=trust_pickle,
                          threads=threads, simplify=simplify, validate=not no_validate, force=force)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import duration, emit_json, log, quiet_option
+from edgecv.utils import check_writable
 
 
 @click.command()
@@ -59,6 +60,8 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
     from edgecv.errors import CheckFailed
     from edgecv.utils import dumps_json, is_quiet, write_text_atomic
 
+    if json_out and json_out != "-":
+        check_writable(json_out)  # before the measurement, not after it
     if max_rounds < rounds:
         max_rounds = rounds
     cfg = G.GateConfig(max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop,

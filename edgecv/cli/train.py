@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
+from edgecv.utils import check_writable
 
 
 @click.command()
@@ -46,6 +47,9 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
     from edgecv.training.loop import TrainConfig
     from edgecv.training.teacher import train_classifier
 
+    check_writable(out)
+    if tensorboard:
+        check_writable(tensorboard, directory=True)
     D.init(device)
     try:
         main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
