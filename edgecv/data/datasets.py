@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +18,28 @@ from PIL import Image
 
 from edgecv.data.decode import decode_image
 from edgecv.data.preprocess import Preprocess
+from edgecv.data.scan import IMG_EXTENSIONS, Tree, check_disjoint, scan_split, split_folders
 from edgecv.errors import UserError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["IMG_EXTENSIONS", "DataBundle", "ImageSamples", "load_eval_dataset", "load_train_val", "resolve_data",
+           "sample_calibration"]
+
 BUILTIN = ("digits",)
 DEFAULT_VAL_FRACTION = 0.2
 
 
 class ImageSamples:
-    """A map-style dataset over ``(source, label)`` pairs; a source is a path or an in-memory PIL image."""
+    """A map-style dataset over ``(source, label)`` pairs; a source is a path or an in-memory PIL image.
 
-    def __init__(self, samples: Sequence[tuple[object, int]], transform=None):
+    ``split``: which split of the data set this is (``train``/``val``/``test``; ``""`` for every image of a
+    folder without splits); ``folder``: where it was read from (``""`` for built-ins).
+    """
+
+    def __init__(self, samples: Sequence[tuple[object, int]], transform=None, split: str = "", folder: str = ""):
         self.samples = list(samples)
         self.transform = transform
+        self.split = split
+        self.folder = folder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,10 +57,10 @@ class ImageSamples:
         return x, self.samples[i][1]
 
     def with_transform(self, transform) -> ImageSamples:
-        return ImageSamples(self.samples, transform)
+        return ImageSamples(self.samples, transform, self.split, self.folder)
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:
-        return ImageSamples([self.samples[i] for i in indices], self.transform)
+        return ImageSamples([self.samples[i] for i in indices], self.transform, self.split, self.folder)
 
 
 @dataclass
@@ -67,58 +75,6 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# scanning
-
-
-def _list_images(folder: Path) -> list[Path]:
-    out = []
-    for root, _dirs, files in os.walk(folder, followlinks=True):
-        for f in files:
-            if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."):
-                out.append(Path(root) / f)
-    return sorted(out)
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _is_bad(path: Path) -> str | None:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return None
-    except Exception as e:  # PIL raises many types for corrupt data
-        return f"{type(e).__name__}: {e}"
-
-
-def _scan_split(root: Path, class_names: list[str] | None, what: str) -> tuple[list[tuple[Path, int]], list[str], list[str]]:
-    """Return samples, class names and bad image descriptions of one ImageFolder directory."""
-    dirs = _class_dirs(root)
-    if not dirs:
-        raise UserError(f"{what}: no class folders in {root}")
-    names = [d.name for d in dirs]
-    if class_names is None:
-        class_names = names
-    samples: list[tuple[Path, int]] = []
-    bad: list[str] = []
-    for d in dirs:
-        if d.name not in class_names:
-            raise UserError(f"{what}: class folder '{d.name}' in {root} is not one of the known classes")
-        files = _list_images(d)
-        if not files:
-            raise UserError(f"{what}: class folder {d} holds no images")
-        label = class_names.index(d.name)
-        for f in files:
-            reason = _is_bad(f)
-            if reason:
-                bad.append(f"{f} ({reason})")
-            else:
-                samples.append((f, label))
-    return samples, class_names, bad
 
 
 def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -196,7 +152,11 @@ def load_train_val(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     preprocess: Preprocess | None = None,
 ) -> DataBundle:
-    """Load a training/validation pair from ``--data``. Transforms are not attached; see :func:`attach`."""
+    """Load a training/validation pair from ``--data``. Transforms are not attached; see :func:`attach`.
+
+    ``train/`` + a validation split folder are used as they are; ``train/`` alone or class folders alone get a
+    seeded stratified validation split; a ``test/`` split is kept out of both (and checked to share no file).
+    """
     kind, root = resolve_data(data)
     if kind == "builtin":
         b = _load_builtin(data, img_size, seed)
@@ -204,16 +164,23 @@ def load_train_val(
             b.preprocess = preprocess
         return b
     assert root is not None
-    if (root / "train").is_dir():
-        train, names, bad = _scan_split(root / "train", None, "train")
-        if (root / "val").is_dir():
-            val, _, bad_v = _scan_split(root / "val", names, "val")
-            bad += bad_v
-        else:
-            tr, va = _stratified_split([y for _, y in train], val_fraction, seed)
-            train, val = [train[i] for i in tr], [train[i] for i in va]
+    tree = Tree(root)
+    layout = split_folders(root)
+    if layout and "train" not in layout:
+        raise UserError(f"--data {root}: found {', '.join(f'{p.name}/' for p in layout.values())} but no train/ "
+                        "folder to train on")
+    folder = layout.get("train", root)
+    samples, names, bad = scan_split(tree, folder, None, "train" if layout else "data")
+    scanned = {"train": samples}
+    if "val" in layout:
+        scanned["val"], _, bad_v = scan_split(tree, layout["val"], names, layout["val"].name)
+        bad += bad_v
+    if "test" in layout:
+        scanned["test"], _, _ = scan_split(tree, layout["test"], names, "test", check_images=False)
+    check_disjoint(scanned, names)
+    if "val" in layout:
+        train, val = samples, scanned["val"]
     else:
-        samples, names, bad = _scan_split(root, None, "data")
         tr, va = _stratified_split([y for _, y in samples], val_fraction, seed)
         train, val = [samples[i] for i in tr], [samples[i] for i in va]
     _check_bad(bad, skip_bad)
@@ -222,13 +189,18 @@ def load_train_val(
     if not val:
         raise UserError(f"--data: {root} has too few images for a validation split")
     pre = preprocess or Preprocess(input_size=img_size or 224)
-    return DataBundle(ImageSamples(train), ImageSamples(val), names, pre, str(root), bad)
+    val_folder = str(layout["val"]) if "val" in layout else str(folder)
+    return DataBundle(ImageSamples(train, split="train", folder=str(folder)),
+                      ImageSamples(val, split="val", folder=val_folder), names, pre, str(root), bad)
 
 
 def load_eval_dataset(data: str, class_names: list[str], seed: int = 0, skip_bad: bool = False) -> ImageSamples:
-    """Evaluation images: ``D/val`` when it exists, else every image under ``D``; built-ins use their val split.
+    """Evaluation images: ``D/test`` when it exists, else the validation split (``D/val``, ``D/valid`` or
+    ``D/validation``), else every image under ``D``; built-ins use their val split. ``.split`` and ``.folder``
+    of the result say which was used.
 
-    Folders are matched to ``class_names`` by name; a folder the model does not know is an error.
+    Folders are matched to ``class_names`` by name; a folder the model does not know is an error, and so is a
+    file that is also in another split.
     """
     kind, root = resolve_data(data)
     if kind == "builtin":
@@ -237,19 +209,25 @@ def load_eval_dataset(data: str, class_names: list[str], seed: int = 0, skip_bad
             raise UserError(f"--data {data}: its classes {b.class_names} are not the model's {list(class_names)}")
         return b.val
     assert root is not None
-    folder = root / "val" if (root / "val").is_dir() else root
-    dirs = _class_dirs(folder)
-    if folder is root and (root / "train").is_dir() and len(dirs) == 1:
-        raise UserError(f"--data: {root} has train/ but no val/ folder to evaluate on")
-    unknown = [d.name for d in dirs if d.name not in class_names]
+    layout = split_folders(root)
+    split = "test" if "test" in layout else "val" if "val" in layout else ""
+    if layout and not split:
+        raise UserError(f"--data: {root} has train/ but no val/ (valid/, validation/) or test/ folder to evaluate on")
+    folder = layout.get(split, root)
+    unknown = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+               and d.name not in class_names]
     if unknown:
         raise UserError(
-            f"--data: class folder(s) {', '.join(unknown[:5])} in {folder} are unknown to the model "
+            f"--data: class folder(s) {', '.join(sorted(unknown)[:5])} in {folder} are unknown to the model "
             f"(its classes: {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''})"
         )
-    samples, _, bad = _scan_split(folder, list(class_names), "data")
+    tree = Tree(root)
+    samples, _, bad = scan_split(tree, folder, list(class_names), "data")
+    others = {s: tree.images(f) for s, f in layout.items() if s != split}  # listing only: no decode
+    check_disjoint({split or "data": samples, **{s: [(p, -1) for p in fs] for s, fs in others.items()}},
+                   list(class_names))
     _check_bad(bad, skip_bad)
-    return ImageSamples(samples)
+    return ImageSamples(samples, split=split, folder=str(folder))
 
 
 def sample_calibration(ds: ImageSamples, n: int, seed: int = 0) -> ImageSamples:

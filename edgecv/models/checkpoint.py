@@ -52,7 +52,7 @@ class Checkpoint:
             raise UserError(f"{self.path}: checkpoint has no arch/state_dict to build a model from")
         model = create_model(self.arch, self.num_classes, self.meta.get("channel_spec"))
         if self.meta.get("quant"):
-            from edgecv.quant.qat import prepare_qat
+            from edgecv.quant import prepare_qat
 
             model = prepare_qat(model, self.quant_config())
         try:
@@ -116,9 +116,27 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+# what ``torch.save`` writes first in its legacy (non-zip) format: the pickled magic number, protocol 2
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _not_torch_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file (one phrase), or None when it looks like one."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head.startswith(b"PK\x03\x04"):
+        return None if zipfile.is_zipfile(path) else "a damaged or truncated archive"
+    if head == _LEGACY_MAGIC:
+        return None
+    return "not written by torch.save" if head else "an empty file"
+
+
 def load_checkpoint(path: str | Path, arch: str | None = None, trust_pickle: bool = False,
-                    map_location: str = "cpu") -> Checkpoint:
-    """Load an edgecv checkpoint, a bare state_dict (needs ``arch``) or a TorchScript module."""
+                    map_location: str = "cpu", arch_flag: str = "--arch") -> Checkpoint:
+    """Load an edgecv checkpoint, a bare state_dict (needs ``arch``) or a TorchScript module.
+
+    ``arch_flag``: the caller's name for the flag that gives ``arch`` (quoted in the error for a bare state_dict).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such checkpoint file: {path}")
@@ -131,46 +149,69 @@ def load_checkpoint(path: str | Path, arch: str | None = None, trust_pickle: boo
             raise UserError(f"{path}: unreadable TorchScript file: {e}") from None
         return Checkpoint(arch=arch, num_classes=-1, class_names=None, preprocess=None, state_dict=None,
                           kind="torchscript", module=mod.eval(), path=str(path))
-    try:
-        obj: Any = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not trust_pickle:
-            raise UserError(
-                f"{path} holds pickled Python objects (a whole pickled model?), which can run arbitrary code "
-                "when loaded; re-save it as a state_dict, or pass --trust-pickle if you trust its source"
-            ) from e
-        obj = torch.load(path, map_location=map_location, weights_only=False)  # user passed --trust-pickle
-    except Exception as e:
-        raise UserError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    reason = _not_torch_reason(path)
+    if reason:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({reason}); expected an edgecv checkpoint, a state_dict "
+                        "or a TorchScript file")
+    obj = _torch_load(path, map_location, trust_pickle)
 
     if isinstance(obj, nn.Module):
         # only reachable with trust_pickle
         return Checkpoint(arch=arch, num_classes=-1, class_names=None, preprocess=None, state_dict=None,
                           kind="pickle", module=obj.eval(), path=str(path))
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return Checkpoint(
-            arch=obj["arch"],
-            num_classes=int(obj["num_classes"]),
-            class_names=list(obj["class_names"]),
-            preprocess=Preprocess.from_dict(obj["preprocess"]),
-            state_dict=obj["state_dict"],
-            metrics=dict(obj.get("metrics") or {}),
-            meta=dict(obj.get("meta") or {}),
-            kind="edgecv",
-            path=str(path),
-        )
+        try:
+            return Checkpoint(
+                arch=obj["arch"],
+                num_classes=int(obj["num_classes"]),
+                class_names=list(obj["class_names"]),
+                preprocess=Preprocess.from_dict(obj["preprocess"]),
+                state_dict=obj["state_dict"],
+                metrics=dict(obj.get("metrics") or {}),
+                meta=dict(obj.get("meta") or {}),
+                kind="edgecv",
+                path=str(path),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: a damaged edgecv checkpoint ({type(e).__name__}: {_first_line(e)})") from None
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if arch is None:
-            raise UserError(f"{path} is a bare state_dict: pass --arch to say which architecture it is for")
+            raise UserError(f"{path} is a bare state_dict: pass {arch_flag} to say which architecture it is for")
         return Checkpoint(arch=arch, num_classes=_infer_num_classes(obj), class_names=None, preprocess=None,
                           state_dict=obj, kind="state_dict", path=str(path))
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         if arch is None:
-            raise UserError(f"{path} holds a 'state_dict' entry: pass --arch to say which architecture it is for")
+            raise UserError(f"{path} holds a 'state_dict' entry: pass {arch_flag} to say which architecture it is "
+                            "for")
         sd = obj["state_dict"]
         return Checkpoint(arch=arch, num_classes=_infer_num_classes(sd), class_names=None, preprocess=None,
                           state_dict=sd, kind="state_dict", path=str(path))
     raise UserError(f"{path}: not an edgecv checkpoint, state_dict or TorchScript file")
+
+
+def _torch_load(path: Path, map_location: str, trust_pickle: bool) -> Any:
+    """``torch.load`` of a file that is a ``torch.save`` file: tensors and plain values only, unless the user
+    trusts it; every failure is one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            raise UserError(
+                f"{path} holds pickled Python objects (a whole pickled model?), which can run arbitrary code "
+                "when loaded; re-save it as a state_dict, or pass --trust-pickle if you trust its source"
+            ) from e
+    except Exception as e:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)  # user passed --trust-pickle
+    except Exception as e:  # e.g. the pickled model's class is not importable here
+        raise UserError(f"{path}: cannot load it even with --trust-pickle ({type(e).__name__}: {_first_line(e)})"
+                        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else "")[:200]
 
 
 def _infer_num_classes(sd: dict[str, torch.Tensor]) -> int:
