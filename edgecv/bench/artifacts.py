@@ -88,12 +88,13 @@ def single_artifact(path: Path) -> Resolved:
     return Resolved(entry, path.resolve(), None)
 
 
-def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool = True,
-                   include_failed: bool = False) -> Source:
+def resolve_source(arg: str | Path, only: list[str] | None = None, include_failed: bool = False) -> Source:
     """Resolve a BUNDLE directory / manifest.json / single artifact file; ``only`` filters by ``format-precision``.
 
     ``include_failed``: also run artifacts whose export *validation* failed (the file was written and hashed);
-    they carry ``failed_validation`` so reports label them and never recommend them."""
+    they carry ``failed_validation`` so reports label them and never recommend them. Every artifact is verified
+    against the manifest (sha256, file present): a problem is recorded in ``integrity_error`` for the caller to
+    refuse."""
     p = Path(arg)
     if not p.exists():
         raise UserError(f"{arg}: no such file or directory")
@@ -109,11 +110,10 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, verify: bool 
                 not_ok.append(e)
                 continue
             err = None
-            if verify:
-                try:
-                    verify_artifact(bundle, e)
-                except UserError as ex:
-                    err = str(ex)
+            try:
+                verify_artifact(bundle, e)
+            except UserError as ex:
+                err = str(ex)
             resolved.append(Resolved(e, (bundle / e.file).resolve(), man, err, failed_validation=failed_validation))
         names = [r.entry.name for r in resolved]
         for r in resolved:

@@ -4,8 +4,10 @@ The rule (:func:`clearly_faster`): one figure beats another only when it is belo
 (within 5 % it is noise on these hosts). Applied
 
 * to the precision on one runtime (:func:`int8_pays`, :func:`deploy_precision`): INT8 is deployed only where its
-  p50 is clearly below the FP32 p50 of the same runtime, same run, and it keeps accuracy; else FP32. Used by
-  ``edgecv bench``'s precision lines and recommendation, and by ``--student auto``'s per-candidate figures;
+  p50 is clearly below the FP32 p50 of the same runtime, same run; else FP32. Used by ``--student auto``'s
+  per-candidate figures and by ``edgecv bench``, where a twin that does not qualify for the recommendation
+  (misses the budget, loses accuracy, failed validation) is not deployed while the other does
+  (:func:`precision_comparison`);
 * to the recommendation per target (:func:`recommend`): among the artifacts that pass the budget and keep
   accuracy, the fastest; the non-deployed precision twin of a runtime is never recommended while its deployed
   twin qualifies; artifacts within noise of the fastest count as equally fast and the more accurate, then the
@@ -61,22 +63,60 @@ def _top1(r: dict) -> float | None:
     return r["accuracy"]["top1"] if r.get("accuracy") else None
 
 
+def _groups(rows: list[dict], default: str = "host") -> dict[str, list[dict]]:
+    """The validated, measured rows per target profile they are judged against."""
+    groups: dict[str, list[dict]] = {}
+    for r in measured_and_validated(rows):
+        groups.setdefault(r["profile"] or default, []).append(r)
+    return groups
+
+
+def qualifying(rs: list[dict], tolerance: float) -> tuple[list[dict], float | None]:
+    """The artifacts of one target that keep accuracy (top-1 within ``tolerance`` points of the best measured)
+    and pass the budget (or have none); also the best top-1 (None when accuracy was not measured)."""
+    accs = [r["accuracy"]["top1"] for r in rs if r["accuracy"]]
+    best = max(accs) if accs else None
+    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
+    return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], best
+
+
+def _why_not(r: dict, best: float | None, tolerance: float) -> str:
+    if any(n.startswith("export validation failed") for n in r["notes"]):
+        return f"{r['name']} failed its export validation"
+    if r["verdict"] and r["verdict"]["verdict"] == "fail":
+        return f"{r['name']} misses the budget"
+    if best is not None and r["accuracy"]:
+        return f"{r['name']} top-1 {r['accuracy']['top1']:.2f}% is more than {tolerance:g} pt below the best ({best:.2f}%)"
+    return f"{r['name']} does not qualify"
+
+
 def precision_comparison(rows: list[dict], tolerance: float | None = None) -> list[dict]:
     """Per runtime holding FP32 and INT8 of the model: which is faster (p50; INT8 needs >= 5 %), and the one to
-    deploy there. The deploy precision follows the measurement, not a rule of thumb; with ``tolerance`` an INT8
-    that is faster but loses more than ``tolerance`` top-1 points against its FP32 twin is not deployed
-    (``int8_top1_drop`` says by how much)."""
+    deploy there. The deploy precision follows the measurement, not a rule of thumb.
+
+    With ``tolerance`` (a bench's accuracy tolerance) the deploy choice is the one the recommendation makes:
+    when only one twin qualifies (:func:`qualifying`: budget passed, accuracy kept, export validated) it is
+    deployed whatever the speed, and ``deploy_reason`` says why the other is not. Without it: speed only."""
+    qual: set[str] = set()
+    best: dict[str, float | None] = {}
+    if tolerance is not None:
+        for rs in _groups(rows).values():
+            ok, b = qualifying(rs, tolerance)
+            qual |= {r["name"] for r in ok}
+            best.update({r["name"]: b for r in rs})
     out = []
     for r8, r32 in twins(rows):
         a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
         faster = deploy_precision(b, a)
-        drop = (_top1(r32) - _top1(r8)) if _top1(r8) is not None and _top1(r32) is not None else None
-        loses = faster == "int8" and tolerance is not None and drop is not None and drop > tolerance
         c = {"runtime": r8["runtime"], "format": r8["format"], "fp32": r32["name"], "int8": r8["name"],
              "fp32_p50_ms": b, "int8_p50_ms": a, "int8_speedup": b / a if a > 0 else None, "faster": faster,
-             "deploy": r8["name"] if faster == "int8" and not loses else r32["name"]}
-        if loses:
-            c["int8_top1_drop"] = drop
+             "deploy": r8["name"] if faster == "int8" else r32["name"]}
+        q8, q32 = r8["name"] in qual, r32["name"] in qual
+        if tolerance is not None and q8 != q32:
+            keep, drop = (r8, r32) if q8 else (r32, r8)
+            c["deploy"] = keep["name"]
+            if keep["precision"] != faster:
+                c["deploy_reason"] = _why_not(drop, best.get(drop["name"]), tolerance)
         out.append(c)
     return out
 
@@ -105,7 +145,7 @@ def int8_notes(rows: list[dict], comparison: list[dict] | None = None) -> list[s
     by_name = {r["name"]: r for r in rows}
     out = []
     for c in precision_comparison(rows) if comparison is None else comparison:
-        if c["faster"] == "int8":
+        if c["faster"] == "int8" or c["deploy"] != c["fp32"]:
             continue
         msg = (f"INT8 is not faster than FP32 on {c['runtime']} ({c['format']}): p50 {c['int8_p50_ms']:.3f} ms vs "
                f"{c['fp32_p50_ms']:.3f} ms; deploy {c['fp32']} on this runtime (the measurement decides the precision)")
@@ -123,13 +163,9 @@ def _cost(r: dict, metric: str) -> float:
     return p["p90_ms"] if metric == "p90_ms" else p["p50_ms"]
 
 
-def _qualifying(rs: list[dict], tolerance: float, slower: set[str] | None) -> tuple[list[dict], float | None]:
-    """The artifacts of one target that keep accuracy and pass the budget; a non-deployed twin is dropped while
-    its deployed twin qualifies. Also the best top-1 (None when accuracy was not measured)."""
-    accs = [r["accuracy"]["top1"] for r in rs if r["accuracy"]]
-    best = max(accs) if accs else None
-    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
-    passing = [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")]
+def _candidates(rs: list[dict], tolerance: float, slower: set[str] | None) -> tuple[list[dict], float | None]:
+    """:func:`qualifying`, less a non-deployed precision twin while its deployed twin qualifies."""
+    passing, best = qualifying(rs, tolerance)
     if slower:
         twin = {}
         for r8, r32 in twins(rs):
@@ -174,12 +210,9 @@ def recommend(rows: list[dict], profile, tolerance: float = 1.0, slower: set[str
     fastest are equally fast (the more accurate, then the smaller one wins). Returns
     ``{target: {"name", "reason"} | None}``.
     """
-    groups: dict[str, list[dict]] = {}
-    for r in measured_and_validated(rows):
-        groups.setdefault(r["profile"] or (profile.name if profile else "host"), []).append(r)
     out: dict[str, dict | None] = {}
-    for tname, rs in groups.items():
-        passing, best = _qualifying(rs, tolerance, slower)
+    for tname, rs in _groups(rows, profile.name if profile else "host").items():
+        passing, best = _candidates(rs, tolerance, slower)
         if not passing:
             out[tname] = None
             continue

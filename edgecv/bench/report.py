@@ -77,8 +77,8 @@ def _cmp_text(c: dict) -> str:
     sp = c.get("int8_speedup")
     how = (f"INT8 is {sp:.2f}x faster than FP32" if c["faster"] == "int8" else
            f"INT8 is not faster than FP32 ({sp:.2f}x)") if sp else "INT8 vs FP32"
-    loses = f" but loses {c['int8_top1_drop']:.2f} pt top-1" if c.get("int8_top1_drop") is not None else ""
-    return (f"{how} (p50 {c['int8_p50_ms']:.3f} vs {c['fp32_p50_ms']:.3f} ms, {c['format']}){loses}: "
+    but = f", but {c['deploy_reason']}" if c.get("deploy_reason") else ""
+    return (f"{how} (p50 {c['int8_p50_ms']:.3f} vs {c['fp32_p50_ms']:.3f} ms, {c['format']}){but}: "
             f"deploy {c['deploy']} on this runtime")
 
 
