@@ -7,7 +7,7 @@ Rules (each checked here, once):
 * Links: a link to a file is an ordinary sample. A link to a directory is followed only when it leads out of
   the data tree; one that leads back into it (``cat/loop -> ..``) or to a directory already scanned is an
   error naming the link, never a second copy of the tree.
-* A file (by resolved path) belongs to one class of one split: the same file twice in one class folder counts
+* A file (by identity: device and inode, so symbolic and hard links alike) belongs to one class of one split: the same file twice in one class folder counts
   once; in two classes or two splits it is an error naming both paths.
 * An image is bad when loading it would fail: the scan decodes every file (JPEGs at 1/8 scale, which still reads
   the whole stream, so a truncated file is found) through :func:`edgecv.data.decode.image_problem`.
@@ -130,26 +130,36 @@ def scan_split(tree: Tree, folder: Path, class_names: list[str] | None, what: st
 
 
 def _unique(files: list[Path]) -> list[Path]:
-    """``files`` with later paths to an already listed file (by resolved path) dropped."""
-    seen: set[Path] = set()
+    """``files`` with later paths to an already listed file dropped."""
+    seen: set[object] = set()
     out = []
     for f in files:
-        r = f.resolve()
-        if r not in seen:
-            seen.add(r)
+        k = _file_key(f)
+        if k not in seen:
+            seen.add(k)
             out.append(f)
     return out
 
 
+def _file_key(path: Path) -> object:
+    """What makes two paths the same file: device and inode (symbolic and hard links alike), else the resolved
+    path (a dangling link)."""
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return Path(path).resolve()
+
+
 def check_disjoint(splits: dict[str, Iterable[tuple[Path, int]]], class_names: list[str] | None = None) -> None:
-    """Raise when one file (by resolved path) is in two splits or two classes; one line naming both paths."""
-    owner: dict[Path, tuple[str, int, Path]] = {}
+    """Raise when one file (the same device and inode) is in two splits or two classes; one line naming both paths."""
+    owner: dict[object, tuple[str, int, Path]] = {}
     for split, samples in splits.items():
         for path, label in samples:
-            r = Path(path).resolve()
-            prev = owner.get(r)
+            k = _file_key(path)
+            prev = owner.get(k)
             if prev is None:
-                owner[r] = (split, label, Path(path))
+                owner[k] = (split, label, Path(path))
                 continue
             p_split, p_label, p_path = prev
             if p_split == split and p_label == label:
@@ -158,8 +168,8 @@ def check_disjoint(splits: dict[str, Iterable[tuple[Path, int]]], class_names: l
                 where = f"in both the {p_split} and the {split} split"
             else:
                 where = f"in both class '{_class(class_names, p_label)}' and class '{_class(class_names, label)}'"
-            raise UserError(f"--data: {r} is {where} ({p_path} and {path}); a file may belong to one class "
-                            "of one split")
+            raise UserError(f"--data: {Path(path).resolve()} is {where} ({p_path} and {path}); a file may belong "
+                            "to one class of one split")
 
 
 def _class(names: list[str] | None, i: int) -> str:
