@@ -278,7 +278,8 @@ def test_runtime_failure_is_500_json_and_server_keeps_serving(assets):
 
 def test_queue_full_503_and_sigterm_drains_in_flight(assets):
     n = 32
-    s = Server(assets["bundle"], "--max-batch", "64", "--max-delay-ms", "3000", "--max-queue", str(n))
+    # the batch would wait 10 s for more rows: the 32 requests stay queued until SIGTERM flushes them
+    s = Server(assets["bundle"], "--max-batch", "64", "--max-delay-ms", "10000", "--max-queue", str(n))
     results: list[int] = []
     png = png_bytes()
 
@@ -297,8 +298,10 @@ def test_queue_full_503_and_sigterm_drains_in_flight(assets):
     assert s.queue_depth() == n  # 32 requests are waiting in the batcher
     r = httpx.post(s.url + "/predict", content=png, timeout=30)
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+    t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
+    assert time.monotonic() - t0 < 8  # answered on SIGTERM, not after the 10 s delay
     assert s.proc.wait(60) == 0, s.stderr()
     assert results == [200] * n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +95,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
             key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
             if not hmac.compare_digest(key.encode(), cfg.api_key.encode()):
                 resp = _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
-                metrics.record(path, 401, time.perf_counter() - t)
+                metrics.record("unauthorized", 401, time.perf_counter() - t)  # no raw path: bounded labels
                 return resp
         resp = await call_next(request)
         route = request.scope.get("route")
@@ -118,9 +118,27 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
     async def _http(request, e: StarletteHTTPException):
         return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):  # a bug, not the client's fault: still one JSON line
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
         return _error(400, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()))
+
+    inflight = [0]  # requests inside /predict and /infer (one event loop: no lock needed)
+
+    @contextmanager
+    def admitted():
+        """Refuse (503) at arrival when ``max_queue`` requests are already in progress: requests waiting for
+        decoding count too, not only rows in the batcher."""
+        if inflight[0] >= cfg.max_queue:
+            raise QueueFull(f"{inflight[0]} requests in progress (max {cfg.max_queue})")
+        inflight[0] += 1
+        try:
+            yield
+        finally:
+            inflight[0] -= 1
 
     async def infer_rows(x: np.ndarray) -> np.ndarray:
         try:
@@ -147,28 +165,29 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
 
     @app.post("/predict", summary="Classify one or more images (multipart files or a raw image body)")
     async def predict(request: Request, topk: int | None = None):
-        t = time.perf_counter()
-        k = cfg.topk if topk is None else topk
-        if not 1 <= k <= 1000:
-            raise ClientError(400, f"topk must be 1..1000, got {k}")
-        body = await _read_body(request, cfg.max_body_bytes)
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            try:
-                form = await request.form(max_files=cfg.max_queue + 1)
-            except Exception as e:  # noqa: BLE001 - malformed multipart, or past max_files
-                if "too many files" in str(e).lower():
-                    raise ClientError(413, f"more than {cfg.max_queue} images in one request") from None
-                raise ClientError(400, f"malformed multipart body: {getattr(e, 'detail', e)}") from None
-            items = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
-        else:
-            items = [("request body", body)] if body else []
-        x = await decode_all(items)
-        res = predictor.results(await infer_rows(x), k)
-        for (name, _), r in zip(items, res, strict=True):
-            r["file"] = name
-        return {"predictions": res, "artifact": desc["artifact"], "sha256": desc["sha256"],
-                "runtime": desc["runtime"], "latency_ms": round((time.perf_counter() - t) * 1e3, 3)}
+        with admitted():
+            t = time.perf_counter()
+            k = cfg.topk if topk is None else topk
+            if not 1 <= k <= 1000:
+                raise ClientError(400, f"topk must be 1..1000, got {k}")
+            body = await _read_body(request, cfg.max_body_bytes)
+            ctype = request.headers.get("content-type", "")
+            if ctype.startswith("multipart/form-data"):
+                try:
+                    form = await request.form(max_files=cfg.max_queue + 1)
+                except Exception as e:  # noqa: BLE001 - malformed multipart, or past max_files
+                    if "too many files" in str(e).lower():
+                        raise ClientError(413, f"more than {cfg.max_queue} images in one request") from None
+                    raise ClientError(400, f"malformed multipart body: {getattr(e, 'detail', e)}") from None
+                items = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
+            else:
+                items = [("request body", body)] if body else []
+            x = await decode_all(items)
+            res = predictor.results(await infer_rows(x), k)
+            for (name, _), r in zip(items, res, strict=True):
+                r["file"] = name
+            return {"predictions": res, "artifact": desc["artifact"], "sha256": desc["sha256"],
+                    "runtime": desc["runtime"], "latency_ms": round((time.perf_counter() - t) * 1e3, 3)}
 
     @app.get("/v2/health/live")
     async def live():
@@ -204,13 +223,14 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
-        check_model(name, version)
-        body = await _read_body(request, cfg.max_body_bytes)
-        req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
-                                           predictor.input_shape, cfg.max_queue)
-        x = data if kind == "fp32" else await decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
-        payload, headers = v2.encode_response(req, cfg.model_name, await infer_rows(x))
-        return Response(payload, headers=headers)
+        with admitted():
+            check_model(name, version)
+            body = await _read_body(request, cfg.max_body_bytes)
+            req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
+                                               predictor.input_shape, cfg.max_queue)
+            x = data if kind == "fp32" else await decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
+            payload, headers = v2.encode_response(req, cfg.model_name, await infer_rows(x))
+            return Response(payload, headers=headers)
 
     @app.get("/metrics")
     async def prom():

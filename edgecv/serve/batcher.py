@@ -62,6 +62,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="edgecv-batcher", daemon=True)
         self._thread.start()
 
+    def flush(self) -> None:
+        """From now on run queued rows at once (no waiting for more): shutting down."""
+        with self._cv:
+            self.max_delay = 0.0
+            self._cv.notify_all()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Answer everything queued, then end the worker."""
         with self._cv:
@@ -90,11 +96,10 @@ class Batcher:
                 if self._stop:
                     return None
                 self._cv.wait()
-            deadline = self._q[0].t + self.max_delay
             while not self._stop:
                 if sum(len(i.x) for i in self._q) >= self.max_batch:
                     break
-                left = deadline - time.perf_counter()
+                left = self._q[0].t + self.max_delay - time.perf_counter()
                 if left <= 0:
                     break
                 self._cv.wait(left)

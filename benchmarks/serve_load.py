@@ -1,0 +1,302 @@
+"""Load test of ``edgecv serve`` (dynamic batching on and off) next to a seed-style service, in one run.
+
+The seed-style service is what the workflow this product comes from ends with: FastAPI, the eager PyTorch model,
+one forward per request inside the async handler. Everything runs on 127.0.0.1 with bounded request counts and
+durations. Phases, each against a fresh server process:
+
+1. closed loop at concurrency 1, 8, 32 (``--requests`` per level, at most ``--duration`` s each): throughput,
+   p50/p99, failures — for ``edgecv serve`` (``--max-batch 8 --max-delay-ms 2``), ``edgecv serve --max-batch 1``
+   (batching off) and the seed service;
+2. overload: open-loop arrivals at 4 x the sustainable rate for ``--overload-s`` s (sustainable = 0.8 x the
+   batching-on throughput at concurrency 32): every request must get 200 or 503 within ``--timeout``; server RSS
+   growth; p99 of the 200s vs the unloaded (concurrency 1) p99;
+3. soak: the sustainable rate for ``--soak-s`` s: zero errors expected.
+
+Full run (the numbers for RESULTS.md; nothing else running on the machine; ~6 min):
+
+    .venv/bin/python benchmarks/serve_load.py --bundle BUNDLE --checkpoint CHECKPOINT.pt \\
+        --images ~/.cache/edgecv/cifar10-mini/val --threads 1 --out benchmarks/_work/serve_load.json
+
+``CHECKPOINT.pt`` is the float model the bundle was exported from (the seed service runs it eagerly); without
+``--bundle``/``--checkpoint`` a resnet18 (random weights, 10 classes, 64 px) is built into a temporary bundle.
+Smoke (a few seconds per phase, for checking the script itself):
+
+    .venv/bin/python benchmarks/serve_load.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import File, UploadFile  # module level: the seed handler's annotations are resolved from here
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"  # never anything else
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- servers
+def seed_app(checkpoint: str, threads: int):
+    """The seed-style service: eager PyTorch, one forward per request, in the async handler."""
+    import torch
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from edgecv.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    ck = load_checkpoint(checkpoint)
+    model, tf, names = ck.build(), ck.preprocess.eval_transform(), ck.class_names
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health():
+        return {"ok": True}
+
+    @app.post("/predict")
+    async def predict(file: UploadFile = File(...)):  # noqa: B008 - FastAPI's idiom
+        img = Image.open(io.BytesIO(await file.read())).convert("RGB")
+        with torch.no_grad():
+            p = torch.softmax(model(tf(img).unsqueeze(0)), 1)[0]
+        i = int(p.argmax())
+        return {"label": names[i], "score": float(p[i])}
+
+    return app
+
+
+class Proc:
+    def __init__(self, cmd: list[str], ready_path: str):
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.p = subprocess.Popen([*cmd, "--port", str(self.port)], env=env, cwd=str(REPO),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise SystemExit(f"server exited: {self.p.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"{cmd}: not ready after 120 s")
+
+    def stop(self) -> int:
+        self.p.terminate()
+        try:
+            return self.p.wait(60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait(10)
+
+
+def start(kind: str, a) -> Proc:
+    py = [sys.executable]
+    if kind == "seed":
+        return Proc([*py, __file__, "--seed-server", "--checkpoint", a.checkpoint, "--threads", str(a.threads)],
+                    "/health")
+    batch = ["--max-batch", "8", "--max-delay-ms", "2"] if kind == "edgecv" else ["--max-batch", "1"]
+    return Proc([*py, "-m", "edgecv", "serve", a.bundle, "--artifact", a.artifact, "--threads", str(a.threads),
+                 "--max-queue", str(a.max_queue), "-q", *batch], "/v2/health/ready")
+
+
+# ---------------------------------------------------------------------------------------------- load
+def summary(lat: list[float], codes: list, wall: float) -> dict:
+    ok = [t for t, c in zip(lat, codes, strict=True) if c == 200]
+    counts: dict[str, int] = {}
+    for c in codes:
+        counts[str(c)] = counts.get(str(c), 0) + 1
+    pct = (lambda q: round(float(np.percentile(ok, q)) * 1e3, 3)) if ok else (lambda q: None)
+    return {"requests": len(codes), "ok": len(ok), "status": counts, "wall_s": round(wall, 3),
+            "throughput_rps": round(len(ok) / wall, 2) if wall > 0 else None, "p50_ms": pct(50), "p99_ms": pct(99)}
+
+
+async def _one(client, url, img, timeout, lat, codes):
+    t = time.perf_counter()
+    try:
+        r = await asyncio.wait_for(client.post(url + "/predict", files={"file": ("x.jpg", img, "image/jpeg")},
+                                               timeout=timeout), timeout)  # total time, not per read
+        codes.append(r.status_code)
+    except Exception as e:  # noqa: BLE001 - timeouts and connection errors are results here
+        codes.append(type(e).__name__)
+    lat.append(time.perf_counter() - t)
+
+
+async def closed_loop(url: str, images: list[bytes], conc: int, n: int, duration: float, timeout: float) -> dict:
+    import httpx
+
+    lat, codes, left = [], [], [n]
+    stop = time.perf_counter() + duration
+
+    async def worker(client, k):
+        while left[0] > 0 and time.perf_counter() < stop:
+            left[0] -= 1
+            await _one(client, url, images[(k + left[0]) % len(images)], timeout, lat, codes)
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)) as client:
+        await _one(client, url, images[0], timeout, [], [])  # connect + warm
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client, k) for k in range(conc)))
+        return summary(lat, codes, time.perf_counter() - t0)
+
+
+async def open_loop(url: str, images: list[bytes], rate: float, duration: float, timeout: float,
+                    max_inflight: int = 1024) -> dict:
+    """Arrivals at ``rate``/s for ``duration`` s regardless of answers (capped at ``max_inflight`` in flight)."""
+    import httpx
+
+    lat, codes, tasks, dropped = [], [], [], 0
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=max_inflight)) as client:
+        t0 = time.perf_counter()
+        for i in range(int(rate * duration)):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks = [t for t in tasks if not t.done()]
+            if len(tasks) >= max_inflight:
+                dropped += 1
+                continue
+            tasks.append(asyncio.create_task(_one(client, url, images[i % len(images)], timeout, lat, codes)))
+        await asyncio.gather(*tasks)
+        out = summary(lat, codes, time.perf_counter() - t0)
+    out.update(offered_rps=rate, client_dropped=dropped, max_latency_ms=round(max(lat) * 1e3, 1) if lat else None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def load_images(a) -> list[bytes]:
+    from PIL import Image
+
+    if a.images:
+        files = sorted(p for p in Path(a.images).expanduser().rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+        if not files:
+            raise SystemExit(f"--images {a.images}: no .jpg/.png files")
+        return [f.read_bytes() for f in files[:: max(1, len(files) // 64)][:64]]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(16):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+def demo_assets(tmp: Path) -> tuple[str, str]:
+    """A resnet18 (random weights, 10 classes, 64 px) as an edgecv checkpoint and an ONNX FP32 bundle."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from edgecv.data.preprocess import Preprocess
+    from edgecv.models.checkpoint import save_checkpoint
+    from edgecv.models.registry import create_model
+    from tests.bench_util import make_bundle
+
+    torch.manual_seed(0)
+    names = [f"c{i}" for i in range(10)]
+    model = create_model("resnet18", 10).eval()
+    ck = save_checkpoint(tmp / "model.pt", model, "resnet18", names, Preprocess(input_size=64), metrics={})
+    make_bundle(tmp / "bundle", model=model, size=64, class_names=names)
+    return str(tmp / "bundle"), str(ck or tmp / "model.pt")
+
+
+def run(a) -> dict:
+    images = load_images(a)
+    res: dict = {"config": {k: v for k, v in vars(a).items() if k != "seed_server"}, "closed_loop": {}}
+    for kind in ("edgecv", "edgecv-nobatch", "seed"):
+        srv = start(kind, a)
+        try:
+            res["closed_loop"][kind] = {c: asyncio.run(closed_loop(srv.url, images, c, a.requests, a.duration,
+                                                                   a.timeout)) for c in (1, 8, 32)}
+        finally:
+            srv.stop()
+        print(kind, json.dumps(res["closed_loop"][kind]), flush=True)
+    top = res["closed_loop"]["edgecv"][32]["throughput_rps"] or 1.0
+    seed = res["closed_loop"]["seed"][32]["throughput_rps"] or float("nan")
+    res["speedup_vs_seed_c32"] = round(top / seed, 2)
+    sustainable = 0.8 * top
+    srv = start("edgecv", a)
+    try:
+        rss0 = rss_mb(srv.p.pid)
+        res["overload"] = asyncio.run(open_loop(srv.url, images, 4 * sustainable, a.overload_s, a.timeout))
+        res["overload"]["rss_growth_mb"] = round(rss_mb(srv.p.pid) - rss0, 1)
+        unloaded = res["closed_loop"]["edgecv"][1]["p99_ms"]
+        p99 = res["overload"]["p99_ms"]
+        res["overload"]["p99_vs_unloaded"] = round(p99 / unloaded, 2) if p99 and unloaded else None
+        res["overload"]["only_200_or_503"] = set(res["overload"]["status"]) <= {"200", "503"}
+        print("overload", json.dumps(res["overload"]), flush=True)
+        res["soak"] = asyncio.run(open_loop(srv.url, images, sustainable, a.soak_s, a.timeout))
+        res["soak"]["errors"] = res["soak"]["requests"] - res["soak"]["ok"]
+        print("soak", json.dumps(res["soak"]), flush=True)
+    finally:
+        res["edgecv_exit_on_sigterm"] = srv.stop()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--artifact", default="auto")
+    ap.add_argument("--images", help="Folder of .jpg/.png request images (default: synthetic 64 px JPEGs).")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-queue", type=int, default=32,
+                    help="edgecv serve --max-queue: bounds queueing delay under overload (503 beyond).")
+    ap.add_argument("--requests", type=int, default=2000, help="Requests per concurrency level (closed loop).")
+    ap.add_argument("--duration", type=float, default=20.0, help="Max seconds per concurrency level.")
+    ap.add_argument("--overload-s", type=float, default=30.0)
+    ap.add_argument("--soak-s", type=float, default=60.0)
+    ap.add_argument("--timeout", type=float, default=5.0, help="Per-request client timeout (s).")
+    ap.add_argument("--out", help="Write the results JSON here.")
+    ap.add_argument("--smoke", action="store_true", help="Seconds-long phases (checks the script, not a result).")
+    ap.add_argument("--seed-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.seed_server:
+        import uvicorn
+
+        uvicorn.run(seed_app(a.checkpoint, a.threads), host=HOST, port=a.port, log_level="warning")
+        return
+    if a.smoke:
+        a.requests, a.duration, a.overload_s, a.soak_s = 60, 2.0, 3.0, 3.0
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (a.bundle and a.checkpoint):
+            a.bundle, a.checkpoint = demo_assets(Path(tmp))
+        res = run(a)
+    text = json.dumps(res, indent=2)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
