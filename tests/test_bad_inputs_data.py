@@ -128,7 +128,10 @@ def test_eval_uses_test_split(cli, tmp_path, teacher16):
     (tmp_path / "t" / "train").rename(root / "test")
     r = cli("eval", str(teacher16), "--data", str(root), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)["n"] == 6
+    rep = json.loads(r.stdout)
+    assert rep["n"] == 6 and rep["data_split"] == "test"
+    r = cli("eval", str(teacher16), "--data", str(root))
+    assert r.returncode == 0 and "(test split)" in r.stderr, r.stderr[-3000:]
 
 
 def test_eval_train_only_has_nothing_to_evaluate(cli, tmp_path, teacher16):

@@ -41,7 +41,7 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
     from rich.table import Table
 
     con = stderr_console(160)
-    con.print(f"[bold]{checkpoint}[/] on {data}: {rep['n']} images  top-1 [bold]{rep['top1']:.2f}%[/]  "
+    con.print(f"[bold]{checkpoint}[/] on {data} ({rep['data_split']} split): {rep['n']} images  top-1 [bold]{rep['top1']:.2f}%[/]  "
               f"top-5 {rep['top5']:.2f}%  macro-F1 {rep['macro_f1']:.2f}%")
     if per_class:
         t = Table("class", "precision", "recall", "F1", "support")

@@ -120,8 +120,8 @@ def _load_builtin(name: str, img_size: int | None, seed: int) -> DataBundle:
     tr, va = _stratified_split([y for _, y in samples], DEFAULT_VAL_FRACTION, seed)
     pre = builtin_preprocess(name, img_size)
     return DataBundle(
-        train=ImageSamples([samples[i] for i in tr]),
-        val=ImageSamples([samples[i] for i in va]),
+        train=ImageSamples([samples[i] for i in tr], split="train"),
+        val=ImageSamples([samples[i] for i in va], split="val"),
         class_names=names,
         preprocess=pre,
         source=f"builtin:{name}",

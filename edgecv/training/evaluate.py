@@ -20,7 +20,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 256
     model = ck.build()
     logits, labels = predict_logits(model, ds.with_transform(ck.preprocess.eval_transform()), batch_size)
     rep = classification_report(logits, labels, ck.class_names)
-    rep.update({"checkpoint": str(checkpoint), "arch": ck.arch, "data": data,
+    rep.update({"checkpoint": str(checkpoint), "arch": ck.arch, "data": data, "data_split": ds.split or "all",
                 "trained_val_top1": ck.metrics.get("val_top1")})
     if confusion_png:
         rep["confusion_png"] = str(save_confusion_png(rep["confusion_matrix"], ck.class_names, confusion_png,
