@@ -192,6 +192,21 @@ async def open_loop(url: str, images: list[bytes], rate: float, duration: float,
     return out
 
 
+async def recovery(url: str, img: bytes, timeout: float, limit: float = 60.0) -> float | None:
+    """Seconds after the overload until a single request is answered 200 again (None: not within ``limit``)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient() as client:
+        while time.perf_counter() - t0 < limit:
+            lat, codes = [], []
+            await _one(client, url, img, timeout, lat, codes)
+            if codes == [200]:
+                return round(time.perf_counter() - t0, 2)
+            await asyncio.sleep(0.2)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- phases
 def load_images(a) -> list[bytes]:
     from PIL import Image
@@ -253,6 +268,7 @@ def run(a) -> dict:
         res["overload"]["p99_vs_unloaded"] = round(p99 / unloaded, 2) if p99 and unloaded else None
         res["overload"]["only_200_or_503"] = set(res["overload"]["status"]) <= {"200", "503"}
         print("overload", json.dumps(res["overload"]), flush=True)
+        res["overload"]["recovery_s"] = asyncio.run(recovery(srv.url, images[0], a.timeout))
         res["soak"] = asyncio.run(open_loop(srv.url, images, sustainable, a.soak_s, a.timeout))
         res["soak"]["errors"] = res["soak"]["requests"] - res["soak"]["ok"]
         print("soak", json.dumps(res["soak"]), flush=True)

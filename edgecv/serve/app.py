@@ -140,7 +140,9 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
         finally:
             inflight[0] -= 1
 
-    async def infer_rows(x: np.ndarray) -> np.ndarray:
+    async def infer_rows(request: Request, x: np.ndarray) -> np.ndarray:
+        if await request.is_disconnected():  # the client gave up (timeout): do not spend the runner on it
+            raise ClientError(499, "client disconnected before inference")
         try:
             return await batcher.submit(x)
         except QueueFull:
@@ -183,7 +185,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
             else:
                 items = [("request body", body)] if body else []
             x = await decode_all(items)
-            res = predictor.results(await infer_rows(x), k)
+            res = predictor.results(await infer_rows(request, x), k)
             for (name, _), r in zip(items, res, strict=True):
                 r["file"] = name
             return {"predictions": res, "artifact": desc["artifact"], "sha256": desc["sha256"],
@@ -229,7 +231,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
             req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
                                                predictor.input_shape, cfg.max_queue)
             x = data if kind == "fp32" else await decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
-            payload, headers = v2.encode_response(req, cfg.model_name, await infer_rows(x))
+            payload, headers = v2.encode_response(req, cfg.model_name, await infer_rows(request, x))
             return Response(payload, headers=headers)
 
     @app.get("/metrics")
