@@ -11,7 +11,7 @@ from edgecv.utils import check_writable, stderr_console
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data", default="digits", show_default=True,
-              help="DATA/val if it exists, else every image under DATA; or a built-in name.")
+              help="DATA/test, else DATA/val (or valid/, validation/), else every image under DATA; or a built-in name.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--confusion", "confusion_png", default=None, type=click.Path(dir_okay=False),
               help="Write the confusion matrix as a PNG here.")

@@ -2,8 +2,11 @@
 
 ``--data`` accepts
 
-* an ImageFolder root holding ``train/`` and ``val/`` (class folders inside each), or only class folders —
-  then a seeded, stratified, deterministic validation split is made;
+* an ImageFolder root holding ``train/``, a validation split (``val/``, ``valid/`` or ``validation/``) and
+  optionally ``test/`` (class folders inside each; nested folders inside a class are fine), or ``train/``
+  alone, or only class folders — without a validation folder a seeded, stratified, deterministic validation
+  split is made. Training never sees ``test/``; evaluation (``eval``, ``bench``) uses ``test/`` when there is
+  one, else the validation split (:mod:`edgecv.data.scan` holds the rules, links and duplicates included);
 * a built-in name: ``digits`` (scikit-learn's 1,797 real 8x8 handwritten digits, upscaled, 3 channels).
 """
 
