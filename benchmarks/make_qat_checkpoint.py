@@ -19,7 +19,7 @@ import torch
 from edgecv.data.datasets import load_train_val, sample_calibration
 from edgecv.models.checkpoint import save_checkpoint
 from edgecv.models.registry import create_model
-from edgecv.quant.qat import QuantConfig, calibrate, freeze_bn, prepare_qat
+from edgecv.quant import QuantConfig, calibrate, freeze_bn, prepare_qat
 from edgecv.training.loop import TrainConfig, fit
 from edgecv.utils import sha256_file
 

@@ -30,7 +30,7 @@ def _make_checkpoints(root: Path) -> dict:
     from edgecv.data.preprocess import Preprocess
     from edgecv.models.checkpoint import save_checkpoint
     from edgecv.models.registry import create_model
-    from edgecv.quant.qat import QuantConfig, calibrate, prepare_qat
+    from edgecv.quant import QuantConfig, calibrate, prepare_qat
     from edgecv.training.loop import TrainConfig, fit
 
     data = make_image_folder(root / "data", n_train=16, n_val=8, size=S)

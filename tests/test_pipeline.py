@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from edgecv.compress.pipeline import CompressConfig, compress
+from edgecv.compress.config import CompressConfig
+from edgecv.compress.pipeline import compress
 from edgecv.contracts.rundir import SCHEMA
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
@@ -82,7 +83,7 @@ def test_checkpoints_rebuild_without_pickles(full_run):
     q = load_checkpoint(full_run / "quantize.pt")
     assert q.meta["quant"] and q.meta["channel_spec"] == pr.meta["channel_spec"]
     qm = q.build()
-    from edgecv.quant.qat import is_qat
+    from edgecv.quant import is_qat
 
     assert is_qat(qm) and qm(x).shape == (2, 3)
     assert torch.equal(qm(x), q.build()(x))
@@ -121,7 +122,7 @@ def test_resume_mid_prune_round(data, teacher, tmp_path):
     out = tmp_path / "r"
     cfg = _cfg(data, teacher, out, epochs_qat=0)
     compress(cfg, stages=["distill"])
-    from edgecv.compress import pipeline as P
+    from edgecv.compress import stages as P
 
     real_fit = P.fit
     calls = {"n": 0}

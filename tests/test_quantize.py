@@ -13,7 +13,7 @@ from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import create_model
 from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
-from edgecv.quant.qat import (
+from edgecv.quant import (
     QuantConfig,
     calibrate,
     freeze_bn,
@@ -142,7 +142,7 @@ def test_prepare_qat_leaves_observers_unseeded():
     """prepare_qat's tracing forwards (Conv+BN pairs, stem, output fake-quant placement) must not initialise
     any activation range: calibration starts from real data (a zeros forward once seeded a 10x-too-small range
     that the EMA never recovered from: PTQ top-1 57 % -> 34 %)."""
-    from edgecv.quant.qat import ActFakeQuant
+    from edgecv.quant.scheme import ActFakeQuant
 
     for arch in ("mobilenet_v3_small", "resnet18"):
         m = prepare_qat(create_model(arch, 3), QuantConfig(trace_size=32))

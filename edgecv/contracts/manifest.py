@@ -1,6 +1,8 @@
 """The bundle contract: ``manifest.json`` describes every artifact of an export bundle.
 
-Written by ``edgecv export`` (last, atomically), read by ``edgecv bench`` and ``edgecv gate``.
+Written by ``edgecv export`` (last, atomically), read by ``edgecv bench`` and ``edgecv gate``; every file of an
+artifact (its main file and ``extra.companions``) is listed and sha256-checked (:func:`verify_artifact`,
+:func:`verify_bundle`).
 
 Schema ``edgecv.manifest/1``::
 
@@ -107,6 +109,7 @@ class Manifest:
         return cls(artifacts=[ArtifactEntry.from_dict(a) for a in d.get("artifacts", [])], **kw)
 
     def ok_artifacts(self) -> list[ArtifactEntry]:
+        """The runnable artifacts that exported (and validated) ok."""
         return [a for a in self.artifacts if a.status == "ok" and a.runtime]
 
     def write(self, bundle_dir: str | Path) -> Path:
@@ -130,13 +133,30 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
 
 
 def verify_artifact(bundle_dir: str | Path, entry: ArtifactEntry) -> None:
-    """Raise UserError when the artifact file is missing or its sha256 differs from the manifest."""
-    f = Path(bundle_dir) / entry.file
-    if not f.is_file():
-        raise UserError(f"{f}: listed in the manifest but missing")
-    if entry.sha256 and sha256_file(f) != entry.sha256:
-        raise UserError(f"{f}: sha256 does not match the manifest (modified or corrupt artifact)")
-    for comp in entry.extra.get("companion_sha256", {}).items():
-        cf, digest = comp
-        if sha256_file(Path(bundle_dir) / cf) != digest:
-            raise UserError(f"{Path(bundle_dir) / cf}: sha256 does not match the manifest (modified or corrupt)")
+    """Raise UserError when a file of the artifact (main file or companion, e.g. OpenVINO's .bin) is missing or
+    its sha256 differs from the manifest."""
+    root = Path(bundle_dir)
+    digests = {entry.file: entry.sha256, **entry.extra.get("companion_sha256", {})}
+    for rel in dict.fromkeys([*entry.files(), *digests]):
+        f = root / rel
+        if not f.is_file():
+            raise UserError(f"{f}: listed in the manifest but missing")
+        if digests.get(rel) and sha256_file(f) != digests[rel]:
+            raise UserError(f"{f}: sha256 does not match the manifest (modified or corrupt artifact)")
+
+
+def verify_bundle(bundle: str | Path) -> dict:
+    """Re-hash every artifact (and companion) of a bundle against its manifest."""
+    man = load_manifest(bundle)
+    rows, bad = [], []
+    for e in man.artifacts:
+        if e.status != "ok":
+            rows.append({"artifact": e.name, "status": e.status})
+            continue
+        try:
+            verify_artifact(bundle, e)
+            rows.append({"artifact": e.name, "file": e.file, "status": "ok"})
+        except UserError as ex:
+            rows.append({"artifact": e.name, "file": e.file, "status": "mismatch", "error": str(ex)})
+            bad.append(e.name)
+    return {"bundle": str(bundle), "artifacts": rows, "ok": not bad, "mismatched": bad}

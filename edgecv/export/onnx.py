@@ -1,8 +1,8 @@
-"""ONNX export: fp32, fp16 and INT8 QDQ (from the QAT model's deployment form).
+"""ONNX export: fp32, fp16 and INT8 QDQ (from the QAT model's deployment form), optional onnxscript clean-up.
 
 INT8 graph (what ONNX Runtime's QDQ node-group selectors need to run real int8 kernels):
 
-* ``torch.onnx.export(to_deploy(qat_model), dynamo=False)`` writes ``Q/DQ(x)`` and ``Q/DQ(W)`` (symmetric
+* ``torch.onnx.export(edgecv.quant.deploy(qat_model), dynamo=False)`` writes ``Q/DQ(x)`` and ``Q/DQ(W)`` (symmetric
   per-channel, weights stored as float and quantized by a ``QuantizeLinear`` node) into every Conv/Gemm;
 * :func:`fold_weight_quantize` replaces ``QuantizeLinear(W_float)`` by an int8 initializer (``DQ(W_int8)``);
 * :func:`quantize_bias` rewrites the float bias into an int32 initializer + ``DequantizeLinear`` with
@@ -12,7 +12,7 @@ INT8 graph (what ONNX Runtime's QDQ node-group selectors need to run real int8 k
   DQs are just evaluated). The scale is chosen so the insert is exact where possible: when the Conv's output
   flows through ``Relu`` (or nothing) into the next layer's input ``Q`` the consumer's scale is used (ReLU
   commutes with symmetric quantization), otherwise the range observed on calibration images. A QAT model
-  prepared by :func:`edgecv.quant.qat.prepare_qat` already carries a *trained* output fake-quant on
+  prepared by :func:`edgecv.quant.prepare_qat` already carries a *trained* output fake-quant on
   exactly those convs (``Conv -> Q`` in the exported graph, left as it is), so nothing is calibrated and the
   ONNX graph computes what the torch QAT model simulated.
 
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from edgecv.contracts.manifest import INPUT_NAME, OUTPUT_NAME
+from edgecv.errors import UserError
 from edgecv.quant.onnx_rules import add_output_qdq, conv_output_ranges, fold_weight_quantize, quantize_bias
 from edgecv.utils import atomic_path
 
@@ -80,11 +81,12 @@ def check(path: Path) -> None:
 
 def export_int8_qdq(deploy_model: nn.Module, path: Path, img_size: int, opset: int = 17,
                     calib_batches: list[np.ndarray] | None = None, output_qdq: bool = True) -> dict:
-    """The QDQ ONNX of a ``to_deploy`` model, rewritten for ORT's int8 kernels. Returns pass statistics."""
+    """The QDQ ONNX of a deploy-form model (:func:`edgecv.quant.deploy`), rewritten for ORT's int8 kernels.
+    Returns pass statistics."""
     import onnx
 
     if opset < 13:
-        raise ValueError("INT8 QDQ with per-channel weights needs opset >= 13")
+        raise UserError(f"opset {opset}: INT8 QDQ with per-channel weights needs opset >= 13")
     tmp_raw = path.with_name(path.name + ".raw.onnx")
     try:
         torch_export_onnx(deploy_model, tmp_raw, img_size, opset)
@@ -102,3 +104,17 @@ def export_int8_qdq(deploy_model: nn.Module, path: Path, img_size: int, opset: i
     finally:
         tmp_raw.unlink(missing_ok=True)
     return info
+
+
+def simplify(path: Path) -> dict:
+    """Optional graph clean-up with onnxscript's optimizer (constant folding, dead code); written atomically."""
+    import onnx
+    import onnxscript.optimizer as opt
+
+    m = onnx.load(str(path))
+    before = len(m.graph.node)
+    m2 = opt.optimize(m)
+    onnx.checker.check_model(m2)
+    with atomic_path(path) as tmp:
+        onnx.save(m2, str(tmp))
+    return {"nodes_before": before, "nodes_after": len(m2.graph.node)}

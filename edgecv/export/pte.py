@@ -9,8 +9,8 @@ images, ``convert_pt2e``, then the same lowering. The float model it starts from
 deployment form with fake-quant switched off: the QAT-trained weights with BatchNorm folded. (PT2E *QAT* has a
 MobileNetV3 accuracy bug, so the QAT ranges are not carried over; XNNPACK's own PTQ observers set them.)
 So the .pte's faithful reference is the ``convert_pt2e`` module it is lowered from (:func:`pt2e_int8`,
-:func:`pt2e_logits`), not the QAT model: ``edgecv export`` validates against it and reports the QAT model's
-accuracy next to it.
+:func:`pt2e_logits`), not the QAT model: ``edgecv export`` validates against it, and against the QAT model it
+was derived from (both within the INT8 threshold).
 """
 
 from __future__ import annotations

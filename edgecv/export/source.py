@@ -15,7 +15,6 @@ Which weights each artifact comes from:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +59,9 @@ class ExportSource:
         m = self.build()
         if not self.is_qat:
             return m, f"stage:{self.stage}" if self.stage else "checkpoint"
-        from edgecv.quant.qat import set_fake_quant, to_deploy
+        from edgecv.quant import deploy
 
-        m = copy.deepcopy(m)
-        set_fake_quant(m, False)
-        return to_deploy(m).eval(), "qat_fake_quant_off"
+        return deploy(m, fake_quant=False), "qat_fake_quant_off"
 
     def describe(self) -> dict:
         ck = self.checkpoint

@@ -76,7 +76,6 @@ for _i in range(3):
                  note="ReLU6, no SE")
     )
 
-TEACHERS = [n for n, a in _ARCHS.items() if a.role == "teacher"]
 STUDENTS = [n for n, a in _ARCHS.items() if a.role == "student"]
 ARCHS = list(_ARCHS)
 

@@ -25,12 +25,6 @@ def channel_spec_of(model: nn.Module) -> dict:
     return spec
 
 
-def diff_spec(model: nn.Module, reference: nn.Module) -> dict:
-    """Only the entries of ``model`` that differ from ``reference`` (compact spec for an unpruned base)."""
-    a, b = channel_spec_of(model), channel_spec_of(reference)
-    return {k: v for k, v in a.items() if b.get(k) != v}
-
-
 def _new_param(old: torch.Tensor | None, shape: tuple[int, ...], requires_grad: bool = True):
     if old is None:
         return None

@@ -1,5 +1,8 @@
 """The INT8 scheme (symmetric per-channel int8 weights, per-tensor int8 activations, int32 bias on the
-``x_scale * w_scale`` grid), its QAT modules and placement rules, the ONNX graph rules and the deploy form.
+``x_scale * w_scale`` grid): :mod:`~edgecv.quant.scheme` (config, fake-quant arithmetic), :mod:`~edgecv.quant.modules`
+(QAT modules, observer / fake-quant / BN switches, calibration), :mod:`~edgecv.quant.placement` (where they go,
+:func:`prepare_qat`), :mod:`~edgecv.quant.deploy_form` (BN folded, constant Q/DQ) and
+:mod:`~edgecv.quant.onnx_rules` (ONNX graph rules).
 
 Two facades are the public surface the other layers use:
 
@@ -16,9 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecv.quant.qat import QuantConfig, calibrate, is_qat, prepare_qat, set_fake_quant, to_deploy
+from edgecv.quant.deploy_form import is_qat, to_deploy
+from edgecv.quant.modules import calibrate, freeze_bn, output_fq_names, set_fake_quant, set_observers
+from edgecv.quant.placement import prepare_qat
+from edgecv.quant.scheme import QuantConfig
 
-__all__ = ["QuantConfig", "deploy", "is_qat", "ptq"]
+__all__ = ["QuantConfig", "calibrate", "deploy", "freeze_bn", "is_qat", "output_fq_names", "prepare_qat", "ptq",
+           "set_fake_quant", "set_observers", "to_deploy"]
 
 
 def ptq(model: nn.Module, calib, size: int, qcfg: QuantConfig | None = None) -> tuple[nn.Module, int]:

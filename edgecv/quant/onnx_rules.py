@@ -2,7 +2,7 @@
 
 See :mod:`edgecv.export.onnx` for how these passes turn the QAT model's deployment form into the QDQ graph that
 ONNX Runtime's int8 node-group selectors fuse; :func:`conv_output_plan` is also what QAT uses to place its
-trained output fake-quants (:func:`edgecv.quant.qat.output_fq_placement`), so training and export agree.
+trained output fake-quants (:func:`edgecv.quant.placement.output_fq_placement`), so training and export agree.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgecv.contracts.manifest import INPUT_NAME, OUTPUT_NAME
+from edgecv.errors import UserError
 
 
 def onnx_model_in_memory(model: nn.Module, img_size: int, opset: int = 17):
@@ -256,7 +257,7 @@ def conv_output_plan(model) -> list[dict]:
     DequantizeLinear: not a quantized conv), ``has_q`` (its sole reader already is a QuantizeLinear),
     ``mixed_consumers`` (a QuantizeLinear next to float readers: left float), ``exact`` (``scale`` is the
     consumer Q's scale, through ReLU only) or ``needs_range`` (a scale must come from an observed range).
-    :func:`edgecv.quant.qat.prepare_qat` uses it to put a trained output fake-quant exactly where
+    :func:`edgecv.quant.placement.prepare_qat` uses it to put a trained output fake-quant exactly where
     the deployment graph would otherwise get a calibrated one.
     """
     g = model.graph
@@ -321,7 +322,7 @@ def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale:
         node = convs[out]
         for o in g.output:
             if o.name == out:  # keep the graph output name: rename through an Identity
-                raise ValueError("a Conv output is a graph output; not supported")
+                raise UserError("INT8 export: a Conv output is a graph output (the model ends in a conv); not supported")
         base = node.name or out
         sn = add_initializer(g, f"{base}.out_scale", np.array(scale, np.float32))
         zn = add_initializer(g, f"{base}.out_zp", np.array(0, np.int8))

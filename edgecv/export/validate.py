@@ -1,0 +1,141 @@
+"""Export validation: every artifact runs through its real runtime on the validation images and is compared with
+the PyTorch model it came from (top-1 agreement >= :data:`THRESHOLDS`, plus accuracy of both on the labels).
+
+Failures: agreement below the threshold; non-finite logits (NaN / inf) from the artifact; an INT8 artifact whose
+runtime falls back to float kernels; an INT8 artifact validated against an intermediate reference (the PT2E model
+of ``pte-int8``) that does not also agree with the QAT model it was derived from within the INT8 threshold.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecv.errors import UserError
+
+THRESHOLDS = {"fp32": 99.5, "fp16": 99.5, "int8": 97.0}  # min top-1 agreement (%) with the torch reference
+REF_QAT = "torch QAT model (fake-quant)"
+REF_PT2E = "torch PT2E model the .pte was lowered from (XNNPACKQuantizer q/dq, fake-quant)"
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, x: np.ndarray, bs: int = 64) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(torch.from_numpy(x[i : i + bs])).float().numpy() for i in range(0, len(x), bs)])
+
+
+def nonfinite_rows(logits: np.ndarray) -> int:
+    """How many rows of ``logits`` hold a NaN or an infinity."""
+    return int((~np.isfinite(logits)).reshape(len(logits), -1).any(1).sum())
+
+
+def check_reference(logits: np.ndarray, what: str) -> None:
+    """A torch reference with non-finite logits cannot validate anything: the model itself is broken."""
+    bad = nonfinite_rows(logits)
+    if bad:
+        raise UserError(f"{what} gives non-finite logits (NaN/inf) on {bad} of {len(logits)} validation images "
+                        f"(diverged training?); nothing exported")
+
+
+def _pct(a: np.ndarray, b: np.ndarray) -> float:
+    return round(100.0 * float((a == b).mean()), 3)
+
+
+def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, precision: str,
+                    reference: str | None = None, qat_ref: np.ndarray | None = None) -> dict:
+    """Top-1 agreement / max |logit diff| against the torch reference, plus accuracy of both on labels.
+
+    ``qat_ref``: when the reference is not the QAT model itself (ExecuTorch INT8 is its own PT2E quantization),
+    the QAT model's logits: ``qat_reference_accuracy`` and ``qat_top1_agreement``, which must also reach the
+    threshold."""
+    from edgecv.runtimes.base import predict_all
+
+    t0 = time.perf_counter()
+    logits = predict_all(runner, x, batch_size=32, desc="validate")
+    wall = time.perf_counter() - t0
+    pa, pr = logits.argmax(1), ref.argmax(1)
+    agree = _pct(pa, pr)
+    thr = THRESHOLDS[precision]
+    bad, bad_ref = nonfinite_rows(logits), nonfinite_rows(ref)
+    v = {
+        "n": int(len(x)),
+        "reference": reference or (REF_QAT if precision == "int8" else "torch fp32 model"),
+        "top1_agreement": agree,
+        "max_abs_logit_diff": None if bad or bad_ref else float(np.abs(logits - ref).max()),
+        "accuracy": _pct(pa, y),
+        "reference_accuracy": _pct(pr, y),
+        "threshold_agreement": thr,
+        "passed": agree >= thr,
+        "wall_s": round(wall, 3),
+    }
+    if qat_ref is not None:
+        pq = qat_ref.argmax(1)
+        v.update(qat_reference_accuracy=_pct(pq, y), qat_top1_agreement=_pct(pa, pq))
+        if v["passed"] and v["qat_top1_agreement"] < thr:
+            v["passed"] = False
+            v["reason"] = (f"validation failed: top-1 agreement {v['qat_top1_agreement']}% < {thr}% vs {REF_QAT} "
+                           f"(the model it was derived from; {agree}% vs its own reference)")
+    if bad_ref:
+        v["passed"] = False
+        v["reason"] = f"validation failed: the reference ({v['reference']}) gives non-finite logits (NaN/inf)"
+    if bad:
+        v["passed"] = False
+        v["nonfinite_rows"] = bad
+        v["reason"] = f"validation failed: non-finite logits (NaN/inf) on {bad} of {len(x)} images"
+    return v
+
+
+def validate_entry(ex, entry) -> None:
+    """Validate one written artifact of exporter ``ex`` in place (``entry.validation``; ``failed`` on failure)."""
+    from edgecv.runtimes.base import RuntimeUnavailable, runner_for_entry
+
+    try:
+        runner = runner_for_entry(ex.out, entry, threads=ex.opts.threads)
+    except RuntimeUnavailable as e:
+        entry.validation = {"status": "skipped", "reason": str(e)}
+        return
+    ref, ref_name, qat_ref = ex.reference(entry.precision), None, None
+    if entry.format == "pte" and entry.precision == "int8":
+        # the .pte is lowered from its own PT2E quantization (not the QAT graph): compare with that model,
+        # and with the QAT model it was derived from
+        from edgecv.export.pte import pt2e_logits
+
+        ref, ref_name, qat_ref = pt2e_logits(ex.pt2e_model, ex.data.x), REF_PT2E, ref
+    try:
+        v = validate_runner(runner, ex.data.x, ex.data.y, ref, entry.precision, reference=ref_name, qat_ref=qat_ref)
+        v["runner"] = {k: val for k, val in runner.describe().items() if k != "host"}
+    finally:
+        runner.close()
+    k = entry.extra.get("int8_kernels")
+    if entry.precision == "int8" and isinstance(k, dict):
+        v["int8_kernels"] = bool(k.get("int8_kernels"))
+        if not v["int8_kernels"]:
+            v["passed"] = False
+            v["reason"] = "the runtime does not execute int8 kernels for the convolutions (silent float fallback)"
+    v["status"] = "passed" if v["passed"] else "failed"
+    entry.validation = v
+    if not v["passed"]:
+        entry.status = "failed"
+        entry.error = v.get("reason") or (f"validation failed: top-1 agreement {v['top1_agreement']}% < "
+                                          f"{v['threshold_agreement']}% vs {v['reference']}")
+
+
+def entry_line(e) -> str:
+    """One log line per artifact: status, file, size and its validation."""
+    v = e.validation or {}
+    if e.status != "ok":
+        return f"  {e.name:16s} {e.status.upper()}: {e.error}"
+    s = f"  {e.name:16s} ok  {e.file} ({(e.size_bytes or 0) / 1e6:.2f} MB)"
+    if v.get("status") in ("passed", "failed"):
+        s += (f"  agreement {v['top1_agreement']:.1f}%  max|dlogit| {v['max_abs_logit_diff']:.3g}  "
+              f"acc {v['accuracy']:.1f}% (torch {v['reference_accuracy']:.1f}%)")
+        if "qat_reference_accuracy" in v:
+            s += f" [QAT model {v['qat_reference_accuracy']:.1f}%, agreement with it {v['qat_top1_agreement']:.1f}%]"
+        if "int8_kernels" in v:
+            s += f"  int8 kernels: {'yes' if v['int8_kernels'] else 'NO'}"
+    elif v.get("status") == "skipped":
+        s += f"  (not validated: {v['reason']})"
+    return s
