@@ -101,3 +101,38 @@ def test_predict_reproduces_bench_top1(setup):
     rows = json.loads(edgecv("predict", str(setup["tiny"]), str(setup["data"] / "val"), "--json").stdout)["predictions"]
     acc = 100.0 * np.mean([r["label"] == r["file"].split("/")[-2] for r in rows])
     assert acc == pytest.approx(top1, abs=1e-6)
+
+
+def _two_artifact_bundle(root, acc_fp32=90.0, acc_int8=90.0):
+    """onnx-fp32 (small) and an 'onnx-int8' entry that is really a much larger FP32 net (slower): selection only."""
+    from edgecv.contracts.manifest import ArtifactEntry, load_manifest
+    from edgecv.utils import sha256_file
+    from tests.bench_util import export_onnx
+
+    b = make_bundle(root, model=TinyNet(3, width=8, depth=1), size=SIZE)
+    big = export_onnx(TinyNet(3, width=64, depth=6), root / "model_int8.onnx", SIZE)
+    man = load_manifest(b)
+    man.artifacts[0].validation = {"status": "passed", "accuracy": acc_fp32}
+    man.artifacts.append(ArtifactEntry(file=big.name, format="onnx", precision="int8", runtime="onnxruntime",
+                                       sha256=sha256_file(big), input_shape=[1, 3, SIZE, SIZE],
+                                       validation={"status": "passed", "accuracy": acc_int8}))
+    man.write(b)
+    return b
+
+
+def test_auto_picks_fastest_validated_and_bench_json(tmp_path):
+    from edgecv.serve.predictor import load_predictor
+
+    b = _two_artifact_bundle(tmp_path / "b")
+    p = load_predictor(b, artifact="auto")
+    assert p.entry.name == "onnx-fp32" and set(p.selection["p50_ms"]) == {"onnx-fp32", "onnx-int8"}
+    p.close()
+    b2 = _two_artifact_bundle(tmp_path / "b2", acc_fp32=80.0, acc_int8=90.0)  # fp32 out of the 1-pt tolerance
+    p = load_predictor(b2, artifact="auto")
+    assert p.entry.name == "onnx-int8" and p.selection["only_candidate"] == "onnx-int8"
+    p.close()
+    bj = tmp_path / "bench.json"
+    bj.write_text(json.dumps({"recommended": {"x86": {"name": "onnx-int8", "reason": "test"}}}))
+    p = load_predictor(b, artifact="auto", bench_json=bj)
+    assert p.entry.name == "onnx-int8" and p.selection["how"] == "bench-json"
+    p.close()
