@@ -12,6 +12,10 @@ durations. Phases, each against a fresh server process:
    growth; p99 of the 200s vs the unloaded (concurrency 1) p99;
 3. soak: the sustainable rate for ``--soak-s`` s: zero errors expected.
 
+Under overload an accepted request waits about ``--max-queue / throughput``: that bound, not the machine, sets the
+p99 of the 200s, so ``--max-queue`` (default 16 here) is part of the result. The load generator shares the CPUs
+with the server: run it on an otherwise idle machine.
+
 Full run (the numbers for RESULTS.md; nothing else running on the machine; ~6 min):
 
     .venv/bin/python benchmarks/serve_load.py --bundle BUNDLE --checkpoint CHECKPOINT.pt \\
@@ -284,8 +288,9 @@ def main() -> None:
     ap.add_argument("--artifact", default="auto")
     ap.add_argument("--images", help="Folder of .jpg/.png request images (default: synthetic 64 px JPEGs).")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-queue", type=int, default=32,
-                    help="edgecv serve --max-queue: bounds queueing delay under overload (503 beyond).")
+    ap.add_argument("--max-queue", type=int, default=16,
+                    help="edgecv serve --max-queue: under overload the accepted requests wait about "
+                         "max_queue / throughput (503 beyond); keep it near 4 x unloaded p99 x throughput.")
     ap.add_argument("--requests", type=int, default=2000, help="Requests per concurrency level (closed loop).")
     ap.add_argument("--duration", type=float, default=20.0, help="Max seconds per concurrency level.")
     ap.add_argument("--overload-s", type=float, default=30.0)
