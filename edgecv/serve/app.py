@@ -2,6 +2,7 @@
 
 Every client error is a 4xx with ``{"error": ...}``; a runtime failure is a 500 with the same shape and the
 server keeps serving. Decoding and inference run off the event loop (thread pool + the batcher's thread).
+The routes live in :mod:`edgecv.serve.routes`; they reach the :class:`Service` through ``app.state.svc``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecv import __version__
 from edgecv.data.decode import ImageError
-from edgecv.serve import v2
 from edgecv.serve.batcher import Batcher, QueueFull
 from edgecv.serve.metrics import Metrics
 from edgecv.serve.predictor import Predictor
@@ -41,211 +41,149 @@ class ServeConfig:
     topk: int = 5
 
 
-def _error(status: int, msg: str, headers: dict | None = None) -> JSONResponse:
+class RuntimeFailure(Exception):
+    """The runner raised: 500 for the requests of that batch."""
+
+
+def error(status: int, msg: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": msg}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` (from Content-Length, else while streaming)."""
-    cl = request.headers.get("content-length")
-    if cl is not None:
+class Service:
+    """What the routes share: predictor, config, batcher, metrics, readiness and the admission count."""
+
+    def __init__(self, predictor: Predictor, cfg: ServeConfig):
+        self.predictor, self.cfg = predictor, cfg
+        self.metrics = Metrics()
+        self.batcher = Batcher(predictor.logits, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue,
+                               on_batch=lambda n, s: self.metrics.batch_size.observe(n))
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.metrics.model_load.set(predictor.load_s)
+        self.desc = predictor.describe()
+        self.ready = False
+        self.inflight = 0  # requests inside /predict and /infer (one event loop: no lock needed)
+
+    @contextmanager
+    def admitted(self):
+        """Refuse (503) at arrival when ``max_queue`` requests are already in progress: requests waiting for
+        decoding count too, not only rows in the batcher."""
+        if self.inflight >= self.cfg.max_queue:
+            raise QueueFull(f"{self.inflight} requests in progress (max {self.cfg.max_queue})")
+        self.inflight += 1
         try:
-            if int(cl) > limit:
+            yield
+        finally:
+            self.inflight -= 1
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, refused with 413 beyond the limit (from Content-Length, else while streaming)."""
+        limit = self.cfg.max_body_bytes
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                too_big = int(cl) > limit
+            except ValueError:
+                raise ClientError(400, f"bad Content-Length {cl!r}") from None
+            if too_big:
                 raise ClientError(413, f"body of {cl} bytes exceeds the limit of {limit}")
-        except ValueError:
-            raise ClientError(400, f"bad Content-Length {cl!r}") from None
-    chunks, n = [], 0
-    async for c in request.stream():
-        n += len(c)
-        if n > limit:
-            raise ClientError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(c)
-    body = b"".join(chunks)
-    request._body = body  # starlette's form parser reads the cached body
-    return body
+        chunks, n = [], 0
+        async for c in request.stream():
+            n += len(c)
+            if n > limit:
+                raise ClientError(413, f"body exceeds the limit of {limit} bytes")
+            chunks.append(c)
+        body = b"".join(chunks)
+        request._body = body  # starlette's form parser reads the cached body
+        return body
+
+    async def decode_all(self, items: list[tuple[str, bytes]]) -> np.ndarray:
+        if not items:
+            raise ClientError(400, "no image in the request (multipart file fields, or a raw image body)")
+        if len(items) > self.cfg.max_queue:
+            raise ClientError(413, f"{len(items)} images in one request; at most {self.cfg.max_queue}")
+
+        def work():
+            return np.stack([self.predictor.decode(b, self.cfg.max_pixels, name=n) for n, b in items])
+
+        return await asyncio.to_thread(work)
+
+    async def infer_rows(self, request: Request, x: np.ndarray) -> np.ndarray:
+        if await request.is_disconnected():  # the client gave up (timeout): do not spend the runner on it
+            raise ClientError(499, "client disconnected before inference")
+        try:
+            return await self.batcher.submit(x)
+        except QueueFull:
+            raise
+        except Exception as e:  # noqa: BLE001 - runtime failure: 500 JSON, the server keeps serving
+            raise RuntimeFailure(f"runtime failure in {self.desc['artifact']}: {type(e).__name__}: {e}") from e
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        if name != self.cfg.model_name or version not in (None, "", "1"):
+            raise ClientError(404, f"unknown model '{name}'" + (f" version {version}" if version else "")
+                              + f" (serving '{self.cfg.model_name}' version 1)")
+
+    def authorized(self, request: Request) -> bool:
+        if not self.cfg.api_key or request.url.path in OPEN_PATHS:
+            return True
+        auth = request.headers.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        return hmac.compare_digest(key.encode(), self.cfg.api_key.encode())
+
+
+def _install_errors(app: FastAPI) -> None:
+    def on(exc, status=None, prefix="", headers=None):
+        async def handler(request, e):
+            return error(status or getattr(e, "status", 500), f"{prefix}{e}", headers)
+
+        app.add_exception_handler(exc, handler)
+
+    on(ClientError)
+    on(ImageError, 400)
+    on(QueueFull, 503, "server busy: ", {"Retry-After": "1"})
+    on(RuntimeFailure, 500)
+
+    async def http(request, e: StarletteHTTPException):
+        return error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    async def invalid(request, e: RequestValidationError):
+        return error(400, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()))
+
+    async def unexpected(request, e: Exception):  # a bug, not the client's fault: still one JSON line
+        return error(500, f"internal error: {type(e).__name__}: {e}")
+
+    app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
-    metrics = Metrics()
-    batcher = Batcher(predictor.logits, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue,
-                      on_batch=lambda n, s: metrics.batch_size.observe(n))
-    metrics.queue_depth.set_function(lambda: batcher.depth)
-    metrics.model_load.set(predictor.load_s)
-    desc = predictor.describe()
+    from edgecv.serve.routes import router
+
+    svc = Service(predictor, cfg)
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
-        app.state.ready = True
+        svc.batcher.start()
+        svc.ready = True
         yield
-        app.state.ready = False
-        await asyncio.to_thread(batcher.stop)
+        svc.ready = False
+        await asyncio.to_thread(svc.batcher.stop)
 
     app = FastAPI(title="edgecv serve", version=__version__, lifespan=lifespan,
-                  description=f"Image classification with {desc['artifact']} ({desc['runtime']}).")
-    app.state.ready = False
-    app.state.batcher = batcher
+                  description=f"Image classification with {svc.desc['artifact']} ({svc.desc['runtime']}).")
+    app.state.svc = svc
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         t = time.perf_counter()
-        path = request.url.path
-        if cfg.api_key and path not in OPEN_PATHS:
-            auth = request.headers.get("authorization", "")
-            key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(key.encode(), cfg.api_key.encode()):
-                resp = _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
-                metrics.record("unauthorized", 401, time.perf_counter() - t)  # no raw path: bounded labels
-                return resp
+        if not svc.authorized(request):
+            svc.metrics.record("unauthorized", 401, time.perf_counter() - t)  # no raw path: bounded labels
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
         resp = await call_next(request)
         route = request.scope.get("route")
-        metrics.record(getattr(route, "path", "unmatched"), resp.status_code, time.perf_counter() - t)
+        svc.metrics.record(getattr(route, "path", "unmatched"), resp.status_code, time.perf_counter() - t)
         return resp
 
-    @app.exception_handler(ClientError)
-    async def _client_error(request, e: ClientError):
-        return _error(e.status, str(e))
-
-    @app.exception_handler(ImageError)
-    async def _bad_image(request, e: ImageError):
-        return _error(400, str(e))
-
-    @app.exception_handler(QueueFull)
-    async def _full(request, e: QueueFull):
-        return _error(503, f"server busy: {e}", {"Retry-After": "1"})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request, e: StarletteHTTPException):
-        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, e: Exception):  # a bug, not the client's fault: still one JSON line
-        return _error(500, f"internal error: {type(e).__name__}: {e}")
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        return _error(400, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()))
-
-    inflight = [0]  # requests inside /predict and /infer (one event loop: no lock needed)
-
-    @contextmanager
-    def admitted():
-        """Refuse (503) at arrival when ``max_queue`` requests are already in progress: requests waiting for
-        decoding count too, not only rows in the batcher."""
-        if inflight[0] >= cfg.max_queue:
-            raise QueueFull(f"{inflight[0]} requests in progress (max {cfg.max_queue})")
-        inflight[0] += 1
-        try:
-            yield
-        finally:
-            inflight[0] -= 1
-
-    async def infer_rows(request: Request, x: np.ndarray) -> np.ndarray:
-        if await request.is_disconnected():  # the client gave up (timeout): do not spend the runner on it
-            raise ClientError(499, "client disconnected before inference")
-        try:
-            return await batcher.submit(x)
-        except QueueFull:
-            raise
-        except Exception as e:  # noqa: BLE001 - runtime failure: 500 JSON, the server keeps serving
-            raise _RuntimeFailure(f"runtime failure in {desc['artifact']}: {type(e).__name__}: {e}") from e
-
-    @app.exception_handler(_RuntimeFailure)
-    async def _failure(request, e: _RuntimeFailure):
-        return _error(500, str(e))
-
-    async def decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
-        if not items:
-            raise ClientError(400, "no image in the request (multipart file fields, or a raw image body)")
-        if len(items) > cfg.max_queue:
-            raise ClientError(413, f"{len(items)} images in one request; at most {cfg.max_queue}")
-
-        def work():
-            return np.stack([predictor.decode(b, cfg.max_pixels, name=n) for n, b in items])
-
-        return await asyncio.to_thread(work)
-
-    @app.post("/predict", summary="Classify one or more images (multipart files or a raw image body)")
-    async def predict(request: Request, topk: int | None = None):
-        with admitted():
-            t = time.perf_counter()
-            k = cfg.topk if topk is None else topk
-            if not 1 <= k <= 1000:
-                raise ClientError(400, f"topk must be 1..1000, got {k}")
-            body = await _read_body(request, cfg.max_body_bytes)
-            ctype = request.headers.get("content-type", "")
-            if ctype.startswith("multipart/form-data"):
-                try:
-                    form = await request.form(max_files=cfg.max_queue + 1)
-                except Exception as e:  # noqa: BLE001 - malformed multipart, or past max_files
-                    if "too many files" in str(e).lower():
-                        raise ClientError(413, f"more than {cfg.max_queue} images in one request") from None
-                    raise ClientError(400, f"malformed multipart body: {getattr(e, 'detail', e)}") from None
-                items = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
-            else:
-                items = [("request body", body)] if body else []
-            x = await decode_all(items)
-            res = predictor.results(await infer_rows(request, x), k)
-            for (name, _), r in zip(items, res, strict=True):
-                r["file"] = name
-            return {"predictions": res, "artifact": desc["artifact"], "sha256": desc["sha256"],
-                    "runtime": desc["runtime"], "latency_ms": round((time.perf_counter() - t) * 1e3, 3)}
-
-    @app.get("/v2/health/live")
-    async def live():
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        if not app.state.ready:
-            return _error(503, "not ready")
-        return {"ready": True}
-
-    @app.get("/v2")
-    async def server_metadata():
-        return {"name": "edgecv", "version": __version__, "extensions": ["binary_tensor_data"]}
-
-    def check_model(name: str, version: str | None = None) -> None:
-        if name != cfg.model_name or version not in (None, "", "1"):
-            raise ClientError(404, f"unknown model '{name}'" + (f" version {version}" if version else "")
-                              + f" (serving '{cfg.model_name}' version 1)")
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str | None = None):
-        check_model(name, version)
-        return v2.metadata(cfg.model_name, desc["runtime"], predictor.input_shape, predictor.num_classes)
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None):
-        check_model(name, version)
-        return await ready()
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None):
-        with admitted():
-            check_model(name, version)
-            body = await _read_body(request, cfg.max_body_bytes)
-            req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
-                                               predictor.input_shape, cfg.max_queue)
-            x = data if kind == "fp32" else await decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
-            payload, headers = v2.encode_response(req, cfg.model_name, await infer_rows(request, x))
-            return Response(payload, headers=headers)
-
-    @app.get("/metrics")
-    async def prom():
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
-
-    @app.get("/info")
-    async def info():
-        return {**desc, "model_name": cfg.model_name, "max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
-                "max_queue": cfg.max_queue}
-
+    _install_errors(app)
+    app.include_router(router)
     return app
-
-
-class _RuntimeFailure(Exception):
-    pass

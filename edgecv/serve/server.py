@@ -41,8 +41,8 @@ def serve(predictor: Predictor, cfg: ServeConfig, host: str = "127.0.0.1", port:
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.ready = False
-            app.state.batcher.flush()  # answer what is queued now instead of waiting out --max-delay-ms
+            app.state.svc.ready = False
+            app.state.svc.batcher.flush()  # answer what is queued now instead of waiting out --max-delay-ms
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM:  # a graceful drain is a clean exit: uvicorn would re-raise the signal
                 self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
