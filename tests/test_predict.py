@@ -136,3 +136,9 @@ def test_auto_picks_fastest_validated_and_bench_json(tmp_path):
     p = load_predictor(b, artifact="auto", bench_json=bj)
     assert p.entry.name == "onnx-int8" and p.selection["how"] == "bench-json"
     p.close()
+
+
+def test_unwritable_csv_fails_first(setup, tmp_path):
+    (tmp_path / "f").write_text("x")
+    p = run_cli("predict", str(setup["colour"]), str(setup["data"] / "val"), "--csv", str(tmp_path / "f" / "o.csv"))
+    assert p.returncode == 2 and "o.csv" in p.stderr

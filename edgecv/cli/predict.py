@@ -42,7 +42,10 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
     """
     from edgecv.serve.images import expand_paths, predict_paths
     from edgecv.serve.predictor import load_predictor
+    from edgecv.utils import check_writable
 
+    if csv_path:
+        check_writable(csv_path)  # fail before loading and predicting
     files = expand_paths(list(paths))
     pred = load_predictor(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
     try:
