@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgecv.autotune.select import Measurer, SelectionFailed, search_prune_fraction, select_student
-from edgecv.compress.pipeline import CompressConfig, compress
+from edgecv.autotune.measure import Measurer
+from edgecv.autotune.prune_search import search_prune_fraction
+from edgecv.autotune.run import compress, validate
+from edgecv.autotune.select import SelectionFailed, select_student
+from edgecv.compress.config import CompressConfig
 from edgecv.errors import UserError
 from edgecv.models.registry import create_model
 from edgecv.nn.graph import count_macs
@@ -159,7 +162,7 @@ NOPROBE = dict(probe_epochs=None, probe_images=None, probe_val_images=None, cand
 def test_bad_combinations_are_user_errors(kw, msg, tmp_path):
     cfg = _cfg("x", "t.pt", tmp_path / "r", **kw)
     with pytest.raises(UserError) as ei:
-        cfg.validate()
+        validate(cfg)
     assert msg in str(ei.value)
 
 
@@ -191,7 +194,7 @@ def test_cli_too_tight_budget_exit_1_with_table(cli, data, teacher, tmp_path):
 
 
 def test_bench_precision_comparison_and_recommendation():
-    from edgecv.bench.bench import precision_comparison, recommend
+    from edgecv.bench.policy import precision_comparison, recommend
 
     def row(name, fmt, prec, rt, p50):
         return {"name": name, "format": fmt, "precision": prec, "runtime": rt, "status": "ok", "host_proxy": False,

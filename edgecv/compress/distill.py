@@ -19,6 +19,7 @@ from torch import nn
 
 from edgecv import distributed as D
 from edgecv.data.preprocess import Preprocess
+from edgecv.errors import UserError
 
 
 @dataclass
@@ -47,7 +48,7 @@ def last_feature_module(model: nn.Module, size: int) -> tuple[nn.Module, int]:
 
     traced_forward(model, [(m, hook) for m in model.modules() if not list(m.children())], size)
     if not order:
-        raise ValueError("model has no 4-D feature map")
+        raise UserError(f"--feature-kd: {type(model).__name__} has no 4-D (spatial) feature map to match")
     return order[-1]
 
 

@@ -63,9 +63,9 @@ def prune_substep(model: nn.Module, img_size: int, num_classes: int, importance:
         model, example, importance=imp, pruning_ratio=ratio, iterative_steps=1, global_pruning=False,
         ignored_layers=ignored_layers(model, num_classes, min_channels), round_to=round_to)
     if importance == "taylor":
-        model.zero_grad(set_to_none=True)
         if grad_fn is None:
-            raise ValueError("Taylor importance needs grad_fn")
+            raise UserError("--importance taylor needs gradients of the training loss (no grad_fn given)")
+        model.zero_grad(set_to_none=True)
         grad_fn(model)
     pruner.step()
     model.zero_grad(set_to_none=True)
@@ -90,13 +90,12 @@ def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs
 
 
 def pruned_copy_synced(model: nn.Module | None, arch: str, num_classes: int) -> nn.Module:
-    """Rank 0's pruned ``model`` on every rank (rebuilt from channel spec + state_dict)."""
+    """Rank 0's pruned ``model`` on every rank (rebuilt from channel spec + state_dict); ``model`` is only read
+    on rank 0."""
     if not D.is_distributed():
-        assert model is not None
         return model
     payload = None
     if D.is_main():
-        assert model is not None
         payload = {"spec": channel_spec_of(model),
                    "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload = D.broadcast_object(payload)

@@ -63,7 +63,12 @@ def train_classifier(
 ) -> TrainOutcome:
     arch_info(arch)  # validate early
     out = Path(out)
+    state = out.with_name(out.name + ".state")
+    if resume and not D.broadcast_object(state.is_file() if D.is_main() else None):
+        raise UserError(f"--resume: no {state} to resume (run without --resume to start from scratch)")
     bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad)
+    if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
+        raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
     pre = bundle.preprocess
     train_ds = bundle.train.with_transform(pre.train_transform())
     val_ds = bundle.val.with_transform(pre.eval_transform())
@@ -77,7 +82,6 @@ def train_classifier(
         save_checkpoint(out, m, arch, bundle.class_names, pre, metrics={**metrics, "data": bundle.source},
                         meta={"train_config": cfg.to_dict()})
 
-    state = out.with_name(out.name + ".state")
     result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, log=log)
     if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
         # the final checkpoint carries the whole history; the resume state is no longer needed
@@ -117,7 +121,7 @@ class _Reorder(nn.Module):
 
 def load_teacher(path: str, arch: str | None, class_names: list[str], img_size: int,
                  trust_pickle: bool = False) -> Teacher:
-    ck: Checkpoint = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+    ck: Checkpoint = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle, arch_flag="--teacher-arch")
     n = len(class_names)
     if ck.kind == "edgecv":
         if ck.class_names != list(class_names):
@@ -155,11 +159,14 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
         log(f"teacher: reusing cached {path}")
         return str(path)
     log(f"teacher: training {AUTO_TEACHER_ARCH} on {cfg.data} for {cfg.teacher_epochs} epochs (cached as {path})")
+    if cfg.teacher_epochs < 1:
+        raise UserError("--teacher-epochs must be >= 1 to train a teacher on the fly (or pass --teacher)")
     tmp = path.with_name(path.stem + ".partial.pt")
     tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                        workers=cfg.workers, device=cfg.device, desc="teacher")
     train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
-                     resume=True, log=log)
+                     resume=D.broadcast_object(tmp.with_name(tmp.name + ".state").is_file() if D.is_main() else None),
+                     log=log)
     if D.is_main():
         os.replace(tmp, path)
     D.barrier()

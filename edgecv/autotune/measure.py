@@ -1,0 +1,194 @@
+"""Latency of candidate models on a target's runtime: export FP32 and INT8 (quick PTQ through the quant facades)
+at the deployment size with the same exporters as ``edgecv export``, then time every artifact interleaved
+(:mod:`edgecv.bench.latency`). Every figure carries ``measured_on`` and ``host_proxy``; the deploy precision of
+each model follows :func:`edgecv.bench.policy.deploy_precision`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from edgecv.errors import UserError
+
+AUTO_TARGETS = ("x86", "android", "jetson")
+TARGET_RUNTIME = {"x86": "openvino", "jetson": "onnxruntime", "android": "executorch"}
+
+
+@dataclass
+class Measurer:
+    """Exports models at ``size`` for ``target``'s runtime and times FP32 and INT8 through it."""
+
+    target: str
+    size: int
+    calib: list[np.ndarray]  # deploy-size calibration batches (PTQ ranges, ONNX conv-output ranges)
+    threads: int | None = None
+    min_time_s: float = 1.0
+    rounds: int = 3
+    warmup: int = 5
+    min_runs: int = 20
+    log: Callable[[str], None] = lambda m: None
+
+    def __post_init__(self):
+        from edgecv.targets import get_target
+
+        if self.target not in AUTO_TARGETS:
+            raise UserError(f"--target must be one of {', '.join(AUTO_TARGETS)} here, got '{self.target}'")
+        self.profile = get_target(self.target)
+        self.runtime = TARGET_RUNTIME[self.target]
+        if self.threads is None:
+            self.threads = min(self.profile.threads[0], os.cpu_count() or 1)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgecv-auto-")
+        self.work = Path(self._tmp.name)
+        self._n = 0
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def describe(self) -> dict:
+        return {"target": self.target, "runtime": self.runtime, "device": "cpu", "threads": self.threads,
+                "deploy_size": self.size, "min_time_s": self.min_time_s, "rounds": self.rounds}
+
+    # -- export -------------------------------------------------------------------------------------------
+    def _int8_model(self, model: nn.Module) -> nn.Module:
+        from edgecv.quant import ptq
+
+        return ptq(model, self.calib, self.size)[0]
+
+    def export(self, model: nn.Module) -> dict[str, Path | str]:
+        """FP32 and INT8 artifacts for the runtime: ``{precision: path}`` or ``{precision: "error: ..."}``."""
+        from edgecv.export import onnx as E
+        from edgecv.quant import deploy
+
+        self._n += 1
+        d = self.work / f"m{self._n}"
+        out: dict[str, Path | str] = {}
+        model = copy.deepcopy(model).cpu().eval()
+        for prec in ("fp32", "int8"):
+            try:
+                if self.runtime == "executorch":
+                    from edgecv.export import pte as PTE
+
+                    p = d / f"model-{prec}.pte"
+                    if prec == "fp32":
+                        PTE.export_fp32(model, p, self.size)
+                    else:
+                        PTE.export_int8(deploy(self._int8_model(model), fake_quant=False), p, self.size, self.calib)
+                else:
+                    p = d / f"model-{prec}.onnx"
+                    if prec == "fp32":
+                        E.export_fp32(model, p, self.size)
+                    else:
+                        E.export_int8_qdq(deploy(self._int8_model(model)), p, self.size, calib_batches=self.calib)
+                    if self.runtime == "openvino":
+                        from edgecv.export import openvino as OV
+
+                        xml = d / "openvino" / f"model-{prec}.xml"
+                        OV.convert(p, xml)
+                        p = xml
+                out[prec] = p
+            except ImportError as e:
+                out[prec] = f"unavailable: {e}"
+            except Exception as e:  # noqa: BLE001 - recorded per candidate; the others still run
+                out[prec] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return out
+
+    # -- timing -------------------------------------------------------------------------------------------
+    def measure(self, artifacts: dict[str, dict[str, Path | str]]) -> dict[str, dict]:
+        """Time every ``{key: {precision: path}}`` artifact, all interleaved. Returns per key and precision a
+        latency dict or ``{"error": reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
+        from edgecv.bench.latency import measure_interleaved
+        from edgecv.bench.policy import deploy_precision
+        from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
+        from edgecv.runtimes.introspect import measured_on
+        from edgecv.targets.budget import on_target_hardware
+
+        res: dict[str, dict] = {k: {} for k in artifacts}
+        runners, fns = {}, {}
+        x = np.random.default_rng(0).standard_normal((1, 3, self.size, self.size)).astype(np.float32)
+        try:
+            for key, precs in artifacts.items():
+                for prec, p in precs.items():
+                    if isinstance(p, str):
+                        res[key][prec] = {"error": p}
+                        continue
+                    try:
+                        r = load_runner(self.runtime, p, threads=self.threads, device="cpu")
+                        r.predict(x)
+                    except RuntimeUnavailable as e:
+                        res[key][prec] = {"error": f"unavailable: {e}"}
+                        continue
+                    except Exception as e:  # noqa: BLE001
+                        res[key][prec] = {"error": f"load/run failed: {type(e).__name__}: {str(e)[:200]}"}
+                        continue
+                    runners[(key, prec)] = r
+                    fns[(key, prec)] = (lambda r=r: r.predict(x))
+            if fns:
+                ms = measure_interleaved(fns, batch=1, warmup=self.warmup, min_runs=self.min_runs,
+                                         min_time_s=self.min_time_s, rounds=self.rounds,
+                                         cpu_time=self.threads == 1)
+                for (key, prec), m in ms.items():
+                    st = m.stats()
+                    measured_on, device = measured_on(runners[(key, prec)], self.threads)
+                    proxy = not on_target_hardware(self.profile, device)
+                    res[key][prec] = {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "fps": st.fps, "n": st.n,
+                                      "cpu_p50_ms": st.cpu_p50_ms, "round_p50_spread": st.round_p50_spread,
+                                      "runtime": self.runtime, "threads": self.threads,
+                                      "measured_on": measured_on + (" (host proxy)" if proxy else ""),
+                                      "host_proxy": proxy}
+        finally:
+            close_all(runners.values())
+        for d in res.values():
+            f, i = d.get("fp32", {}), d.get("int8", {})
+            if "p50_ms" in f and "p50_ms" in i:
+                faster = deploy_precision(f["p50_ms"], i["p50_ms"])
+                why = (f"INT8 p50 {i['p50_ms']:.3f} ms vs FP32 {f['p50_ms']:.3f} ms on {self.runtime}: "
+                       + ("INT8 is faster" if faster == "int8" else "INT8 is not faster, deploy FP32"))
+            elif "p50_ms" in f or "p50_ms" in i:
+                faster = "fp32" if "p50_ms" in f else "int8"
+                why = f"only {faster.upper()} could be measured"
+            else:
+                faster, why = None, "nothing could be measured: " + "; ".join(
+                    f"{p}: {v.get('error')}" for p, v in d.items())
+            d["deploy_precision"] = faster
+            d["deploy_reason"] = why
+        return res
+
+    def measure_model(self, model: nn.Module) -> dict:
+        return self.measure({"m": self.export(model)})["m"]
+
+
+def deploy_figures(m: dict) -> dict | None:
+    """The latency dict of the deploy precision (the faster one), or None."""
+    p = m.get("deploy_precision")
+    return m.get(p) if p else None
+
+
+def meets(budget, fig: dict | None) -> bool | None:
+    """Budget check of a latency dict (None: no budget)."""
+    if budget is None:
+        return None
+    if fig is None:
+        return False
+    return bool(budget.check(fig["p90_ms"], fig["fps"])[0])
+
+
+def budget_text(budget) -> str:
+    if budget is None:
+        return "no budget"
+    return (f"p90 <= {budget.limit:g} ms" if budget.metric == "p90_ms" else f">= {budget.limit:g} fps") + \
+        f" ({budget.hardware})"
+
+
+def resolve_budget(target: str | None, budget_ms: float | None, budget_fps: float | None):
+    from edgecv.targets import get_target
+    from edgecv.targets.budget import budget_from
+
+    return budget_from(get_target(target) if target else None, budget_ms, budget_fps)

@@ -1,0 +1,274 @@
+"""The three compress stages: distillation, structured pruning down to a MAC target, INT8 QAT.
+
+Each stage takes the pipeline :class:`~edgecv.compress.pipeline.Context`, writes its checkpoint and returns the
+stage's run.json record. The target-aware parts of pruning (``--target-macs auto``: the amount from a latency
+search, the final model measured again) are hooks of the context, provided by :mod:`edgecv.autotune.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from edgecv import distributed as D
+from edgecv.compress.distill import KDConfig, KDLoss
+from edgecv.compress.prune import (
+    check_se_consistency,
+    finetune_schedule,
+    milestones,
+    prune_to_macs,
+    pruned_copy_synced,
+)
+from edgecv.data.datasets import sample_calibration
+from edgecv.errors import UserError
+from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
+from edgecv.models.registry import create_model
+from edgecv.nn.graph import count_macs
+from edgecv.nn.spec import channel_spec_of
+from edgecv.quant import QuantConfig, calibrate, freeze_bn, prepare_qat, set_observers
+from edgecv.training.loop import fit
+from edgecv.utils import seed_everything
+
+if TYPE_CHECKING:
+    from edgecv.compress.pipeline import Context
+
+
+def _fit_params(model: nn.Module, kd: KDLoss) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad] + kd.extra_params()
+
+
+def _kd_fit(ctx: Context, model: nn.Module, train, val, tcfg, state, resume: bool, **kw):
+    """``fit`` with the KD loss of ``model`` (its adapter parameters trained too)."""
+    kd = ctx.kd_loss(model)
+    try:
+        return fit(model, train, val, tcfg, loss_fn=kd, state_path=state, resume=resume,
+                   params=_fit_params(model, kd), log=ctx.log, **kw)
+    finally:
+        kd.close()
+
+
+def stage_distill(ctx: Context) -> dict:
+    c = ctx.cfg
+    train, val = ctx.datasets()
+    seed_everything(c.seed)
+    model = create_model(c.student, ctx.bundle.num_classes)
+    state = ctx.out / "distill.state"
+    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), state, ctx.resume)
+    top1 = res.best_top1 if res.history else ctx.evaluate(model, "distill val")
+    info = {**ctx.model_stats(model), "val_top1": top1, "epochs": c.epochs_kd, "history": res.history,
+            "kd": KDConfig(c.temperature, c.alpha, c.feature_kd).to_dict()}
+    ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
+    if D.is_main():
+        state.unlink(missing_ok=True)
+    return {**info, "checkpoint": ck, "sha256": sha}
+
+
+# ---------------------------------------------------------------------------------------------- prune
+def _taylor_grads(ctx: Context, train):
+    """Taylor importance: gradients of the KD loss on a few batches."""
+
+    def grad_fn(m: nn.Module) -> None:
+        kd = ctx.kd_loss(m)
+        loader = torch.utils.data.DataLoader(train, batch_size=ctx.cfg.batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(ctx.cfg.seed))
+        m.train()
+        for i, (x, y) in enumerate(loader):
+            if i >= 8:
+                break
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            kd(m(x), y, x).backward()
+        kd.close()
+        m.eval()
+
+    return grad_fn
+
+
+def _prune_fraction(ctx: Context, base: nn.Module, grad_fn) -> tuple[float, dict | None]:
+    """The MAC fraction to prune to: the configured one, or (``--target-macs auto``) the latency search's."""
+    c = ctx.cfg
+    if not c.auto_macs:
+        return c.target_macs, None
+    search = ctx.run.stage("prune").get("latency_search") if ctx.resume else None
+    if search is None:
+        if ctx.hooks.prune_search is None:
+            raise UserError("--target-macs auto needs a latency search: run it through edgecv.autotune.run.compress")
+        if D.is_main():
+            try:
+                search = ctx.hooks.prune_search(ctx, base.to(ctx.device), grad_fn)
+            finally:
+                base.to("cpu")
+        search = D.broadcast_object(search)
+        ctx.run.set_stage("prune", latency_search=search)
+    ctx.log(f"prune: --target-macs auto -> {search['fraction']:.3f} of the MACs "
+            f"({'meets' if search['met'] else 'misses'} the budget on {search['measurement']['runtime']})")
+    return search["fraction"], search
+
+
+class _PruneRounds:
+    """The prune rounds' progress: the model, the round records and ``prune.partial.pt`` (resumable mid-round)."""
+
+    def __init__(self, ctx: Context, base: nn.Module):
+        self.ctx, self.model, self.rounds = ctx, base, []
+        self.partial, self.state = ctx.out / "prune.partial.pt", ctx.out / "prune.state"
+        self.start, self.finetuned = 0, True
+        if ctx.resume and self.partial.is_file():
+            ck = load_checkpoint(self.partial)
+            self.model = ck.build()
+            self.start, self.finetuned = int(ck.meta["round"]), bool(ck.meta["finetuned"])
+            self.rounds = list(ck.meta.get("rounds", []))
+            if self.finetuned:
+                self.start += 1  # that round is complete
+            ctx.log(f"prune: resuming at round {self.start + 1}/{ctx.cfg.prune_steps}")
+        elif D.is_main():
+            self.state.unlink(missing_ok=True)
+
+    def save_partial(self, r: int, done_ft: bool) -> None:
+        c, b = self.ctx.cfg, self.ctx.bundle
+        if D.is_main():
+            save_checkpoint(self.partial, self.model, c.student, b.class_names, b.preprocess,
+                            meta={"channel_spec": channel_spec_of(self.model), "round": r, "finetuned": done_ft,
+                                  "rounds": self.rounds})
+        D.barrier()
+
+    def prune(self, r: int, mark: int, base_macs: int, grad_fn) -> float:
+        """Round ``r + 1``: prune to its milestone on rank 0, broadcast, record. Returns the seconds it took."""
+        ctx, c = self.ctx, self.ctx.cfg
+        n = ctx.bundle.num_classes
+        t0 = time.perf_counter()
+        if D.is_main():
+            self.model.to(ctx.device)
+            prune_to_macs(self.model, ctx.img_size, n, mark, c.importance, round_to=c.round_to,
+                          min_channels=c.min_channels, grad_fn=grad_fn)
+            self.model.to("cpu")
+        self.model = pruned_copy_synced(self.model if D.is_main() else None, c.student, n)
+        dt = time.perf_counter() - t0
+        rec = {"round": r + 1, "macs": count_macs(self.model, ctx.img_size), "milestone": mark,
+               "top1_after_prune": ctx.evaluate(self.model, f"prune {r + 1} val")}
+        self.rounds.append(rec)
+        ctx.log(f"prune round {r + 1}/{c.prune_steps}: {rec['macs']:,} MACs "
+                f"({100 * rec['macs'] / base_macs:.1f}% of unpruned), "
+                f"val top-1 before fine-tune {rec['top1_after_prune']:.2f}%")
+        self.save_partial(r, False)
+        return dt
+
+    def finetune(self, r: int, epochs: int, train, val) -> None:
+        ctx = self.ctx
+        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}"), self.state,
+                      ctx.resume or not self.finetuned)
+        last = self.rounds[-1]
+        last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
+        last["finetune_epochs"] = epochs
+        self.finetuned = True
+        if D.is_main():
+            self.state.unlink(missing_ok=True)
+        self.save_partial(r, True)
+
+
+def _final_latency(ctx: Context, model: nn.Module, search: dict | None) -> dict:
+    """``--target-macs auto``: the pruned, fine-tuned model measured on the runtime again (not its MACs)."""
+    if search is None:
+        return {}
+    final = ctx.hooks.final_latency(ctx, model, search) if D.is_main() else None
+    return D.broadcast_object(final)
+
+
+def stage_prune(ctx: Context) -> dict:
+    c = ctx.cfg
+    train, val = ctx.datasets()
+    base = ctx.load_stage_model("distill")
+    base_stats = ctx.model_stats(base)
+    baseline_top1 = ctx.run.data["stages"]["distill"].get("val_top1")
+    grad_fn = _taylor_grads(ctx, train)
+    fraction, search = _prune_fraction(ctx, base, grad_fn)
+    target = int(fraction * base_stats["macs"])
+    marks = milestones(base_stats["macs"], fraction, c.prune_steps)
+    sched = finetune_schedule(c.epochs_prune, c.prune_steps)
+    pr = _PruneRounds(ctx, base)
+    t_prune = 0.0
+    for r in range(pr.start, c.prune_steps):
+        if pr.finetuned:
+            t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn)
+        pr.finetune(r, sched[r], train, val)
+    model, rounds = pr.model, pr.rounds
+    problems = check_se_consistency(model)
+    if problems:
+        raise UserError(f"pruning broke squeeze-excite blocks: {problems[0]}")
+    stats = ctx.model_stats(model)
+    if stats["macs"] > target:
+        raise UserError(f"prune: reached {stats['macs']:,} MACs, above the target {target:,}")
+    top1 = rounds[-1]["top1_after_finetune"]
+    auto_info = _final_latency(ctx, model, search)
+    ck, sha = ctx.save("prune", model, {"val_top1": top1},
+                       {"stage": "prune", "channel_spec": channel_spec_of(model), "rounds": rounds})
+    if D.is_main():
+        pr.partial.unlink(missing_ok=True)
+    return {**stats, "val_top1": top1, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
+            "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
+            "importance": c.importance, "epochs": c.epochs_prune, "rounds": rounds,
+            "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+def _calibrate_ptq(ctx: Context, model: nn.Module, fp32_top1) -> float | None:
+    """PTQ of the prepared QAT model on the training device: observers over ``calib_size`` training images.
+
+    (Not :func:`edgecv.quant.ptq`: that calibrates on the CPU, and the seeded CUDA runs must stay identical.)
+    On resume the fit state restores weights, observers and freeze flags; the PTQ figure comes from run.json."""
+    c = ctx.cfg
+    if ctx.resume and (ctx.out / "quantize.state").is_file():
+        return ctx.run.stage("quantize").get("ptq_top1")
+    calib = sample_calibration(ctx.bundle.train, c.calib_size, c.seed).with_transform(
+        ctx.bundle.preprocess.eval_transform())
+    loader = torch.utils.data.DataLoader(calib, batch_size=c.batch_size, shuffle=False)
+    model.to(ctx.device)
+    n_cal = calibrate(model, loader, device=ctx.device)
+    model.to("cpu")
+    ptq_top1 = ctx.evaluate(model, "ptq val")
+    fp = f"{fp32_top1:.2f}%" if fp32_top1 is not None else "-"
+    ctx.log(f"quantize: PTQ (calibrated on {n_cal} images) val top-1 {ptq_top1:.2f}% (FP32 pruned {fp})")
+    ctx.run.set_stage("quantize", ptq_top1=ptq_top1, calib_images=n_cal)
+    return ptq_top1
+
+
+def stage_quantize(ctx: Context) -> dict:
+    c = ctx.cfg
+    train, val = ctx.datasets()
+    model = ctx.load_stage_model("prune")
+    fp32_top1 = ctx.run.data["stages"]["prune"].get("val_top1")
+    stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
+    spec = channel_spec_of(model)
+    model = prepare_qat(model, QuantConfig(trace_size=ctx.img_size, float_stem=not c.int8_stem))
+    ptq_top1 = _calibrate_ptq(ctx, model, fp32_top1)
+    E = c.epochs_qat
+    bn_epoch = math.floor(c.freeze_bn_at * E + 0.5)
+    obs_epoch = math.floor(c.freeze_observers_at * E + 0.5)
+
+    def on_epoch_start(epoch: int, m: nn.Module) -> None:
+        if epoch >= bn_epoch:
+            freeze_bn(m)
+        if epoch >= obs_epoch:
+            set_observers(m, False)
+
+    state = ctx.out / "quantize.state"
+    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale), state, ctx.resume,
+                  on_epoch_start=on_epoch_start)
+    if E > 0:
+        # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed
+        freeze_bn(model)
+        set_observers(model, False)
+    qat_top1 = res.best_top1 if res.history else ptq_top1
+    qmeta = model.edgecv_quant  # the config with the resolved output fake-quant placement
+    meta = {"stage": "quantize", "channel_spec": spec, "quant": qmeta}
+    ck, sha = ctx.save("quantize", model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
+    if D.is_main():
+        state.unlink(missing_ok=True)
+    return {**stats, "val_top1": qat_top1, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
+            "epochs": E, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
+            "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha}
+
+
+STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}
