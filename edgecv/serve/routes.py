@@ -19,9 +19,8 @@ def _svc(request: Request) -> Service:
     return request.app.state.svc
 
 
-async def _images(svc: Service, request: Request) -> list[tuple[str, bytes]]:
+async def _images(svc: Service, request: Request, body: bytes) -> list[tuple[str, bytes]]:
     """(name, encoded bytes) of every image: multipart file fields, or the raw body as one image."""
-    body = await svc.read_body(request)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return [("request body", body)] if body else []
     try:
@@ -36,12 +35,13 @@ async def _images(svc: Service, request: Request) -> list[tuple[str, bytes]]:
 @router.post("/predict", summary="Classify one or more images (multipart files or a raw image body)")
 async def predict(request: Request, topk: int | None = None):
     svc = _svc(request)
+    t = time.perf_counter()
+    body = await svc.read_body(request)  # read before any answer: a connection closed on an unread body can lose it
+    k = svc.cfg.topk if topk is None else topk
+    if not 1 <= k <= 1000:
+        raise ClientError(400, f"topk must be 1..1000, got {k}")
     with svc.admitted():
-        t = time.perf_counter()
-        k = svc.cfg.topk if topk is None else topk
-        if not 1 <= k <= 1000:
-            raise ClientError(400, f"topk must be 1..1000, got {k}")
-        items = await _images(svc, request)
+        items = await _images(svc, request, body)
         x = await svc.decode_all(items)
         res = svc.predictor.results(await svc.infer_rows(request, x), k)
         for (name, _), r in zip(items, res, strict=True):
@@ -86,9 +86,9 @@ async def model_ready(name: str, request: Request, version: str | None = None):
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, version: str | None = None):
     svc = _svc(request)
+    svc.check_model(name, version)
+    body = await svc.read_body(request)
     with svc.admitted():
-        svc.check_model(name, version)
-        body = await svc.read_body(request)
         req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
                                            svc.predictor.input_shape, svc.cfg.max_queue)
         x = data if kind == "fp32" else await svc.decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])

@@ -50,10 +50,10 @@ def serve(predictor: Predictor, cfg: ServeConfig, host: str = "127.0.0.1", port:
     warn = bind_warning(host, cfg.api_key)
     if warn:
         log(warn)
-    # beyond 2 x max_queue + 16 open connections uvicorn itself answers 503 before the app runs (cheap under
+    # beyond 4 x max_queue + 64 open connections uvicorn itself answers 503 before the app runs (cheap under
     # overload); below it the app's own admission bound answers 503 + Retry-After as JSON
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=60, lifespan="on", limit_concurrency=2 * cfg.max_queue + 16)
+                            timeout_graceful_shutdown=60, lifespan="on", limit_concurrency=4 * cfg.max_queue + 64)
     server = _Server(config)
     d = predictor.describe()
     log(f"serving {d['artifact']} ({d['runtime']}, sha256 {str(d['sha256'])[:12]}) as '{cfg.model_name}' "
