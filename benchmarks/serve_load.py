@@ -123,14 +123,14 @@ class Proc:
             return self.p.wait(10)
 
 
-def start(kind: str, a) -> Proc:
+def start(kind: str, a, max_queue: int = 64) -> Proc:
     py = [sys.executable]
     if kind == "seed":
         return Proc([*py, __file__, "--seed-server", "--checkpoint", a.checkpoint, "--threads", str(a.threads)],
                     "/health")
     batch = ["--max-batch", "8", "--max-delay-ms", "2"] if kind == "edgecv" else ["--max-batch", "1"]
     return Proc([*py, "-m", "edgecv", "serve", a.bundle, "--artifact", a.artifact, "--threads", str(a.threads),
-                 "--max-queue", str(a.max_queue), "-q", *batch], "/v2/health/ready")
+                 "--max-queue", str(max_queue), "-q", *batch], "/v2/health/ready")
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -262,7 +262,7 @@ def run(a) -> dict:
     seed = res["closed_loop"]["seed"][32]["throughput_rps"] or float("nan")
     res["speedup_vs_seed_c32"] = round(top / seed, 2)
     sustainable = 0.8 * top
-    srv = start("edgecv", a)
+    srv = start("edgecv", a, max_queue=a.max_queue)
     try:
         rss0 = rss_mb(srv.p.pid)
         res["overload"] = asyncio.run(open_loop(srv.url, images, 4 * sustainable, a.overload_s, a.timeout))
@@ -289,8 +289,8 @@ def main() -> None:
     ap.add_argument("--images", help="Folder of .jpg/.png request images (default: synthetic 64 px JPEGs).")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-queue", type=int, default=16,
-                    help="edgecv serve --max-queue: under overload the accepted requests wait about "
-                         "max_queue / throughput (503 beyond); keep it near 4 x unloaded p99 x throughput.")
+                    help="edgecv serve --max-queue in the overload and soak phases (the closed loop uses 64, above its "
+                         "concurrency): accepted requests wait about max_queue / throughput, 503 beyond.")
     ap.add_argument("--requests", type=int, default=2000, help="Requests per concurrency level (closed loop).")
     ap.add_argument("--duration", type=float, default=20.0, help="Max seconds per concurrency level.")
     ap.add_argument("--overload-s", type=float, default=30.0)
