@@ -10,6 +10,10 @@ clamp only), so the Add sees the unrounded conv output. Measured on OpenVINO 202
 cifar10-mini 64 px): 16 % of the next layer's int8 inputs off by one LSB, top-1 agreement with the QAT model
 96.9 % (ORT 99.9 %).
 
+Not guardable, and not guarded: on CPUs without VNNI/AMX (AVX2) the plugin's int8 convolutions shift the int8
+input to u8 and sum u8*s8 product pairs in int16 with saturation (``vpmaddubsw``), so weights beyond ±63 can
+saturate; an ISA property of the kernel, caught only by validation (docs/int8.md, measured there).
+
 :func:`ov_int8_kernels` compiles the IR for CPU and reads ``get_runtime_model()``: every executed layer carries
 ``layerType`` and ``runtimePrecision`` in its rt_info, so "int8 really runs" is checked, not assumed.
 """
