@@ -136,12 +136,12 @@ class Measurer:
                                          cpu_time=self.threads == 1)
                 for (key, prec), m in ms.items():
                     st = m.stats()
-                    measured_on, device = measured_on(runners[(key, prec)], self.threads)
+                    host, device = measured_on(runners[(key, prec)], self.threads)
                     proxy = not on_target_hardware(self.profile, device)
                     res[key][prec] = {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "fps": st.fps, "n": st.n,
                                       "cpu_p50_ms": st.cpu_p50_ms, "round_p50_spread": st.round_p50_spread,
                                       "runtime": self.runtime, "threads": self.threads,
-                                      "measured_on": measured_on + (" (host proxy)" if proxy else ""),
+                                      "measured_on": host + (" (host proxy)" if proxy else ""),
                                       "host_proxy": proxy}
         finally:
             close_all(runners.values())
