@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
@@ -26,10 +28,12 @@ from edgecv.utils import check_writable
 @click.option("--trust-pickle", is_flag=True, help="Allow loading pickled Python objects (only for files you trust).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Bundle directory (required unless --verify).")
 @click.option("--force", is_flag=True, help="Clear a non-empty --out that is not this source's bundle.")
+@click.option("--triton-repo", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write a Triton model repository from the bundle (with --verify: from SOURCE).")
 @json_option
 @quiet_option
 def export(source, target, precision, img_size, opset, data, num_val, num_calib, stage, threads, simplify, no_validate,
-           verify, trust_pickle, out, force, as_json):
+           verify, trust_pickle, out, force, triton_repo, as_json):
     """Export SOURCE (a compress run directory or a checkpoint) to a validated bundle for a target.
 
     \b
@@ -42,13 +46,18 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
       edgecv export runs/r1 --target x86 --precision int8 --data ~/data/cifar10 --out bundle_x86/
       edgecv export student.pt --target android --img-size 64 --out bundle_android/ --json
       edgecv export bundle/ --verify
+      edgecv export bundle/ --verify --triton-repo triton_repo/
     """
     from edgecv.errors import CheckFailed, UserError
 
+    if triton_repo:
+        check_writable(triton_repo, directory=True)
     if verify:
         from edgecv.contracts.manifest import verify_bundle
 
         rep = verify_bundle(source)
+        if rep["ok"] and triton_repo:
+            rep["triton_repo"] = _triton(source, triton_repo)
         if as_json:
             emit_json(rep)
         else:
@@ -68,11 +77,20 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
                          data=data, num_val=num_val, num_calib=num_calib, stage=stage, trust_pickle=trust_pickle,
                          threads=threads, simplify=simplify, validate=not no_validate, force=force)
     res = export_bundle(source, out, opts, log=log)
+    made = _triton(res.bundle, triton_repo) if triton_repo else None
     if as_json:
-        emit_json(res.to_dict())
+        emit_json(res.to_dict() | ({"triton_repo": made} if triton_repo else {}))
     else:
         n_ok = sum(1 for e in res.manifest.artifacts if e.status == "ok")
         echo(f"bundle {res.bundle}: {n_ok}/{len(res.manifest.artifacts)} artifacts ok, manifest.json written "
              f"({res.wall_s:.1f}s)")
     if res.failed:
         raise CheckFailed(f"{len(res.failed)} artifact(s) failed: {', '.join(res.failed)}")
+
+
+def _triton(bundle, repo) -> list[str]:
+    from edgecv.export.triton import write_triton_repo
+
+    made = [str(d) for d in write_triton_repo(bundle, repo)]
+    log(f"triton repository {repo}: {', '.join(Path(d).name for d in made)} (config.pbtxt validated)")
+    return made

@@ -29,17 +29,24 @@ from edgecv.errors import UserError
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
 @click.option("--api-key-env", metavar="VAR", help="Require the API key held in this environment variable.")
 @click.option("--model-name", default="edgecv", show_default=True, help="Model name on the v2 endpoints.")
+@click.option("--ray", "use_ray", is_flag=True, help="Serve as a Ray Serve deployment (needs the ray[serve] extra).")
+@click.option("--replicas", default=None, type=click.IntRange(1, 1024), help="With --ray: replicas [default: 1].")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --ray: join this Ray cluster (e.g. 127.0.0.1:6379 or 'auto') [default: a private local one].")
 @quiet_option
 def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, threads,
-          api_key_env, model_name):
+          api_key_env, model_name, use_ray, replicas, address):
     """Serve BUNDLE over HTTP: POST /predict, the Open Inference Protocol (v2) and /metrics; OpenAPI at /docs.
 
-    SIGTERM drains: queued and in-flight requests are answered, then exit 0.
+    SIGTERM drains: queued and in-flight requests are answered, then exit 0. With --ray the same app runs as
+    --replicas Ray Serve replicas behind Ray's HTTP proxy on --host/--port.
     """
     from edgecv.serve.app import ServeConfig
     from edgecv.serve.predictor import load_predictor
     from edgecv.serve.server import serve as run_server
 
+    if not use_ray and (replicas is not None or address is not None):
+        raise UserError("--replicas and --address need --ray")
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)
@@ -47,6 +54,12 @@ def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max
             raise UserError(f"--api-key-env {api_key_env}: the variable is not set or empty")
     cfg = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=key, model_name=model_name)
+    if use_ray:
+        from edgecv.serve.ray_app import serve_ray
+
+        serve_ray(bundle, cfg, artifact=artifact, threads=threads, bench_json=bench_json, replicas=replicas or 1,
+                  address=address, host=host, port=port, log=echo)
+        return 0
     pred = load_predictor(bundle, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
     run_server(pred, cfg, host=host, port=port, log=echo)
     return 0
