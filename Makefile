@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.edgecv-installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,android]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,android,serve,ray]'
 	touch $(STAMP)
 
 ## the main job on the built-in default dataset (digits)

@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgecv.bench.latency import time_block  # noqa: E402
 from edgecv.runtimes.base import host_description, load_runner  # noqa: E402
+from edgecv.runtimes.latency import time_block  # noqa: E402
 
 
 def make_onnx(path: Path, tiny: bool, size: int) -> None:

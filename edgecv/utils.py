@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -134,22 +135,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite_json(obj: Any) -> Any:
+    """A copy of ``obj`` with every non-finite float (NaN, inf) replaced by None: every JSON file and ``--json``
+    output of edgecv is strict JSON (no bare ``NaN`` token a strict parser rejects)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text_atomic(path, dumps_json(obj) + "\n")
 
 
 def _json_default(o: Any):
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return finite_json(o.tolist())
     if hasattr(o, "to_dict"):
-        return o.to_dict()
+        return finite_json(o.to_dict())
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def dumps_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default)
+    return json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -194,7 +194,7 @@ def test_cli_too_tight_budget_exit_1_with_table(cli, data, teacher, tmp_path):
 
 
 def test_bench_precision_comparison_and_recommendation():
-    from edgecv.bench.policy import precision_comparison, recommend
+    from edgecv.targets.policy import precision_comparison, recommend
 
     def row(name, fmt, prec, rt, p50):
         return {"name": name, "format": fmt, "precision": prec, "runtime": rt, "status": "ok", "host_proxy": False,

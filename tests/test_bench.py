@@ -13,10 +13,10 @@ import torch
 
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
 from edgecv.bench.bench import BenchConfig, run_bench
-from edgecv.bench.policy import exit_code, int8_notes, recommend
 from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
 from edgecv.contracts.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
+from edgecv.targets.policy import exit_code, int8_notes, recommend
 from tests.bench_util import ColourNet, TinyNet, export_onnx, make_bundle
 from tests.conftest import make_image_folder
 
@@ -171,8 +171,8 @@ def test_int8_not_faster_note_and_recommendation():
 
 def test_best_int8_vs_onnx_fp32():
     """The fastest validated INT8 artifact of any runtime against ORT's FP32 ONNX, from the same rows."""
-    from edgecv.bench.policy import int8_vs_onnx_fp32
     from edgecv.bench.report import best_int8_text
+    from edgecv.targets.policy import int8_vs_onnx_fp32
 
     rows = [_row("onnx-fp32", "onnx", "fp32", "onnxruntime", 0.53, 0.6, None),
             _row("onnx-int8", "onnx", "int8", "onnxruntime", 1.07, 1.2, None),

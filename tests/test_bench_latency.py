@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 
-from edgecv.bench.latency import LatencyStats, gc_paused, measure_interleaved, parse_duration, time_block
+from edgecv.runtimes.latency import LatencyStats, gc_paused, measure_interleaved, parse_duration, time_block
 
 
 def test_stats_on_known_samples():

@@ -1,13 +1,13 @@
-"""The deploy rule (bench/policy.py), applied once: every line of a bench report agrees with the recommendation
+"""The deploy rule (targets/policy.py), applied once: every line of a bench report agrees with the recommendation
 (issue 14 item 6), and artifacts within noise of each other are called so, the more accurate / smaller preferred."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgecv.bench.policy import deploy_report, not_deployed, precision_comparison, recommend
 from edgecv.bench.report import _cmp_text, to_markdown
 from edgecv.targets import get_target
+from edgecv.targets.policy import deploy_report, not_deployed, precision_comparison, recommend
 
 
 def _row(name, fmt, prec, rt, p50, p90, top1=None, size=None, budget=None, verdict="none", profile="android"):

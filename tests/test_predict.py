@@ -129,7 +129,7 @@ def test_auto_picks_fastest_validated_and_bench_json(tmp_path):
     p.close()
     b2 = _two_artifact_bundle(tmp_path / "b2", acc_fp32=80.0, acc_int8=90.0)  # fp32 out of the 1-pt tolerance
     p = load_predictor(b2, artifact="auto")
-    assert p.entry.name == "onnx-int8" and p.selection["only_candidate"] == "onnx-int8"
+    assert p.entry.name == "onnx-int8"  # the deploy rule drops fp32 for accuracy, whatever its speed
     p.close()
     bj = tmp_path / "bench.json"
     bj.write_text(json.dumps({"recommended": {"x86": {"name": "onnx-int8", "reason": "test"}}}))

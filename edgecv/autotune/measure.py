@@ -1,7 +1,7 @@
 """Latency of candidate models on a target's runtime: export FP32 and INT8 (quick PTQ through the quant facades)
 at the deployment size with the same exporters as ``edgecv export``, then time every artifact interleaved
-(:mod:`edgecv.bench.latency`). Every figure carries ``measured_on`` and ``host_proxy``; the deploy precision of
-each model follows :func:`edgecv.bench.policy.deploy_precision`.
+(:mod:`edgecv.runtimes.latency`). Every figure carries ``measured_on`` and ``host_proxy``; the deploy precision of
+each model follows :func:`edgecv.targets.policy.deploy_precision`.
 """
 
 from __future__ import annotations
@@ -104,11 +104,11 @@ class Measurer:
     def measure(self, artifacts: dict[str, dict[str, Path | str]]) -> dict[str, dict]:
         """Time every ``{key: {precision: path}}`` artifact, all interleaved. Returns per key and precision a
         latency dict or ``{"error": reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
-        from edgecv.bench.latency import measure_interleaved
-        from edgecv.bench.policy import deploy_precision
         from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
         from edgecv.runtimes.introspect import measured_on
+        from edgecv.runtimes.latency import measure_interleaved
         from edgecv.targets.budget import on_target_hardware
+        from edgecv.targets.policy import deploy_precision
 
         res: dict[str, dict] = {k: {} for k in artifacts}
         runners, fns = {}, {}
@@ -178,13 +178,6 @@ def meets(budget, fig: dict | None) -> bool | None:
     if fig is None:
         return False
     return bool(budget.check(fig["p90_ms"], fig["fps"])[0])
-
-
-def budget_text(budget) -> str:
-    if budget is None:
-        return "no budget"
-    return (f"p90 <= {budget.limit:g} ms" if budget.metric == "p90_ms" else f">= {budget.limit:g} fps") + \
-        f" ({budget.hardware})"
 
 
 def resolve_budget(target: str | None, budget_ms: float | None, budget_fps: float | None):

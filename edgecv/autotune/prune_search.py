@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from edgecv.autotune.measure import Measurer, budget_text, deploy_figures, meets
+from edgecv.autotune.measure import Measurer, deploy_figures, meets
 from edgecv.errors import CheckFailed, UserError
+from edgecv.targets.budget import budget_text
 
 PRUNE_FLOOR = 0.25  # --target-macs auto never prunes below this fraction of the unpruned MACs
 PRUNE_CHUNK = 0.075  # ... and measures after every chunk of this fraction of the unpruned MACs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgecv.targets.budget import budget_text
+
 
 def print_selection(sel: dict, console=None) -> None:
     from rich.markup import escape
@@ -12,9 +14,8 @@ def print_selection(sel: dict, console=None) -> None:
     con = console or stderr_console(200)
     ms = sel["measurement"]
     b = sel.get("budget")
-    btxt = "no budget" if not b else (f"p90 <= {b['limit']:g} ms" if b["metric"] == "p90_ms" else f">= {b['limit']:g} fps")
     t = Table(title=f"edgecv compress --student auto: target {ms['target']} ({ms['runtime']}, {ms['threads']} thread(s), "
-                    f"{ms['deploy_size']}px), budget {btxt}", title_justify="left")
+                    f"{ms['deploy_size']}px), budget {budget_text(b, hardware=False)}", title_justify="left")
     for col in ("candidate", "FP32 p50", "FP32 p90", "INT8 p50", "INT8 p90", "deploy", "probe top-1", "status", "reason"):
         t.add_column(col, justify="right" if ("p50" in col or "p90" in col or "top-1" in col) else "left",
                      overflow="fold")

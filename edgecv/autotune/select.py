@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from edgecv.autotune.measure import Measurer, budget_text, deploy_figures, meets
+from edgecv.autotune.measure import Measurer, deploy_figures, meets
 from edgecv.errors import CheckFailed, UserError
+from edgecv.targets.budget import budget_text
 
 DEFAULT_CANDIDATES = ("mobilenet_v3_small", "mobilenet_v3_large", "tf_mobilenetv3_small_minimal_100",
                       "tf_mobilenetv3_large_minimal_100", "efficientnet_lite0", "efficientnet_lite1")

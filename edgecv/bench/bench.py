@@ -3,10 +3,10 @@
 Every selected artifact's sha256 is checked against the manifest first: a modified or missing artifact is bad
 input (:class:`~edgecv.errors.UserError`, exit 2) and nothing is measured. For each artifact: load it with :func:`edgecv.runtimes.base.load_runner`
 (a runtime that cannot run here -> ``skipped: <reason>``), measure latency per (threads, batch) with the
-interleaved method of :mod:`edgecv.bench.latency`, top-1/top-5 through the same runtime on ``--data``, and the
+interleaved method of :mod:`edgecv.runtimes.latency`, top-1/top-5 through the same runtime on ``--data``, and the
 budget verdict of :mod:`edgecv.targets.budget`. The result is a dict following the ``edgecv.bench/1`` JSON
 Schema (``edgecv/bench/schemas/bench.schema.json``); the recommendation, precision lines and exit code come from
-:mod:`edgecv.bench.policy`.
+:mod:`edgecv.targets.policy`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 
 from edgecv import __version__
 from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
-from edgecv.bench.latency import LatencyStats, measure_interleaved
-from edgecv.bench.policy import deploy_report
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
 from edgecv.runtimes.introspect import measured_on
+from edgecv.runtimes.latency import LatencyStats, measure_interleaved
 from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
+from edgecv.targets.policy import deploy_report
 
 SCHEMA = "edgecv.bench/1"
 CONTENDED = 1.15  # wall / CPU time above this at 1 thread: the host was busy, say so

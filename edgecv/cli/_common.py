@@ -60,7 +60,7 @@ def int_list(ctx, param, value):
 
 
 def duration(ctx, param, value):
-    from edgecv.bench.latency import parse_duration
+    from edgecv.runtimes.latency import parse_duration
 
     try:
         return parse_duration(value)

@@ -59,8 +59,8 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
     """
     from edgecv.bench import report
     from edgecv.bench.bench import BenchConfig, run_bench
-    from edgecv.bench.policy import exit_code
     from edgecv.errors import CheckFailed, UserError
+    from edgecv.targets.policy import exit_code
 
     if budget_ms is not None and budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")

@@ -12,7 +12,6 @@ Target-aware choices (``--student auto``, ``--target-macs auto``) are :class:`Au
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -51,26 +50,6 @@ class AutoHooks:
     select: Callable[..., dict] | None = None
     prune_search: Callable[..., dict] | None = None
     final_latency: Callable[..., dict] | None = None
-
-
-def finite(obj):
-    """``obj`` with every non-finite float replaced by None, dicts and lists in place (run.json is strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            obj[k] = finite(v)
-    elif isinstance(obj, list):
-        obj[:] = [finite(v) for v in obj]
-    return obj
-
-
-class StrictRun(Run):
-    """run.json that never holds a bare NaN/Infinity token."""
-
-    def save(self) -> None:
-        finite(self.data)
-        super().save()
 
 
 @dataclass
@@ -149,7 +128,7 @@ def _check_request(cfg: CompressConfig, stages: list[str], resume: bool, hooks: 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    prev = StrictRun.load(out)
+    prev = Run.load(out)
     if resume and prev is None:
         raise UserError(f"--resume: no run.json in {out} to resume")
     if prev is not None and not resume and prev.data.get("completed") and \
@@ -179,7 +158,7 @@ def _load_inputs(cfg: CompressConfig, log: Log) -> tuple[DataBundle, str, Teache
 
 
 def _open_run(cfg: CompressConfig, run_cfg: CompressConfig, prev: Run | None, reuse: bool, teacher: Teacher,
-              teacher_path: str, bundle: DataBundle, img_size: int, selection: dict | None) -> StrictRun:
+              teacher_path: str, bundle: DataBundle, img_size: int, selection: dict | None) -> Run:
     out = Path(cfg.out)
     if reuse:
         if prev.data.get("teacher", {}).get("sha256") != teacher.sha256:
@@ -189,7 +168,7 @@ def _open_run(cfg: CompressConfig, run_cfg: CompressConfig, prev: Run | None, re
             raise UserError(f"{out}: this run was made with another student or dataset; use a new --out")
         run = prev
     else:
-        run = StrictRun(out, {"schema": SCHEMA, "stages": {s: {"status": "pending"} for s in STAGES}, "completed": []})
+        run = Run(out, {"schema": SCHEMA, "stages": {s: {"status": "pending"} for s in STAGES}, "completed": []})
     eff = {**cfg.to_dict(), "teacher": teacher_path, "img_size": img_size}
     run.data.update({"schema": SCHEMA, "config": eff, "student": run_cfg.student, "img_size": img_size,
                      "class_names": bundle.class_names, "data": bundle.source,

@@ -1,17 +1,15 @@
 """``--artifact auto``: the artifact this host should run, by the rule ``edgecv bench`` recommends with.
 
-Fastest validated artifact within ``tolerance`` points of the best export-validation top-1; an INT8 artifact
-only when it beats its FP32 twin (same format) by the deploy-policy margin. Speed comes either from a bench JSON
-(``--bench-json``: its ``recommended`` entry is taken as-is) or from a quick interleaved measurement here.
-
-NOTE: ``INT8_NOT_FASTER`` mirrors ``edgecv.bench.policy`` (serve may not import bench); the lead is asked to move
-that pure module below both packages so this copy goes away.
+The decision is :func:`edgecv.targets.policy.deploy_report` (the one deploy rule): the fastest validated artifact
+whose export-validation top-1 is within ``tolerance`` points of the best, INT8 only where it beats its FP32 twin
+by the noise margin, ties within noise going to the more accurate, then the smaller one. Speed comes either from
+a bench JSON (``--bench-json``: its ``recommended`` entry is taken as-is) or from a quick interleaved measurement
+here (:func:`edgecv.runtimes.latency.measure_interleaved`, the method bench uses, with a shorter budget).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,8 @@ import numpy as np
 from edgecv.contracts.manifest import ArtifactEntry
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, close_all, runner_for_entry
-
-INT8_NOT_FASTER = 0.95  # = edgecv.bench.policy.INT8_NOT_FASTER (see module note)
+from edgecv.runtimes.latency import measure_interleaved
+from edgecv.targets.policy import deploy_report
 
 
 def _from_bench_json(path: Path, runnable: list[ArtifactEntry]) -> ArtifactEntry:
@@ -43,20 +41,17 @@ def _accuracy(e: ArtifactEntry) -> float | None:
     return v.get("accuracy") if v.get("status") == "passed" else None
 
 
-def _p50s(runners: dict, shape: tuple[int, ...], rounds: int = 5, per_round: int = 10) -> dict[str, float]:
-    """Interleaved timing: every round runs each runner ``per_round`` times, so drift hits all alike."""
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    x1 = np.zeros(shape, np.float32)
-    for r in runners.values():
-        r.warmup(np.zeros(((r.batch_size or 1), *shape[1:]), np.float32), n=3)
-    for _ in range(rounds):
-        for n, r in runners.items():
-            x = x1 if not r.batch_size else np.zeros((r.batch_size, *shape[1:]), np.float32)
-            for _ in range(per_round):
-                t = time.perf_counter()
-                r.predict(x)
-                times[n].append(time.perf_counter() - t)
-    return {n: float(np.median(ts)) * 1e3 for n, ts in times.items()}
+def _rows(by_name: dict[str, ArtifactEntry], stats: dict) -> list[dict]:
+    """Bench-style rows (the shape :mod:`edgecv.targets.policy` judges) from this host's quick measurement; the
+    accuracy is the export validation's (same images for every artifact of the bundle)."""
+    rows = []
+    for n, st in stats.items():
+        e = by_name[n]
+        acc = _accuracy(e)
+        rows.append({"name": n, "format": e.format, "precision": e.precision, "runtime": e.runtime, "status": "ok",
+                     "primary": st.to_dict(), "notes": [], "profile": None, "verdict": None, "host_proxy": False,
+                     "accuracy": {"top1": acc} if acc is not None else None, "size_bytes": e.size_bytes})
+    return rows
 
 
 def choose(bundle: Path, runnable: list[ArtifactEntry], input_size: int, threads=1, device="cpu", bench_json=None,
@@ -68,9 +63,6 @@ def choose(bundle: Path, runnable: list[ArtifactEntry], input_size: int, threads
         e = _from_bench_json(Path(bench_json), runnable)
         return e, None, {"how": "bench-json", "from": str(bench_json)}
     validated = [e for e in runnable if _accuracy(e) is not None] or runnable
-    accs = [a for a in map(_accuracy, validated) if a is not None]
-    if accs:
-        validated = [e for e in validated if _accuracy(e) is None or _accuracy(e) >= max(accs) - tolerance]
     runners, skipped = {}, {}
     for e in validated:
         try:
@@ -83,14 +75,14 @@ def choose(bundle: Path, runnable: list[ArtifactEntry], input_size: int, threads
     if len(runners) == 1:
         name = next(iter(runners))
         return by_name[name], runners[name], {"how": "auto", "only_candidate": name, "skipped": skipped}
-    p50 = _p50s(runners, (1, 3, input_size, input_size))
-    ok = dict(p50)
-    for n in list(ok):
-        e = by_name[n]
-        twin = f"{e.format}-fp32"
-        if e.precision == "int8" and twin in ok and not p50[n] < INT8_NOT_FASTER * p50[twin]:
-            ok.pop(n)
-    name = min(ok, key=ok.get)
+    x = np.zeros((1, 3, input_size, input_size), np.float32)
+    inputs = {n: x if not r.batch_size else np.zeros((r.batch_size, *x.shape[1:]), np.float32)
+              for n, r in runners.items()}
+    meas = measure_interleaved({n: (lambda r=r, a=inputs[n]: r.predict(a)) for n, r in runners.items()},
+                               warmup=3, min_runs=50, min_time_s=0.5, rounds=5)
+    stats = {n: m.stats() for n, m in meas.items()}
+    p50 = {n: st.p50_ms for n, st in stats.items()}
+    name = deploy_report(_rows(by_name, stats), None, tolerance)["recommended"]["host"]["name"]
     close_all(r for n, r in runners.items() if n != name)
     log(f"auto: {name} (p50 {', '.join(f'{k} {v:.3f} ms' for k, v in sorted(p50.items(), key=lambda kv: kv[1]))})")
     return by_name[name], runners[name], {"how": "auto", "p50_ms": {k: round(v, 4) for k, v in p50.items()},

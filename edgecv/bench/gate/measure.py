@@ -10,8 +10,8 @@ import numpy as np
 from edgecv.bench.artifacts import Resolved, input_shape
 from edgecv.bench.gate.config import GateConfig
 from edgecv.bench.gate.stats import LatencyDecision, decide, trimmed_mean
-from edgecv.bench.latency import gc_paused, time_block
 from edgecv.runtimes.base import close_all, load_runner
+from edgecv.runtimes.latency import gc_paused, time_block
 
 
 def _stat(block_ns: list[int], metric: str) -> float:
