@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,android,serve,ray]'
 	touch $(STAMP)
 
-## the main job on the built-in default dataset (digits)
+## the main job on the built-in default dataset (digits): compress -> export -> bench -> predict
 demo: $(STAMP)
-	$(VENV)/bin/edgecv compress --out runs/demo
+	bash scripts/demo.sh $(VENV)/bin/edgecv runs/demo
 
 ## the import-layering contract, then the whole test suite, slow tests included (this is what CI runs)
 test: $(STAMP)
