@@ -20,7 +20,7 @@ demo: $(STAMP)
 ## the import-layering contract, then the whole test suite, slow tests included (this is what CI runs)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "slow or not slow" -n 2 -q
+	$(PY) -m pytest -m "slow or not slow" -n 2 --dist loadgroup -q
 
 ## the fast subset, for development
 test-fast: $(STAMP)

@@ -78,8 +78,9 @@ def init(device: str = "auto") -> torch.device:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` | cpu | cuda | cuda:N; a device that is not there is a UserError naming those available."""
-    return utils.resolve_device(device)
+    """``auto`` | cpu | cuda | cuda:N, parsed (an unknown name is a UserError naming the devices available).
+    Whether it is there is checked where the device is used (:func:`edgecv.utils.resolve_device`)."""
+    return utils.resolve_device(device, check=False)
 
 
 def shutdown() -> None:

@@ -211,22 +211,23 @@ def available_devices() -> list[str]:
     return devs
 
 
-def resolve_device(device: str | None = "auto"):
+def resolve_device(device: str | None = "auto", check: bool = True):
     """``auto`` (a GPU if one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a
-    :class:`torch.device`; anything else, or a device that is not there, is a :class:`UserError` naming the
-    devices available."""
+    :class:`torch.device`; anything else is a :class:`UserError` naming the devices available. ``check``: a
+    device that is not there is one too (``check=False`` only parses: torchrun set-up, which maps ranks to GPUs
+    itself)."""
     import torch
 
     name = str(device or "auto").strip()
     if name.lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    avail = available_devices()
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {name!r}; available here: {', '.join(avail)}") from None
-    if dev.type == "cpu":
+        raise UserError(f"unknown device {name!r}; available here: {', '.join(available_devices())}") from None
+    if dev.type == "cpu" or not check:
         return dev
+    avail = available_devices()
     if dev.type == "cuda":
         n = len([d for d in avail if d.startswith("cuda:")])
         if n == 0:

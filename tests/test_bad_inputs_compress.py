@@ -49,9 +49,9 @@ def test_nan_loss_fails_the_stage_strict_json(cli, digits_teacher, tmp_path):
 
 
 def test_non_finite_figures_become_null_in_run_json(tmp_path):
-    from edgecv.compress.pipeline import StrictRun
+    from edgecv.contracts.rundir import Run  # every JSON file edgecv writes is strict (utils.finite_json)
 
-    run = StrictRun(tmp_path, {"schema": SCHEMA, "stages": {"distill": {"status": "pending"}}, "completed": []})
+    run = Run(tmp_path, {"schema": SCHEMA, "stages": {"distill": {"status": "pending"}}, "completed": []})
     run.set_stage("distill", val_top1=float("nan"), history=[{"val_loss": float("inf")}])
     d = _strict_json(tmp_path / "run.json")
     assert d["stages"]["distill"]["val_top1"] is None and d["stages"]["distill"]["history"][0]["val_loss"] is None

@@ -103,7 +103,7 @@ def test_compress_sigint_marks_stage_failed_then_resume(data, tmp_path):
     assert len(run["stages"]["distill"]["history"]) == 40
 
 
-def test_export_sigint_leaves_no_manifest_then_rerun(tmp_path):
+def test_export_sigint_leaves_no_manifest_then_rerun(data, tmp_path):
     """Ctrl-C during an export: exit 130, one line, no manifest.json (a bundle without one is not a bundle);
     exporting again into the same folder (same source) succeeds and leaves no temp files."""
     from edgecv.data.preprocess import Preprocess
@@ -111,10 +111,10 @@ def test_export_sigint_leaves_no_manifest_then_rerun(tmp_path):
     from edgecv.models.registry import create_model
 
     ck = tmp_path / "m.pt"
-    save_checkpoint(ck, create_model("mobilenet_v3_small", 3).eval(), "mobilenet_v3_small", CLASSES,
+    save_checkpoint(ck, create_model("mobilenet_v3_small", 3).eval(), "mobilenet_v3_small", sorted(CLASSES),
                     Preprocess(input_size=32), metrics={})
     out = tmp_path / "b"
-    args = ["export", str(ck), "--target", "x86", "--precision", "fp32,fp16", "--no-validate", "--out", str(out),
+    args = ["export", str(ck), "--target", "x86", "--precision", "fp32,fp16", "--data", str(data), "--out", str(out),
             "--quiet"]
     p = _start(*args)
     _wait_for(p, out / ".tmp")

@@ -64,7 +64,8 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
             for r in rep["artifacts"]:
                 echo(f"  {r['artifact']:16s} {r['status']}" + (f": {r['error']}" if r.get("error") else ""))
         if not rep["ok"]:
-            raise CheckFailed(f"{len(rep['mismatched'])} artifact(s) do not match the manifest: {', '.join(rep['mismatched'])}")
+            # the same meaning as in bench and gate: a bundle that does not match its manifest is bad input (2)
+            raise UserError(f"{len(rep['mismatched'])} artifact(s) do not match the manifest: {', '.join(rep['mismatched'])}")
         return
     if not out:
         raise UserError("--out BUNDLE_DIR is required")

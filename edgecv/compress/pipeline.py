@@ -32,7 +32,7 @@ from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.loop import TrainConfig, evaluate_top1
 from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
-from edgecv.utils import sha256_file, write_text_atomic
+from edgecv.utils import resolve_device, sha256_file, write_text_atomic
 
 Log = Callable[[str], None]
 
@@ -233,7 +233,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     cfg.validate()
     stages = [] if cfg.select_only else (stages or list(STAGES))
     prev = _check_request(cfg, stages, resume, hooks)
-    device = D.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # one line naming the devices here
     if D.is_distributed() and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     t_all = time.perf_counter()

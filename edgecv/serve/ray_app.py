@@ -22,6 +22,8 @@ from edgecv.serve.predictor import load_predictor
 from edgecv.serve.server import bind_warning
 
 APP_NAME = "edgecv"
+# a private local instance serves HTTP only (no large objects): a small object store, not 30 % of the RAM
+OBJECT_STORE_BYTES = 256 * 1024 * 1024
 REPLICA_HEADER, PID_HEADER = "X-Edgecv-Replica", "X-Edgecv-Pid"
 
 
@@ -95,7 +97,8 @@ def serve_ray(bundle: str | Path, cfg: ServeConfig, artifact: str = "auto", thre
     if local:  # a private single-node instance, stopped on exit
         # Ray's CPUs are logical: enough for every replica even on a small machine (else they wait forever)
         ncpu = max(os.cpu_count() or 1, replicas * (threads or 1))
-        ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=OBJECT_STORE_BYTES)
     else:
         ray.init(address=address, log_to_driver=False)
     stop = threading.Event()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgecv import distributed as D
 from edgecv.errors import TrainingError, UserError
-from edgecv.utils import atomic_path, progress, seed_everything
+from edgecv.utils import atomic_path, progress, resolve_device, seed_everything
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images)
 
@@ -140,7 +140,7 @@ class _Trainer:
     def __init__(self, model: nn.Module, train_ds: Dataset, cfg: TrainConfig, params: list[nn.Parameter] | None,
                  log: Callable[[str], None]):
         self.model, self.cfg, self.log = model, cfg, log
-        device = D.resolve_device(cfg.device)
+        device = resolve_device(cfg.device)  # one line naming the devices here
         if D.is_distributed() and device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
