@@ -97,14 +97,17 @@ class Proc:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # the server's stderr goes to a file: a pipe nobody reads fills up (64 KiB) under overload, when uvicorn
+        # logs every connection over its limit, and the server's event loop then blocks on that write
+        self.log = tempfile.TemporaryFile()
         self.p = subprocess.Popen([*cmd, "--port", str(self.port)], env=env, cwd=str(REPO),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                  stdout=subprocess.DEVNULL, stderr=self.log)
         import httpx
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.p.poll() is not None:
-                raise SystemExit(f"server exited: {self.p.stderr.read().decode()[-2000:]}")
+                raise SystemExit(f"server exited: {self.stderr()[-2000:]}")
             try:
                 if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
                     return
@@ -113,6 +116,10 @@ class Proc:
             time.sleep(0.2)
         self.stop()
         raise SystemExit(f"{cmd}: not ready after 120 s")
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def stop(self) -> int:
         self.p.terminate()

@@ -89,14 +89,3 @@ def save_untrained_teacher(path: Path, classes, input_size: int) -> Path:
                     Preprocess(input_size=input_size), metrics={"val_top1": 100.0 / len(classes)})
     return path
 
-
-# Slow tests that start several heavy processes of their own (torchrun workers, a Ray instance, interrupted
-# CLI runs) share one xdist group: `make test` runs with `--dist loadgroup`, so they never run at the same time
-# on the 2 cores (two of them together thrash, and Ray's start-up then misses its timeouts).
-_SPAWNING = {"test_distributed", "test_serve_ray", "test_signals"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("slow") and item.module.__name__.rsplit(".", 1)[-1] in _SPAWNING:
-            item.add_marker(pytest.mark.xdist_group("spawns"))

@@ -130,7 +130,9 @@ def _torchrun(script: Path, *args: str, timeout: int = 300) -> subprocess.Comple
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+    # its own session: nothing torchrun's agent signals to its group can reach the test process
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO),
+                          start_new_session=True)
 
 
 _CHECKSUM = """
