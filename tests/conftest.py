@@ -71,6 +71,21 @@ def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | Non
     return p
 
 
+def one_line(stderr: str) -> str:
+    """The single non-empty stderr line of a failed command (no traceback): the bad-input contract."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def one_line_error(r, code: int, needle: str) -> str:
+    """``r`` (a finished process) exited ``code`` with one stderr line containing ``needle``."""
+    assert r.returncode == code, r.stderr[-3000:]
+    line = one_line(r.stderr)
+    assert needle in line, r.stderr[-3000:]
+    return line
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -9,19 +9,11 @@ from pathlib import Path
 import pytest
 
 from edgecv.contracts.rundir import SCHEMA
-from tests.conftest import save_untrained_teacher
+from tests.conftest import one_line_error, save_untrained_teacher
 
 DIGITS = [str(i) for i in range(10)]
 TINY = ["--img-size", "16", "--epochs-kd", "1", "--epochs-prune", "1", "--epochs-qat", "1", "--prune-steps", "1",
         "--batch-size", "32", "--workers", "0", "--calib-size", "16", "--quiet"]
-
-
-def _one_line(r, code: int, needle: str) -> str:
-    assert r.returncode == code, r.stderr[-3000:]
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert len(lines) == 1 and needle in lines[0], r.stderr[-3000:]
-    return lines[0]
 
 
 def _strict_json(path: Path) -> dict:
@@ -40,7 +32,7 @@ def test_nan_loss_fails_the_stage_strict_json(cli, digits_teacher, tmp_path):
     """The issue's repro: --lr 1e6 diverges; the stage is failed with the reason, run.json stays strict JSON."""
     out = tmp_path / "r"
     r = cli("compress", "--data", "digits", "--teacher", str(digits_teacher), *TINY, "--lr", "1e6", "--out", str(out))
-    line = _one_line(r, 1, "loss became")
+    line = one_line_error(r, 1, "loss became")
     assert "distill" in line and "--lr" in line
     run = _strict_json(out / "run.json")
     st = run["stages"]["distill"]
@@ -80,7 +72,7 @@ def test_bad_config_values_exit_2(cli, tmp_path, yaml_text, needle):
     cfg.write_text(yaml_text)
     out = tmp_path / "o"
     r = cli("compress", "--config", str(cfg), "--data", "digits", "--out", str(out), "--quiet")
-    _one_line(r, 2, needle)
+    one_line_error(r, 2, needle)
     assert not out.exists()
 
 
@@ -100,13 +92,13 @@ def test_compress_into_finished_run_refuses(cli, tmp_path):
     (out / "run.json").write_text(json.dumps(run))
     before = (out / "run.json").read_bytes()
     r = cli("compress", "--data", "digits", "--out", str(out), "--quiet")
-    _one_line(r, 2, "use --resume or another --out")
+    one_line_error(r, 2, "use --resume or another --out")
     assert (out / "run.json").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["run.json"]
 
 
 def test_compress_resume_without_run_refuses(cli, tmp_path):
     r = cli("compress", "--data", "digits", "--out", str(tmp_path / "none"), "--resume", "--quiet")
-    _one_line(r, 2, "--resume: no run.json")
+    one_line_error(r, 2, "--resume: no run.json")
     assert not (tmp_path / "none").exists()
 
 
@@ -114,14 +106,14 @@ def test_train_resume_without_state_refuses(cli, tiny_folder_session, tmp_path):
     out = tmp_path / "t.pt"
     r = cli("train", "--data", str(tiny_folder_session), "--epochs", "1", "--img-size", "16", "--workers", "0", "--resume",
             "--out", str(out), "--quiet")
-    _one_line(r, 2, "--resume: no")
+    one_line_error(r, 2, "--resume: no")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_train_zero_epochs_refuses(cli, tiny_folder_session, tmp_path):
     out = tmp_path / "t.pt"
     r = cli("train", "--data", str(tiny_folder_session), "--epochs", "0", "--img-size", "16", "--out", str(out), "--quiet")
-    line = _one_line(r, 2, "no epoch to train")
+    line = one_line_error(r, 2, "no epoch to train")
     assert "-1.00" not in r.stderr + r.stdout and "--epochs" in line
     assert list(tmp_path.iterdir()) == []
 

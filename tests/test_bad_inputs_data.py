@@ -20,19 +20,11 @@ from edgecv.data.scan import check_disjoint
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint
 from edgecv.models.registry import create_model
-from tests.conftest import make_image_folder, save_untrained_teacher
+from tests.conftest import make_image_folder, one_line_error, save_untrained_teacher
 
 CLASSES = ["cat", "dog", "fox"]
 TRAIN = ["--arch", "resnet18", "--epochs", "1", "--img-size", "16", "--batch-size", "16", "--workers", "0",
          "--quiet"]
-
-
-def _one_line(r, code: int, needle: str) -> str:
-    assert r.returncode == code, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0], r.stderr[-3000:]
-    return lines[0]
 
 
 def _tree(tmp_path: Path, name: str = "d", **kw) -> Path:
@@ -61,7 +53,7 @@ def test_train_directory_link_back_into_tree(cli, tmp_path):
     root = _tree(tmp_path)
     os.symlink("..", root / "train" / "cat" / "loop")
     out = tmp_path / "m.pt"
-    line = _one_line(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "leads back into the data tree")
+    line = one_line_error(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "leads back into the data tree")
     assert "loop" in line
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
@@ -70,7 +62,7 @@ def test_eval_directory_link_back_into_tree(cli, tmp_path, teacher16):
     root = _tree(tmp_path)
     os.symlink("../../train", root / "val" / "dog" / "more")
     cm = tmp_path / "cm.png"
-    _one_line(cli("eval", str(teacher16), "--data", str(root), "--confusion", str(cm)), 2, "leads back into")
+    one_line_error(cli("eval", str(teacher16), "--data", str(root), "--confusion", str(cm)), 2, "leads back into")
     assert not cm.exists()
 
 
@@ -78,21 +70,21 @@ def test_train_file_in_two_classes(cli, tmp_path):
     root = _tree(tmp_path)
     os.symlink(root / "train" / "dog" / "001.jpg", root / "train" / "cat" / "dog1.jpg")
     out = tmp_path / "m.pt"
-    line = _one_line(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "in both class 'cat' and class 'dog'")
+    line = one_line_error(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "in both class 'cat' and class 'dog'")
     assert "001.jpg" in line and not out.exists()
 
 
 def test_train_file_in_two_splits(cli, tmp_path):
     root = _tree(tmp_path)
     os.symlink(root / "val" / "cat" / "001.jpg", root / "train" / "cat" / "v1.jpg")
-    _one_line(cli("train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "m.pt")), 2,
+    one_line_error(cli("train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "m.pt")), 2,
               "in both the train and the val split")
 
 
 def test_train_unknown_split_folder(cli, tmp_path):
     root = _tree(tmp_path)
     (root / "dev").mkdir()
-    line = _one_line(cli("train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "m.pt")), 2, "unknown: dev")
+    line = one_line_error(cli("train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "m.pt")), 2, "unknown: dev")
     assert "train/" in line and "validation/" in line and "test/" in line
 
 
@@ -102,7 +94,7 @@ def test_train_skip_bad_skips_truncated_jpeg(cli, tmp_path):
     bad = _big_jpeg(root / "train" / "dog" / "big.jpg")
     _truncate(bad)
     out = tmp_path / "m.pt"
-    line = _one_line(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "--skip-bad")
+    line = one_line_error(cli("train", "--data", str(root), *TRAIN, "--out", str(out)), 2, "--skip-bad")
     assert "big.jpg" in line and "truncated" in line and not out.exists()
     r = cli("train", "--data", str(root), *TRAIN, "--skip-bad", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -113,7 +105,7 @@ def test_eval_skip_bad_skips_truncated_jpeg(cli, tmp_path, teacher16):
     root = _tree(tmp_path)
     _truncate(_big_jpeg(root / "val" / "fox" / "big.jpg"))
     cm = tmp_path / "cm.png"
-    _one_line(cli("eval", str(teacher16), "--data", str(root), "--confusion", str(cm)), 2, "1 unreadable image")
+    one_line_error(cli("eval", str(teacher16), "--data", str(root), "--confusion", str(cm)), 2, "1 unreadable image")
     assert not cm.exists()
     r = cli("eval", str(teacher16), "--data", str(root), "--skip-bad", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -141,7 +133,7 @@ def test_eval_train_only_has_nothing_to_evaluate(cli, tmp_path, teacher16):
             f.unlink()
         (root / "val" / c).rmdir()
     (root / "val").rmdir()
-    _one_line(cli("eval", str(teacher16), "--data", str(root)), 2, "no val/")
+    one_line_error(cli("eval", str(teacher16), "--data", str(root)), 2, "no val/")
 
 
 # ---------------------------------------------------------------------------------------------- CLI: checkpoints
@@ -150,7 +142,7 @@ def test_random_bytes_checkpoint(cli, tmp_path, trust):
     f = tmp_path / "rand.pt"
     f.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     args = ["eval", str(f), "--data", "digits"] + (["--trust-pickle"] if trust else [])
-    line = _one_line(cli(*args), 2, "not a PyTorch checkpoint")
+    line = one_line_error(cli(*args), 2, "not a PyTorch checkpoint")
     assert "--trust-pickle" not in line
 
 
@@ -167,8 +159,8 @@ def test_trusted_pickle_that_cannot_load_is_one_line(cli, tmp_path):
     with zipfile.ZipFile(f, "w") as z:
         for n, data in contents.items():
             z.writestr(n, data)
-    _one_line(cli("eval", str(f), "--data", "digits"), 2, "--trust-pickle")
-    _one_line(cli("eval", str(f), "--data", "digits", "--trust-pickle"), 2, "cannot load it even with --trust-pickle")
+    one_line_error(cli("eval", str(f), "--data", "digits"), 2, "--trust-pickle")
+    one_line_error(cli("eval", str(f), "--data", "digits", "--trust-pickle"), 2, "cannot load it even with --trust-pickle")
 
 
 # ---------------------------------------------------------------------------------------------- library: trees

@@ -18,12 +18,7 @@ from edgecv.cli import _errors as E
 from edgecv.cli import main
 from edgecv.errors import OutputError, UserError
 from edgecv.utils import atomic_path, check_writable, resolve_device, write_text_atomic
-
-
-def one_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
+from tests.conftest import one_line
 
 
 def run_main(capsys, *args: str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_image_folder, save_untrained_teacher
+from tests.conftest import REPO, make_image_folder, one_line, save_untrained_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,6 @@ def _interrupt(p: subprocess.Popen, sig: int, timeout: float = 120) -> tuple[int
         p.kill()
         raise
     return p.returncode, err
-
-
-def _one_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +84,7 @@ def test_compress_sigint_marks_stage_failed_then_resume(data, tmp_path):
     time.sleep(0.5)
     code, err = _interrupt(p, signal.SIGINT)
     assert code == 130, err
-    assert "interrupted" in _one_line(err)
+    assert "interrupted" in one_line(err)
     run = json.loads((out / "run.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in run.json"))
     st = run["stages"]["distill"]
     assert st["status"] == "failed" and "KeyboardInterrupt" in st["error"], st
@@ -122,7 +116,7 @@ def test_export_sigint_leaves_no_manifest_then_rerun(data, tmp_path):
     if code == 0:  # finished before the signal landed: nothing to check about interruption
         pytest.skip("export finished before SIGINT arrived")
     assert code == 130, err
-    assert "interrupted" in _one_line(err)
+    assert "interrupted" in one_line(err)
     assert not (out / "manifest.json").exists()
     r = subprocess.run([sys.executable, "-m", "edgecv", *args, "--json"], env=ENV, cwd=str(REPO),
                        capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecv.data.arrays import to_arrays
+from edgecv.data.arrays import to_arrays, topk_correct
 from edgecv.data.datasets import load_eval_dataset
 from edgecv.data.preprocess import Preprocess
 from edgecv.runtimes.base import predict_all
@@ -38,14 +38,6 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
         ds = sample_calibration(ds, n, seed=0)
     xs, ys = to_arrays(ds, pre)
     return EvalSet(xs, ys, str(data), pre.to_dict())
-
-
-def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
-    """Same as :func:`edgecv.training.metrics.topk_correct`, without importing torch (seconds of start-up that a
-    runtime-only bench of ONNX/OpenVINO artifacts does not need)."""
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
-    return int((top == labels[:, None]).any(axis=1).sum())
 
 
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:

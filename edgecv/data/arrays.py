@@ -21,3 +21,11 @@ def to_arrays(ds, preprocess: Preprocess, desc: str = "preprocess") -> tuple[np.
         xs[i] = preprocess.to_array(ds.load_image(i))
         ys[i] = ds.samples[i][1]
     return xs, ys
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """How many rows of ``logits`` have their label among the ``k`` highest (numpy only: a runtime-only bench of
+    ONNX/OpenVINO artifacts never imports torch)."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())

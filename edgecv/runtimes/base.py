@@ -114,6 +114,12 @@ def host_description() -> str:
     return f"{name} ({os.cpu_count()} logical cores)"
 
 
+def pad_to(part: np.ndarray, size: int) -> np.ndarray:
+    """``part`` zero-padded along the batch axis to ``size`` rows (the input a fixed-batch artifact accepts)."""
+    n = part.shape[0]
+    return part if n >= size else np.concatenate([part, np.zeros((size - n, *part.shape[1:]), part.dtype)])
+
+
 def predict_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
     """Run ``fn`` on ``batch`` as-is (dynamic batch) or in ``fixed_batch`` slices (the last one zero-padded)."""
     if not fixed_batch or batch.shape[0] == fixed_batch:
@@ -121,10 +127,7 @@ def predict_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndar
     outs = []
     for i in range(0, batch.shape[0], fixed_batch):
         part = batch[i : i + fixed_batch]
-        n = part.shape[0]
-        if n < fixed_batch:
-            part = np.concatenate([part, np.zeros((fixed_batch - n, *part.shape[1:]), part.dtype)])
-        outs.append(fn(part)[:n])
+        outs.append(fn(pad_to(part, fixed_batch))[:part.shape[0]])
     return np.concatenate(outs)
 
 
@@ -135,8 +138,8 @@ def predict_all(runner, x: np.ndarray, batch_size: int = 32, desc: str = "accura
     for i in progress(range(0, len(x), b), desc=desc, total=(len(x) + b - 1) // b):
         chunk = x[i:i + b]
         n = len(chunk)
-        if runner.batch_size and n < b:
-            chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        if runner.batch_size:
+            chunk = pad_to(chunk, b)
         out = np.asarray(runner.predict(chunk), dtype=np.float32).reshape(len(chunk), -1)
         outs.append(out[:n])
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)

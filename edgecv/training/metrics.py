@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecv.data.arrays import topk_correct
 from edgecv.utils import atomic_path, progress
 
 
@@ -24,12 +25,6 @@ def predict_logits(model: nn.Module, ds, batch_size: int = 256, device: torch.de
         outs.append(model(x.to(device)).float().cpu())
         labels.append(y)
     return torch.cat(outs).numpy(), torch.cat(labels).numpy()
-
-
-def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
-    return int((top == labels[:, None]).any(axis=1).sum())
 
 
 def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
