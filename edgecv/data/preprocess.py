@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from edgecv.data.augment import PRESETS, Augment, centre_crop
 from edgecv.data.decode import decode_image
+from edgecv.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +40,14 @@ class Preprocess:
     dtype: str = "float32"
     # training-time augmentation policy (not used by runtimes)
     hflip: bool = True
+    augment: str = ""  # the preset (edgecv.data.augment.PRESETS); "" (files written before presets) = "light"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.augment and self.augment not in PRESETS:
+            raise UserError(
+                f"unknown augmentation preset '{self.augment}' (expected one of {', '.join(PRESETS)})"
+            )
 
     # -- (de)serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -60,12 +69,27 @@ class Preprocess:
         d["input_size"] = int(input_size)
         return Preprocess.from_dict(d)
 
+    def with_augment(self, preset: str) -> Preprocess:
+        d = self.to_dict()
+        d["augment"] = str(preset)
+        return Preprocess.from_dict(d)
+
     @property
     def resize_size(self) -> int:
         return int(round(self.input_size / self.crop_pct))
 
+    @property
+    def augment_preset(self) -> str:
+        """The training augmentation preset in effect (``light`` for files that predate presets)."""
+        return self.augment or "light"
+
+    def augmenter(self) -> Augment:
+        return Augment(self.augment_preset, self.input_size, self.hflip)
+
     # -- transforms ----------------------------------------------------------------------------------------
-    def _resize_crop(self, img: Image.Image) -> Image.Image:
+    def train_base(self, img: Image.Image) -> Image.Image:
+        """Decode + resize of the shorter side to :attr:`resize_size` (deterministic: the image augmentation
+        starts from, and what the decode cache memoizes)."""
         img = decode_image(img)  # any mode -> 8-bit RGB by the one set of rules (the image itself when it is)
         w, h = img.size
         s = self.resize_size
@@ -75,18 +99,27 @@ class Preprocess:
             nw, nh = max(1, int(round(w * s / h))), s
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), _INTERP[self.interpolation])
-        left = (nw - self.input_size) // 2
-        top = (nh - self.input_size) // 2
-        return img.crop((left, top, left + self.input_size, top + self.input_size))
+        return img
 
-    def to_array(self, img: Image.Image) -> np.ndarray:
-        """PIL image -> ``CHW float32`` array, normalised. The single source of truth for inference."""
-        img = self._resize_crop(img)
+    def _resize_crop(self, img: Image.Image) -> Image.Image:
+        return centre_crop(self.train_base(img), self.input_size)
+
+    def _normalize_array(self, img: Image.Image) -> np.ndarray:
         a = np.asarray(img, dtype=np.float32) / 255.0
         if self.channel_order == "BGR":
             a = a[..., ::-1]
         a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """PIL image -> ``CHW float32`` array, normalised. The single source of truth for inference."""
+        return self._normalize_array(self._resize_crop(img))
+
+    def normalize(self, img: Image.Image):
+        """An ``input_size`` RGB PIL image -> ``CHW float32`` torch tensor (the arithmetic of :meth:`to_array`)."""
+        import torch
+
+        return torch.from_numpy(self._normalize_array(img))
 
     def eval_transform(self):
         import torch
@@ -97,23 +130,10 @@ class Preprocess:
         return _t
 
     def train_transform(self):
-        """Light augmentation for small data: resize, random crop with padding, optional flip."""
-        import torch
-        from torchvision import transforms as T
-
-        pad = max(1, self.input_size // 8)
-        aug = [T.RandomCrop(self.input_size, padding=pad, padding_mode="reflect")]
-        if self.hflip:
-            aug.append(T.RandomHorizontalFlip())
-        aug = T.Compose(aug)
+        """``normalize(augmenter()(train_base(img)))``: one random view of the recorded preset per call."""
+        aug = self.augmenter()
 
         def _t(img: Image.Image):
-            img = self._resize_crop(img)
-            img = aug(img)
-            a = np.asarray(img, dtype=np.float32) / 255.0
-            if self.channel_order == "BGR":
-                a = a[..., ::-1]
-            a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-            return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+            return self.normalize(aug(self.train_base(img)))
 
         return _t
