@@ -27,26 +27,47 @@ from edgecv.utils import check_writable
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run.")
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard scalars here.")
+@click.option("--pretrained", is_flag=True,
+              help="Start from the arch's published ImageNet weights (torchvision / timm cache; offline: one line "
+                   "says which file to put where). Preprocessing follows the weights'. See docs/finetune.md.")
+@click.option("--init-weights", default=None, type=click.Path(dir_okay=False),
+              help="Start from a local file: state_dict (.pt/.pth), .safetensors or an edgecv checkpoint (e.g. a "
+                   "teacher.pt trained on other data); a head of another class count is replaced.")
+@click.option("--freeze", default="auto", show_default=True,
+              help="auto | none | backbone | until:LAYER (e.g. layer3, features.9). auto with pretrained/init "
+                   "weights: < 1k training images head only, 1k-10k the last blocks, more: everything.")
+@click.option("--backbone-lr-scale", default=None, type=click.FloatRange(0, min_open=True),
+              help="Backbone learning rate = --lr x this (the head trains at --lr) [default: 0.1 with "
+                   "--pretrained/--init-weights, else 1].")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled --init-weights file (only for files you trust).")
 @click.option("--out", default="teacher.pt", show_default=True, type=click.Path(dir_okay=False))
 @json_option
 @quiet_option
 def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_decay, label_smoothing, workers, seed, device,
-          skip_bad, resume, tensorboard, out, as_json):
+          skip_bad, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
+          as_json):
     """Train a classifier (the teacher) on DATA.
 
     \b
     Examples:
       edgecv train --data digits --epochs 3
       edgecv train --data ~/data/cifar10 --arch resnet18 --img-size 64 --epochs 30 --out teacher.pt
+      edgecv train --data ~/photos --arch resnet18 --pretrained --img-size 224 --epochs 10
+      edgecv train --data ~/photos --init-weights cifar_teacher.pt --freeze until:layer4 --img-size 128
       torchrun --nproc-per-node 2 -m edgecv train --data ~/data/cifar10 --batch-size 64
       # 8 GPUs x 64 = effective batch 512: linear LR scaling 2e-3 x 512/64 (docs/distributed.md)
       torchrun --standalone --nproc-per-node 8 -m edgecv train --data /data/imagenet --arch resnet50
           --batch-size 64 --lr 1.6e-2 --warmup-epochs 5 --epochs 90 --out r50.pt
     """
     from edgecv import distributed as D
+    from edgecv.models.pretrained import check_start
+    from edgecv.training.finetune import parse_freeze
     from edgecv.training.loop import TrainConfig
-    from edgecv.training.teacher import train_classifier
+    from edgecv.training.teacher import StartWeights, train_classifier
 
+    parse_freeze(freeze)
+    check_start(pretrained, init_weights)
+    start = StartWeights(pretrained, init_weights, trust_pickle, freeze, backbone_lr_scale)
     check_writable(out)
     if tensorboard:
         check_writable(tensorboard, directory=True)
@@ -56,7 +77,8 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
                           tensorboard=tensorboard, desc=arch)
-        res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log)
+        res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
+                               start=start)
     finally:
         D.shutdown()
     if not main_rank:  # under torchrun only rank 0 prints the result / --json

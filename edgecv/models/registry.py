@@ -43,11 +43,14 @@ def _tv_mobilenet(name: str) -> Callable[[int], nn.Module]:
     return build
 
 
-def _timm(name: str, **kwargs) -> Callable[[int], nn.Module]:
-    def build(num_classes: int) -> nn.Module:
+def _timm(name: str, **kwargs) -> Callable[..., nn.Module]:
+    def build(num_classes: int, pretrained: bool = False, pretrained_cfg_overlay: dict | None = None) -> nn.Module:
+        # pretrained: timm's own loader (pretrained_cfg: Hugging Face hub cache, or the overlay's local
+        # ``file``), which drops the 1000-class head for another class count; see edgecv.models.pretrained
         import timm
 
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                 pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
 
     return build
 
@@ -66,8 +69,9 @@ for _i in range(4):
 for _n in ("mobilenet_v3_small", "mobilenet_v3_large"):
     _register(ArchInfo(_n, "student", "torchvision", _tv_mobilenet(_n), note="hardswish + SE"))
 # INT8-friendly students: ReLU, no squeeze-excite. timm's tf_* variants default to TF "same" padding, a
-# dynamic Pad before every strided conv; we train from scratch, so symmetric padding (pad_type="") is used:
-# identical architecture otherwise, and a cleaner graph for every exporter.
+# dynamic Pad before every strided conv; symmetric padding (pad_type="") is used instead: identical
+# architecture and weight shapes otherwise, and a cleaner graph for every exporter (the published TF-trained
+# weights load into it; their border pixels see a one-pixel shift on stride-2 convs, which fine-tuning absorbs).
 for _n in ("tf_mobilenetv3_small_minimal_100", "tf_mobilenetv3_large_minimal_100"):
     _register(ArchInfo(_n, "student", "timm", _timm(_n, pad_type=""), int8_friendly=True, note="ReLU, no SE"))
 for _i in range(3):

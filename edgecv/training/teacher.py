@@ -17,8 +17,10 @@ from edgecv.data.datasets import load_train_val, resolve_data
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edgecv.models.registry import arch_info, create_model
+from edgecv.models.pretrained import starting_model, weights_preprocess
+from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.finetune import apply_policy, parse_freeze
 from edgecv.training.loop import FitResult, TrainConfig, fit
 from edgecv.utils import cache_dir, seed_everything, sha256_file
 
@@ -32,6 +34,7 @@ class TrainOutcome:
     params: int
     macs: int
     data: str
+    finetune: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -48,7 +51,19 @@ class TrainOutcome:
             "effective_batch": self.fit.effective_batch,
             "world_size": self.fit.world_size,
             "history": self.fit.history,
+            "finetune": self.finetune,
         }
+
+
+@dataclass(frozen=True)
+class StartWeights:
+    """What training starts from (``--pretrained`` / ``--init-weights``) and the fine-tuning policy."""
+
+    pretrained: bool = False
+    init_weights: str | None = None
+    trust_pickle: bool = False
+    freeze: str = "auto"  # auto | none | backbone | until:LAYER (edgecv.training.finetune)
+    backbone_lr_scale: float | None = None  # None: 0.1 with pretrained / init weights, 1.0 from scratch
 
 
 def train_classifier(
@@ -60,8 +75,13 @@ def train_classifier(
     skip_bad: bool = False,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    start: StartWeights | None = None,
 ) -> TrainOutcome:
+    """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the
+    fine-tuning policy (default: from scratch, everything trains)."""
     arch_info(arch)  # validate early
+    start = start or StartWeights()
+    parse_freeze(start.freeze)
     out = Path(out)
     state = out.with_name(out.name + ".state")
     if resume and not D.broadcast_object(state.is_file() if D.is_main() else None):
@@ -69,28 +89,33 @@ def train_classifier(
     bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad)
     if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
         raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
-    pre = bundle.preprocess
-    train_ds = bundle.train.with_transform(pre.train_transform())
-    val_ds = bundle.val.with_transform(pre.eval_transform())
     # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
     # single-process run is reproducible
     seed_everything(cfg.seed)
-    model = create_model(arch, bundle.num_classes)
+    model, source = starting_model(arch, bundle.num_classes, start.pretrained, start.init_weights,
+                                   bundle.class_names, start.trust_pickle, log)
+    pre = bundle.preprocess = weights_preprocess(bundle.preprocess, source, img_size)
+    train_ds = bundle.train.with_transform(pre.train_transform())
+    val_ds = bundle.val.with_transform(pre.eval_transform())
     macs = count_macs(model, pre.input_size)
+    policy, params = apply_policy(model, arch, start.freeze, len(bundle.train), source and source.to_dict(),
+                                  start.backbone_lr_scale, log)
+    meta = {"train_config": cfg.to_dict(), "finetune": policy.to_dict()}
 
     def on_best(m, metrics):
-        save_checkpoint(out, m, arch, bundle.class_names, pre, metrics={**metrics, "data": bundle.source},
-                        meta={"train_config": cfg.to_dict()})
+        save_checkpoint(out, m, arch, bundle.class_names, pre, metrics={**metrics, "data": bundle.source}, meta=meta)
 
-    result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, log=log)
+    result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, params=params,
+                 log=log)
     if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
         # the final checkpoint carries the whole history; the resume state is no longer needed
         save_checkpoint(out, model, arch, bundle.class_names, pre,
                         metrics={"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source},
-                        meta={"train_config": cfg.to_dict(), "history": result.history})
+                        meta={**meta, "history": result.history})
         state.unlink(missing_ok=True)
     D.barrier()
-    return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source)
+    return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source,
+                        policy.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- loading a teacher
