@@ -92,6 +92,9 @@ def seed_app(checkpoint: str, threads: int):
     return app
 
 
+SERVER_CPUS: set[int] | None = None  # --pin: the servers run here, the load generator on the other CPUs
+
+
 class Proc:
     def __init__(self, cmd: list[str], ready_path: str):
         self.port = free_port()
@@ -101,7 +104,9 @@ class Proc:
         # logs every connection over its limit, and the server's event loop then blocks on that write
         self.log = tempfile.TemporaryFile()
         self.p = subprocess.Popen([*cmd, "--port", str(self.port)], env=env, cwd=str(REPO),
-                                  stdout=subprocess.DEVNULL, stderr=self.log)
+                                  stdout=subprocess.DEVNULL, stderr=self.log,
+                                  # in the child before exec: every thread the server starts inherits it
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, SERVER_CPUS)) if SERVER_CPUS else None)
         import httpx
 
         deadline = time.monotonic() + 120
@@ -151,70 +156,131 @@ def summary(lat: list[float], codes: list, wall: float) -> dict:
             "throughput_rps": round(len(ok) / wall, 2) if wall > 0 else None, "p50_ms": pct(50), "p99_ms": pct(99)}
 
 
-async def _one(client, url, img, timeout, lat, codes):
+class Conn:
+    """One keep-alive HTTP/1.1 connection of the load generator (asyncio streams, pre-built request bytes).
+
+    The generator must cost far less CPU per request than the servers it measures: httpx's AsyncClient costs
+    milliseconds per request here, comparable to the whole server-side work, so on 2 cores it measured itself.
+    """
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.r: asyncio.StreamReader | None = None
+        self.w: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> int:
+        if self.w is None:
+            self.r, self.w = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.w.write(raw)
+            line = await self.r.readline()
+            if not line:
+                raise ConnectionResetError("server closed the connection")
+            status = int(line.split(b" ", 2)[1])
+            length, close = 0, False
+            while (h := await self.r.readline()) not in (b"\r\n", b""):
+                k, _, v = h.partition(b":")
+                k = k.strip().lower()
+                if k == b"content-length":
+                    length = int(v)
+                elif k == b"connection":
+                    close = v.strip().lower() == b"close"
+            await self.r.readexactly(length)
+            if close:
+                self.close()
+            return status
+        except BaseException:
+            self.close()  # a half-read answer leaves the stream unusable: reconnect next time
+            raise
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+        self.r = self.w = None
+
+
+def predict_request(url: str, img: bytes, boundary: str = "edgecv-load-boundary") -> bytes:
+    """``POST /predict`` with one multipart file field: what the seed service's ``UploadFile`` expects."""
+    host = url.removeprefix("http://")
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + img + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _one(conn: Conn, raw: bytes, timeout: float, lat: list, codes: list) -> None:
     t = time.perf_counter()
     try:
-        r = await asyncio.wait_for(client.post(url + "/predict", files={"file": ("x.jpg", img, "image/jpeg")},
-                                               timeout=timeout), timeout)  # total time, not per read
-        codes.append(r.status_code)
+        codes.append(await asyncio.wait_for(conn.request(raw), timeout))  # total time, not per read
     except Exception as e:  # noqa: BLE001 - timeouts and connection errors are results here
         codes.append(type(e).__name__)
     lat.append(time.perf_counter() - t)
 
 
 async def closed_loop(url: str, images: list[bytes], conc: int, n: int, duration: float, timeout: float) -> dict:
-    import httpx
-
+    reqs = [predict_request(url, im) for im in images]
     lat, codes, left = [], [], [n]
     stop = time.perf_counter() + duration
+    conns = [Conn(url) for _ in range(conc)]
 
-    async def worker(client, k):
+    async def worker(k):
         while left[0] > 0 and time.perf_counter() < stop:
             left[0] -= 1
-            await _one(client, url, images[(k + left[0]) % len(images)], timeout, lat, codes)
+            await _one(conns[k], reqs[(k + left[0]) % len(reqs)], timeout, lat, codes)
 
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)) as client:
-        await _one(client, url, images[0], timeout, [], [])  # connect + warm
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client, k) for k in range(conc)))
-        return summary(lat, codes, time.perf_counter() - t0)
+    await asyncio.gather(*(_one(c, reqs[0], timeout, [], []) for c in conns))  # connect + warm
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(conc)))
+    out = summary(lat, codes, time.perf_counter() - t0)
+    for c in conns:
+        c.close()
+    return out
 
 
 async def open_loop(url: str, images: list[bytes], rate: float, duration: float, timeout: float,
                     max_inflight: int = 1024) -> dict:
-    """Arrivals at ``rate``/s for ``duration`` s regardless of answers (capped at ``max_inflight`` in flight)."""
-    import httpx
+    """Arrivals at ``rate``/s for ``duration`` s regardless of answers (capped at ``max_inflight`` in flight);
+    each request takes an idle keep-alive connection or opens one."""
+    reqs = [predict_request(url, im) for im in images]
+    lat, codes, tasks, dropped, idle = [], [], [], 0, []
 
-    lat, codes, tasks, dropped = [], [], [], 0
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=max_inflight)) as client:
-        t0 = time.perf_counter()
-        for i in range(int(rate * duration)):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks = [t for t in tasks if not t.done()]
-            if len(tasks) >= max_inflight:
-                dropped += 1
-                continue
-            tasks.append(asyncio.create_task(_one(client, url, images[i % len(images)], timeout, lat, codes)))
-        await asyncio.gather(*tasks)
-        out = summary(lat, codes, time.perf_counter() - t0)
+    async def one(raw):
+        conn = idle.pop() if idle else Conn(url)
+        await _one(conn, raw, timeout, lat, codes)
+        idle.append(conn)
+
+    t0 = time.perf_counter()
+    for i in range(int(rate * duration)):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks = [t for t in tasks if not t.done()]
+        if len(tasks) >= max_inflight:
+            dropped += 1
+            continue
+        tasks.append(asyncio.create_task(one(reqs[i % len(reqs)])))
+    await asyncio.gather(*tasks)
+    out = summary(lat, codes, time.perf_counter() - t0)
+    for c in idle:
+        c.close()
     out.update(offered_rps=rate, client_dropped=dropped, max_latency_ms=round(max(lat) * 1e3, 1) if lat else None)
     return out
 
 
 async def recovery(url: str, img: bytes, timeout: float, limit: float = 60.0) -> float | None:
     """Seconds after the overload until a single request is answered 200 again (None: not within ``limit``)."""
-    import httpx
-
+    raw, conn = predict_request(url, img), Conn(url)
     t0 = time.perf_counter()
-    async with httpx.AsyncClient() as client:
-        while time.perf_counter() - t0 < limit:
-            lat, codes = [], []
-            await _one(client, url, img, timeout, lat, codes)
-            if codes == [200]:
-                return round(time.perf_counter() - t0, 2)
-            await asyncio.sleep(0.2)
+    while time.perf_counter() - t0 < limit:
+        lat, codes = [], []
+        await _one(conn, raw, timeout, lat, codes)
+        if codes == [200]:
+            conn.close()
+            return round(time.perf_counter() - t0, 2)
+        await asyncio.sleep(0.2)
+    conn.close()
     return None
 
 
@@ -304,6 +370,9 @@ def main() -> None:
     ap.add_argument("--soak-s", type=float, default=60.0)
     ap.add_argument("--timeout", type=float, default=5.0, help="Per-request client timeout (s).")
     ap.add_argument("--out", help="Write the results JSON here.")
+    ap.add_argument("--pin", action="store_true",
+                    help="Servers on the last CPU, this load generator on the others (needs >= 2 CPUs), so the two "
+                         "never compete for one core.")
     ap.add_argument("--smoke", action="store_true", help="Seconds-long phases (checks the script, not a result).")
     ap.add_argument("--seed-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -313,6 +382,13 @@ def main() -> None:
 
         uvicorn.run(seed_app(a.checkpoint, a.threads), host=HOST, port=a.port, log_level="warning")
         return
+    if a.pin:
+        global SERVER_CPUS
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        SERVER_CPUS = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))
     if a.smoke:
         a.requests, a.duration, a.overload_s, a.soak_s = 60, 2.0, 3.0, 3.0
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from edgecv import __version__
 from edgecv.serve import v2
@@ -40,15 +40,15 @@ async def predict(request: Request, topk: int | None = None):
     k = svc.cfg.topk if topk is None else topk
     if not 1 <= k <= 1000:
         raise ClientError(400, f"topk must be 1..1000, got {k}")
-    with svc.admitted():
-        items = await _images(svc, request, body)
-        x = await svc.decode_all(items)
-        res = svc.predictor.results(await svc.infer_rows(request, x), k)
-        for (name, _), r in zip(items, res, strict=True):
-            r["file"] = name
-        d = svc.desc
-        return {"predictions": res, "artifact": d["artifact"], "sha256": d["sha256"], "runtime": d["runtime"],
-                "latency_ms": round((time.perf_counter() - t) * 1e3, 3)}
+    items = await _images(svc, request, body)
+    x = await svc.decode_all(items)
+    res = svc.predictor.results(await svc.infer_rows(request, x), k)
+    for (name, _), r in zip(items, res, strict=True):
+        r["file"] = name
+    d = svc.desc
+    # a JSONResponse straight away: FastAPI would otherwise walk the nested dict through jsonable_encoder
+    return JSONResponse({"predictions": res, "artifact": d["artifact"], "sha256": d["sha256"],
+                         "runtime": d["runtime"], "latency_ms": round((time.perf_counter() - t) * 1e3, 3)})
 
 
 @router.get("/v2/health/live")
@@ -88,12 +88,11 @@ async def infer(name: str, request: Request, version: str | None = None):
     svc = _svc(request)
     svc.check_model(name, version)
     body = await svc.read_body(request)
-    with svc.admitted():
-        req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
-                                           svc.predictor.input_shape, svc.cfg.max_queue)
-        x = data if kind == "fp32" else await svc.decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
-        payload, headers = v2.encode_response(req, svc.cfg.model_name, await svc.infer_rows(request, x))
-        return Response(payload, headers=headers)
+    req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
+                                       svc.predictor.input_shape, svc.cfg.max_queue)
+    x = data if kind == "fp32" else await svc.decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
+    payload, headers = v2.encode_response(req, svc.cfg.model_name, await svc.infer_rows(request, x))
+    return Response(payload, headers=headers)
 
 
 @router.get("/metrics")
