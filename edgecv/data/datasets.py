@@ -35,14 +35,19 @@ class ImageSamples:
     """A map-style dataset over ``(source, label)`` pairs; a source is a path or an in-memory PIL image.
 
     ``split``: which split of the data set this is (``train``/``val``/``test``; ``""`` for every image of a
-    folder without splits); ``folder``: where it was read from (``""`` for built-ins).
+    folder without splits); ``folder``: where it was read from (``""`` for built-ins). ``cache``: a
+    :class:`~edgecv.data.cache.DecodeCache` of these samples (``rows[i]``: sample ``i``'s row in it); then
+    :meth:`load_image` returns the cached base image (decode + shorter-side resize) instead of the file.
     """
 
-    def __init__(self, samples: Sequence[tuple[object, int]], transform=None, split: str = "", folder: str = ""):
+    def __init__(self, samples: Sequence[tuple[object, int]], transform=None, split: str = "", folder: str = "",
+                 cache=None, rows: Sequence[int] | None = None):
         self.samples = list(samples)
         self.transform = transform
         self.split = split
         self.folder = folder
+        self.cache = cache
+        self.rows = list(range(len(self.samples))) if rows is None else list(rows)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -52,6 +57,8 @@ class ImageSamples:
         return [y for _, y in self.samples]
 
     def load_image(self, i: int) -> Image.Image:
+        if self.cache is not None:
+            return self.cache.image(self.rows[i])
         return decode_image(self.samples[i][0])
 
     def __getitem__(self, i: int):
@@ -60,10 +67,15 @@ class ImageSamples:
         return x, self.samples[i][1]
 
     def with_transform(self, transform) -> ImageSamples:
-        return ImageSamples(self.samples, transform, self.split, self.folder)
+        return ImageSamples(self.samples, transform, self.split, self.folder, self.cache, self.rows)
+
+    def with_cache(self, cache) -> ImageSamples:
+        """The same samples read from ``cache`` (built for exactly these samples, in this order)."""
+        return ImageSamples(self.samples, self.transform, self.split, self.folder, cache)
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:
-        return ImageSamples([self.samples[i] for i in indices], self.transform, self.split, self.folder)
+        return ImageSamples([self.samples[i] for i in indices], self.transform, self.split, self.folder,
+                            self.cache, [self.rows[i] for i in indices])
 
 
 @dataclass

@@ -39,6 +39,10 @@ BACKGROUND = (255, 255, 255)
 DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 """Images with more pixels than this are refused before decoding (Pillow's own bomb threshold)."""
 
+BASE_INFO = "edgecv_base"
+"""``PIL.Image.info`` key of a decode-cache image (:mod:`edgecv.data.cache`): the ``(resize_size,
+interpolation)`` its base step was made for; ``Preprocess.train_base`` refuses one made for another policy."""
+
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edgecv.data.augment import PRESETS, Augment, centre_crop
-from edgecv.data.decode import decode_image
+from edgecv.data.decode import BASE_INFO, decode_image
 from edgecv.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,6 +91,10 @@ class Preprocess:
         """Decode + resize of the shorter side to :attr:`resize_size` (deterministic: the image augmentation
         starts from, and what the decode cache memoizes)."""
         img = decode_image(img)  # any mode -> 8-bit RGB by the one set of rules (the image itself when it is)
+        made_for = img.info.get(BASE_INFO) if isinstance(img, Image.Image) else None
+        if made_for is not None and tuple(made_for) != (self.resize_size, self.interpolation):
+            raise ValueError(f"a decode-cache image made for resize {made_for} given to a Preprocess with resize "
+                             f"{(self.resize_size, self.interpolation)}: attach the cache after the final Preprocess")
         w, h = img.size
         s = self.resize_size
         if w <= h:
