@@ -8,6 +8,7 @@ import click
 
 from edgecv.cli._common import echo, log, quiet_option
 from edgecv.errors import UserError
+from edgecv.utils import is_quiet
 
 
 @click.command()
@@ -61,5 +62,6 @@ def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max
                   address=address, host=host, port=port, log=echo)
         return 0
     pred = load_predictor(bundle, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
-    run_server(pred, cfg, host=host, port=port, log=echo)
+    # --quiet: uvicorn's own warnings (e.g. one per refused connection in a flood) are silenced too
+    run_server(pred, cfg, host=host, port=port, log=echo, log_level="error" if is_quiet() else "warning")
     return 0

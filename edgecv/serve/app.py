@@ -175,13 +175,15 @@ class Guard:
 
     def __init__(self, app, svc: Service):
         self.app, self.svc = app, svc
+        # encoded once: the refusal is the hot path under overload
+        self.busy = error(503, f"server busy: {svc.cfg.max_queue} requests in progress (the maximum); retry later",
+                          {"Retry-After": "1"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         svc, t = self.svc, time.perf_counter()
-        headers = Headers(scope=scope)
-        if not svc.authorized(scope["path"], headers):
+        if svc.cfg.api_key and not svc.authorized(scope["path"], Headers(scope=scope)):
             svc.metrics.record("unauthorized", 401, time.perf_counter() - t)  # no raw path: bounded labels
             resp = error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
             return await _drain_then(resp, scope, receive, send)
@@ -196,10 +198,8 @@ class Guard:
         try:
             if counted:
                 if svc.inflight >= svc.cfg.max_queue:
-                    resp = error(503, f"server busy: {svc.inflight} requests in progress (max {svc.cfg.max_queue})",
-                                 {"Retry-After": "1"})
                     scope["route"] = _ADMISSION_LABEL.get(scope["path"], _V2_INFER)  # bounded metric labels
-                    return await _drain_then(resp, scope, receive, send_status)
+                    return await _drain_then(self.busy, scope, receive, send_status)
                 svc.inflight += 1
             try:
                 await self.app(scope, receive, send_status)

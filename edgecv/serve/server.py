@@ -33,6 +33,9 @@ def bind_warning(host: str, api_key: str | None) -> str | None:
             "(pass --api-key-env VAR, or bind 127.0.0.1 behind a proxy)")
 
 
+UVICORN_CONNECTION_LIMIT = 2048
+
+
 def serve(predictor: Predictor, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "warning", log=print) -> None:
     import uvicorn
@@ -50,10 +53,12 @@ def serve(predictor: Predictor, cfg: ServeConfig, host: str = "127.0.0.1", port:
     warn = bind_warning(host, cfg.api_key)
     if warn:
         log(warn)
-    # beyond 4 x max_queue + 64 open connections uvicorn itself answers 503 before the app runs (cheap under
-    # overload); below it the app's own admission bound answers 503 + Retry-After as JSON
+    # Admission is the app's (Guard: 503 + Retry-After on the same keep-alive connection). uvicorn's own limit is
+    # only a backstop against a connection flood: past it uvicorn logs a warning per request, answers 503 and
+    # closes the connection, and the reconnect churn costs more CPU than the refusals themselves.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=60, lifespan="on", limit_concurrency=4 * cfg.max_queue + 64)
+                            timeout_graceful_shutdown=60, lifespan="on",
+                            limit_concurrency=max(UVICORN_CONNECTION_LIMIT, 8 * cfg.max_queue))
     server = _Server(config)
     d = predictor.describe()
     log(f"serving {d['artifact']} ({d['runtime']}, sha256 {str(d['sha256'])[:12]}) as '{cfg.model_name}' "
