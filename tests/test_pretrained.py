@@ -204,3 +204,24 @@ def test_pretrained_and_init_weights_exclusive(tmp_path):
 
     with pytest.raises(UserError, match="either"):
         starting_model("resnet18", 2, pretrained=True, init_weights=str(tmp_path / "x.pt"))
+
+
+def test_compress_student_init_weights(tmp_path, photos):
+    import torchvision
+
+    sd = _random_state_dict(lambda: torchvision.models.mobilenet_v3_small(num_classes=1000), seed=5)
+    f = tmp_path / "student.pth"
+    torch.save(sd, f)
+    teacher = tmp_path / "teacher.pt"
+    run_cli("train", "--data", str(photos), "--arch", "resnet18", *FAST, "--out", str(teacher), check=True)
+    run = tmp_path / "run"
+    p = run_cli("compress", "--teacher", str(teacher), "--data", str(photos), "--student", "mobilenet_v3_small",
+                "--student-init-weights", str(f), "--stages", "distill", "--epochs-kd", "0", "--img-size", "32",
+                "--workers", "0", "--device", "cpu", "--teacher-cache", "off", "--quiet", "--out", str(run))
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck_sd, _ = _trained(run / "distill.pt")
+    _assert_trunk_equal(sd, ck_sd, "features.")  # no KD epoch: the distill stage's student is the file's
+    assert ck_sd["classifier.3.weight"].shape == (2, 1024)
+    p = run_cli("compress", "--teacher", str(teacher), "--data", str(photos), "--student-pretrained",
+                "--student-init-weights", str(f), "--out", str(tmp_path / "r2"))
+    assert p.returncode == 2 and "either --student-pretrained or --student-init-weights" in one_line(p.stderr)

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Transfer (issue 13): a backbone trained on cifar10-mini, fine-tuned on hymenoptera, vs hymenoptera from scratch.
+
+    flock /tmp/edgecv-heavy.lock .venv/bin/python benchmarks/transfer.py \
+        [--source ~/.cache/edgecv/cifar10-mini] [--target ~/.cache/edgecv/hymenoptera] \
+        [--source-size 32] [--source-epochs 4] [--size 64] [--epochs 8] [--arch resnet18] [--out runs/transfer]
+
+Everything goes through the real CLI (``python -m edgecv train ... --json`` and ``edgecv eval ... --json``):
+
+1. the source: ``edgecv train --data SOURCE --arch ARCH --img-size SOURCE_SIZE --epochs SOURCE_EPOCHS``;
+2. on the target, at one input size and one number of epochs, the same seed: from scratch (``--freeze none``,
+   lr scale 1), and ``--init-weights source.pt`` with ``--freeze none``, ``backbone`` and ``until:<last block>``
+   (the arch's "last blocks", edgecv.training.finetune.LAST_BLOCKS; the backbone at lr x 0.1, the default);
+3. ``edgecv eval`` of each best checkpoint on the target's validation split: top-1 and balanced accuracy (the
+   mean of the per-class recalls).
+
+Prints one markdown table (val top-1, balanced accuracy, best epoch, trainable params, training wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def edgecv(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "edgecv", *args, "--json", "--quiet"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout)
+
+
+def balanced_accuracy(ev: dict) -> float | None:
+    if ev.get("balanced_acc") is not None:
+        return float(ev["balanced_acc"])
+    per = ev.get("per_class")
+    if isinstance(per, dict):
+        per = list(per.values())
+    recalls = [c.get("recall") for c in per or [] if isinstance(c, dict) and c.get("recall") is not None]
+    return 100.0 * sum(recalls) / len(recalls) if recalls else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default=str(Path.home() / ".cache/edgecv/cifar10-mini"))
+    ap.add_argument("--target", default=str(Path.home() / ".cache/edgecv/hymenoptera"))
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--source-size", type=int, default=32)
+    ap.add_argument("--source-epochs", type=int, default=4)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default=str(REPO / "runs" / "transfer"))
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from edgecv.models.registry import create_model
+    from edgecv.training.finetune import last_blocks
+
+    last = last_blocks(a.arch, create_model(a.arch, 2))
+    common = ["--arch", a.arch, "--seed", "0", "--device", "cpu"]
+    src = out / "source.pt"
+    t0 = time.perf_counter()
+    s = edgecv("train", "--data", a.source, *common, "--img-size", str(a.source_size), "--epochs",
+               str(a.source_epochs), "--batch-size", "64", "--out", str(src))
+    print(f"source: {a.arch} on {a.source} at {a.source_size} px, {a.source_epochs} epochs: val top-1 "
+          f"{s['best_val_top1']:.2f}% in {s['wall_s']:.0f} s", file=sys.stderr)
+    runs = [("from scratch", "none", []),
+            ("--init-weights, --freeze none", "none", ["--init-weights", str(src)]),
+            ("--init-weights, --freeze backbone", "backbone", ["--init-weights", str(src)]),
+            (f"--init-weights, --freeze until:{last}", f"until:{last}", ["--init-weights", str(src)])]
+    rows = []
+    for label, freeze, extra in runs:
+        ck = out / f"target-{freeze.replace(':', '_')}{'-init' if extra else ''}.pt"
+        r = edgecv("train", "--data", a.target, *common, "--img-size", str(a.size), "--epochs", str(a.epochs),
+                   "--batch-size", str(a.batch_size), "--freeze", freeze, *extra, "--out", str(ck))
+        ev = edgecv("eval", str(ck), "--data", a.target)
+        ft = r.get("finetune") or {}
+        rows.append({"run": label, "val_top1": ev.get("top1", r["best_val_top1"]), "balanced": balanced_accuracy(ev),
+                     "best_epoch": r["best_epoch"], "trainable": ft.get("trainable_params"),
+                     "lr_scale": ft.get("backbone_lr_scale"), "wall_s": r["wall_s"]})
+        print(f"{label}: {rows[-1]}", file=sys.stderr)
+    print(f"\nsource: `{a.arch}` on cifar10-mini at {a.source_size} px, {a.source_epochs} epochs, val top-1 "
+          f"{s['best_val_top1']:.2f}% ({s['wall_s']:.0f} s); target: hymenoptera at {a.size} px, {a.epochs} epochs "
+          f"each, batch {a.batch_size}, seed 0; total {time.perf_counter() - t0:.0f} s on {platform.processor() or 'cpu'}"
+          "\n")
+    print("| start | freeze | backbone lr x | trainable params | val top-1 % | balanced acc % | best epoch | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (label, freeze, _), r in zip(runs, rows, strict=True):
+        bal = f"{r['balanced']:.2f}" if r["balanced"] is not None else "-"
+        print(f"| {label.split(',')[0]} | {freeze} | {r['lr_scale']:g} | {r['trainable']:,} | {r['val_top1']:.2f} | "
+              f"{bal} | {r['best_epoch']} | {r['wall_s']:.1f} |")
+    (out / "transfer.json").write_text(json.dumps({"args": vars(a), "source": s, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
