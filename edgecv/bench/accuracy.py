@@ -1,4 +1,4 @@
-"""Top-1 / top-5 of an artifact *through its runtime* on the evaluation images.
+"""Top-1 / top-5, balanced accuracy and macro-F1 of an artifact *through its runtime* on the evaluation images.
 
 The images are preprocessed once with the manifest's :class:`~edgecv.data.preprocess.Preprocess` (the same
 ``to_array`` every runtime sees in deployment) and fed in batches the artifact accepts: its fixed batch size,
@@ -14,6 +14,7 @@ import numpy as np
 
 from edgecv.data.arrays import to_arrays, topk_correct
 from edgecv.data.datasets import load_eval_dataset
+from edgecv.data.metrics import logits_summary
 from edgecv.data.preprocess import Preprocess
 from edgecv.runtimes.base import predict_all
 
@@ -43,6 +44,8 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:
     logits = predict_all(runner, ev.x, batch_size, desc)
     n = len(ev.y)
+    s = logits_summary(logits, ev.y)
     return {"top1": 100.0 * topk_correct(logits, ev.y, 1) / max(n, 1),
             "top5": 100.0 * topk_correct(logits, ev.y, 5) / max(n, 1),
+            "balanced_acc": s["balanced_acc"], "macro_f1": s["macro_f1"],
             "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size)}

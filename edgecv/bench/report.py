@@ -52,6 +52,8 @@ def rows_for_table(result: dict) -> list[dict]:
             "format": a["format"], "precision": a["precision"], "runtime": a["runtime"] or "-",
             "size": _mb(a["size_bytes"]),
             "top1": _f(acc["top1"]) if acc else "-",
+            # balanced accuracy (mean per-class recall) / macro-F1; absent in results written before they existed
+            "bal_f1": f"{_f(acc.get('balanced_acc'))} / {_f(acc.get('macro_f1'))}" if acc else "-",
             "p50": _f(p.get("p50_ms"), "{:.3f}"), "p90": _f(p.get("p90_ms"), "{:.3f}"),
             "fps": _f(p.get("fps"), "{:.1f}"),
             "thr_fps": (f"{a['throughput']['fps']:.1f} @b{a['throughput']['batch']}" if a.get("throughput") else "-"),
@@ -61,7 +63,7 @@ def rows_for_table(result: dict) -> list[dict]:
 
 
 COLUMNS = [("artifact", "artifact"), ("format", "format"), ("precision", "precision"), ("runtime", "runtime"),
-           ("size", "size"), ("top1", "top-1 %"), ("p50", "p50 ms"), ("p90", "p90 ms"), ("fps", "fps"),
+           ("size", "size"), ("top1", "top-1 %"), ("bal_f1", "bal. acc / macro-F1 %"), ("p50", "p50 ms"), ("p90", "p90 ms"), ("fps", "fps"),
            ("thr_fps", "throughput"), ("verdict", "budget")]
 
 
@@ -99,7 +101,8 @@ def print_table(result: dict, console=None) -> None:
     t = Table(title=f"edgecv bench: {result['bundle']}  target={result['target'] or '-'}  "
                     f"budget: {_budget_text(result)}", title_justify="left")
     for _, head in COLUMNS:
-        t.add_column(head, justify="right" if head in ("size", "top-1 %", "p50 ms", "p90 ms", "fps") else "left",
+        t.add_column(head, justify="right" if head in ("size", "top-1 %", "bal. acc / macro-F1 %", "p50 ms", "p90 ms",
+                                                      "fps") else "left",
                      overflow="fold")
     for r in rows_for_table(result):
         t.add_row(*[escape(str(r[k])) for k, _ in COLUMNS])
@@ -135,7 +138,8 @@ def to_markdown(result: dict) -> str:
     for m in _measured_on(result):
         lines.append(f"- measured on: {m}")
     lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
-              "|" + "|".join("---:" if k in ("size", "top1", "p50", "p90", "fps") else "---" for k, _ in COLUMNS) + "|"]
+              "|" + "|".join("---:" if k in ("size", "top1", "bal_f1", "p50", "p90", "fps") else "---"
+                             for k, _ in COLUMNS) + "|"]
     for r in rows_for_table(result):
         lines.append("| " + " | ".join(str(r[k]).replace("|", "\\|") for k, _ in COLUMNS) + " |")
     lines.append("")

@@ -22,7 +22,8 @@ from edgecv.utils import check_writable, stderr_console
 @json_option
 @quiet_option
 def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trust_pickle, arch, as_json):
-    """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of CHECKPOINT on DATA.
+    """Top-1/top-5, balanced accuracy (mean per-class recall), macro-F1, per-class precision/recall/F1 and the
+    confusion matrix of CHECKPOINT on DATA.
 
     \b
     Examples:
@@ -42,7 +43,7 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
 
     con = stderr_console(160)
     con.print(f"[bold]{checkpoint}[/] on {data} ({rep['data_split']} split): {rep['n']} images  top-1 [bold]{rep['top1']:.2f}%[/]  "
-              f"top-5 {rep['top5']:.2f}%  macro-F1 {rep['macro_f1']:.2f}%")
+              f"top-5 {rep['top5']:.2f}%  balanced acc {rep['balanced_acc']:.2f}%  macro-F1 {rep['macro_f1']:.2f}%")
     if per_class:
         t = Table("class", "precision", "recall", "F1", "support")
         for name, r in rep["per_class"].items():

@@ -51,6 +51,17 @@ def default_preset(input_size: int) -> str:
     return "light" if int(input_size) <= 64 else "standard"
 
 
+def resolve_preset(requested: str, input_size: int, recorded: str | None = None) -> str:
+    """The preset a training uses: ``requested`` unless it is ``auto``; then ``recorded`` (the preset a teacher
+    checkpoint was trained with: compress reuses it for the student stages) or, without one,
+    :func:`default_preset` of ``input_size``."""
+    if requested == "auto":
+        return recorded or default_preset(input_size)
+    if requested not in PRESETS:
+        raise UserError(f"--augment must be auto or one of {', '.join(PRESETS)}, got '{requested}'")
+    return requested
+
+
 def centre_crop(img: Image.Image, size: int) -> Image.Image:
     """The centre ``size`` square (offsets rounded down; black beyond the edges): the one centre-crop rule of
     evaluation (:meth:`Preprocess.to_array`) and of the ``none``/``light`` presets."""
