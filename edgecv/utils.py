@@ -238,3 +238,15 @@ def resolve_device(device: str | None = "auto", check: bool = True):
     if dev.type in avail:
         return dev
     raise UserError(f"device {name!r} is not available here; available: {', '.join(avail)}")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this host (``/proc/cpuinfo``; empty where unreadable, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()

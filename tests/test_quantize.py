@@ -211,3 +211,59 @@ def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
     spread = float(ref.max() - ref.min())
     assert agree >= 0.99, agree
     assert float(np.abs(out - ref).max()) < 0.05 * spread, (np.abs(out - ref).max(), spread)
+
+
+def test_auto_weight_bits_by_cpu():
+    """7-bit weights exactly where u8 x s8 int8 kernels saturate: x86 without VNNI/AMX."""
+    from edgecv.quant import auto_weight_bits
+
+    assert auto_weight_bits(frozenset({"avx2", "fma"}), "x86_64")[0] == 7
+    assert auto_weight_bits(frozenset({"avx2", "avx512f", "avx512_vnni"}), "x86_64")[0] == 8
+    assert auto_weight_bits(frozenset({"avx2", "avx_vnni"}), "x86_64")[0] == 8
+    assert auto_weight_bits(frozenset({"avx2", "amx_int8"}), "x86_64")[0] == 8
+    assert auto_weight_bits(frozenset({"asimd", "asimddp"}), "aarch64")[0] == 8
+    bits, why = auto_weight_bits(frozenset({"avx2"}), "x86_64")
+    assert "VNNI" in why and bits == 7
+
+
+def test_7bit_weights_onnx_range_and_checkpoint(tmp_path):
+    """weight_bits=7: every int8 weight the INT8 ONNX holds is within +-63 (no int16 pair saturation on AVX2), the
+    config survives a checkpoint round trip, and ONNX Runtime agrees with the QAT model."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgecv.export.onnx import export_int8_qdq
+
+    torch.set_num_threads(1)
+    S, gen = 32, torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v3_small", 4)
+    prepare_qat(m, QuantConfig(trace_size=S, weight_bits=7))
+    calib = [_colour_batch(16, S, gen)[0] for _ in range(3)]
+    calibrate(m, [(c, None) for c in calib])
+    freeze_bn(m)
+    set_observers(m, False)
+    m.eval()
+    assert m.edgecv_quant["weight_bits"] == 7
+    ck = save_checkpoint(tmp_path / "q.pt", m, "mobilenet_v3_small", ["a", "b", "c", "d"], Preprocess(input_size=S),
+                         metrics={}, meta={"quant": m.edgecv_quant}) or tmp_path / "q.pt"
+    rebuilt = load_checkpoint(ck).build().eval()
+    xv, _ = _colour_batch(64, S, gen)
+    with torch.no_grad():
+        ref = m(xv).numpy()
+        assert np.array_equal(rebuilt(xv).numpy(), ref)
+    path = tmp_path / "m.onnx"
+    export_int8_qdq(to_deploy(m), path, S, calib_batches=[c.numpy() for c in calib])
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    ranges = [np.abs(inits[n.input[0]].astype(np.int32)).max() for n in g.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+              and inits[n.input[0]].ndim == 4]
+    assert ranges and max(ranges) <= 63, max(ranges)
+    assert max(ranges) >= 60  # the range is used, not just clipped small weights
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": xv.numpy()})[0]
+    assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.98

@@ -127,15 +127,18 @@ class Exporter:
     def qat_model(self) -> nn.Module:
         """The fake-quant model INT8 artifacts reproduce (QAT checkpoint, else PTQ of the float model)."""
         if "qat" not in self._models:
-            from edgecv.quant import ptq
+            from edgecv.quant import QuantConfig, auto_weight_bits, ptq
 
             if self.src.is_qat:
                 m = self.src.build()
                 self.notes["int8_source"] = "qat"
-            else:
-                m, n = ptq(self.src.build(), self.data.calib, self.size)
+            else:  # weights 7-bit where this CPU's int8 kernels would saturate 8-bit ones (as compress decides)
+                bits, _ = auto_weight_bits()
+                m, n = ptq(self.src.build(), self.data.calib, self.size,
+                           QuantConfig(trace_size=self.size, weight_bits=bits))
                 self.notes["int8_source"] = "ptq"
                 self.notes["ptq_calibration_images"] = n
+            self.notes["int8_weight_bits"] = int(getattr(m, "edgecv_quant", {}).get("weight_bits", 8))
             self._models["qat"] = m.eval()
         return self._models["qat"]
 

@@ -121,6 +121,20 @@ def validate_entry(ex, entry) -> None:
         entry.status = "failed"
         entry.error = v.get("reason") or (f"validation failed: top-1 agreement {v['top1_agreement']}% < "
                                           f"{v['threshold_agreement']}% vs {v['reference']}")
+        entry.error += _saturation_hint(ex, entry)
+
+
+def _saturation_hint(ex, entry) -> str:
+    """Why an ONNX/OpenVINO INT8 artifact of 8-bit weights can fail on this CPU, and the fix."""
+    from edgecv.quant import auto_weight_bits
+
+    if entry.precision != "int8" or entry.format not in ("onnx", "openvino"):
+        return ""
+    bits, _ = auto_weight_bits()
+    if bits == 8 or ex.notes.get("int8_weight_bits", 8) != 8:
+        return ""
+    return ("; this CPU has no VNNI/AMX, so its int8 kernels saturate 8-bit weights: compress with "
+            "--int8-weight-bits auto (or 7), see docs/int8.md")
 
 
 def entry_line(e) -> str:

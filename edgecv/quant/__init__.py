@@ -22,9 +22,9 @@ from torch import nn
 from edgecv.quant.deploy_form import is_qat, to_deploy
 from edgecv.quant.modules import calibrate, freeze_bn, output_fq_names, set_fake_quant, set_observers
 from edgecv.quant.placement import prepare_qat
-from edgecv.quant.scheme import QuantConfig
+from edgecv.quant.scheme import QuantConfig, auto_weight_bits
 
-__all__ = ["QuantConfig", "calibrate", "deploy", "freeze_bn", "is_qat", "output_fq_names", "prepare_qat", "ptq",
+__all__ = ["QuantConfig", "auto_weight_bits", "calibrate", "deploy", "freeze_bn", "is_qat", "output_fq_names", "prepare_qat", "ptq",
            "set_fake_quant", "set_observers", "to_deploy"]
 
 

@@ -16,12 +16,12 @@ from edgecv.quant.scheme import QMAX, QMIN, ActFakeQuant, fake_quant_bias, weigh
 class DeployBase(nn.Module):
     """Constant Q/DQ parameters: activation scale as a Python float, weight scales precomputed."""
 
-    def _init_q(self, act_fq: ActFakeQuant, weight: torch.Tensor, w_enabled: bool) -> None:
+    def _init_q(self, act_fq: ActFakeQuant, weight: torch.Tensor, w_enabled: bool, w_qmax: int) -> None:
         self.act_enabled = bool(act_fq.fake_quant.item() and act_fq.initialized.item())
         self.act_scale = float(act_fq.scale.item())
         self.w_enabled = bool(w_enabled)
         self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("w_scale", weight_scale(weight))
+        self.register_buffer("w_scale", weight_scale(weight, w_qmax))
         self.register_buffer("w_zp", torch.zeros(weight.shape[0], dtype=torch.int32))
 
     def _bias_q(self, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -40,7 +40,8 @@ class DeployBase(nn.Module):
 
     def _q_weight(self):
         if self.w_enabled:
-            # scale = amax/127 keeps every weight in [-127, 127]; ONNX only accepts the (-128, 127) range spec
+            # scale = amax/qmax keeps every weight in [-qmax, qmax] (127, or 63 for 7-bit weights); ONNX only
+            # accepts the (-128, 127) range spec
             return torch.fake_quantize_per_channel_affine(self.weight, self.w_scale, self.w_zp, 0, QMIN, QMAX)
         return self.weight
 
@@ -53,7 +54,7 @@ class DeployQConv(DeployBase):
         w, b = q.folded()
         c = q.conv
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
-        self._init_q(q.act_fq, w, bool(q.weight_fq.item()) and not q.float_layer)
+        self._init_q(q.act_fq, w, bool(q.weight_fq.item()) and not q.float_layer, getattr(q, "w_qmax", 127))
         self.float_layer = q.float_layer
         if q.float_layer:
             self.act_enabled = False
@@ -73,7 +74,7 @@ class DeployQConv(DeployBase):
 class DeployQLinear(DeployBase):
     def __init__(self, q: QLinear):
         super().__init__()
-        self._init_q(q.act_fq, q.linear.weight, bool(q.weight_fq.item()))
+        self._init_q(q.act_fq, q.linear.weight, bool(q.weight_fq.item()), getattr(q, "w_qmax", 127))
         self.register_buffer("bias", self._bias_q(q.linear.bias))
 
     def forward(self, x):

@@ -8,14 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecv.errors import UserError
-from edgecv.quant.scheme import ActFakeQuant, fake_quant_weight, simulated_bias
+from edgecv.quant.scheme import WQMAX, ActFakeQuant, fake_quant_weight, simulated_bias
 
 
 class QConvBn2d(nn.Module):
     """Conv2d (+ folded BatchNorm) with input-activation and per-channel weight fake-quant."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None, ema: float):
+    def __init__(self, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None, ema: float,
+                 w_qmax: int = WQMAX):
         super().__init__()
+        self.w_qmax = w_qmax  # weights in [-w_qmax, w_qmax] (QuantConfig.weight_bits)
         if conv.padding_mode != "zeros":
             raise UserError(f"QAT supports zero-padded convolutions only (a conv uses padding_mode={conv.padding_mode!r})")
         self.conv = conv
@@ -47,12 +49,13 @@ class QConvBn2d(nn.Module):
         return self.out_fq(y) if self.out_fq is not None else y
 
     def _bias_q(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
-        return simulated_bias(b, self.act_fq, w, bool(self.weight_fq.item()) and not self.float_layer)
+        return simulated_bias(b, self.act_fq, w, bool(self.weight_fq.item()) and not self.float_layer, self.w_qmax)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.float_layer:
             x = self.act_fq(x)
-        wq = (lambda t: fake_quant_weight(t)) if self.weight_fq.item() and not self.float_layer else (lambda t: t)
+        wq = ((lambda t: fake_quant_weight(t, self.w_qmax)) if self.weight_fq.item() and not self.float_layer
+              else (lambda t: t))
         if self.bn is None:
             w = self.conv.weight
             return self._conv(x, wq(w), self._bias_q(self.conv.bias, w))
@@ -73,17 +76,18 @@ class QConvBn2d(nn.Module):
 
 
 class QLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, ema: float):
+    def __init__(self, linear: nn.Linear, ema: float, w_qmax: int = WQMAX):
         super().__init__()
         self.linear = linear
+        self.w_qmax = w_qmax
         self.act_fq = ActFakeQuant(ema)
         self.register_buffer("weight_fq", torch.tensor(1, dtype=torch.uint8))
 
     def forward(self, x):
         x = self.act_fq(x)
         w = self.linear.weight
-        b = simulated_bias(self.linear.bias, self.act_fq, w, bool(self.weight_fq.item()))
-        return F.linear(x, fake_quant_weight(w) if self.weight_fq.item() else w, b)
+        b = simulated_bias(self.linear.bias, self.act_fq, w, bool(self.weight_fq.item()), self.w_qmax)
+        return F.linear(x, fake_quant_weight(w, self.w_qmax) if self.weight_fq.item() else w, b)
 
 
 class BnTail(nn.Module):

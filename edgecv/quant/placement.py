@@ -55,9 +55,9 @@ def prepare_qat(model: nn.Module, qcfg: QuantConfig | dict | None = None) -> nn.
         if isinstance(m, nn.Conv2d):
             bn_name = conv_to_bn.get(name)
             bn = mods[bn_name] if bn_name else None
-            set_module(model, name, QConvBn2d(m, bn, qcfg.ema))
+            set_module(model, name, QConvBn2d(m, bn, qcfg.ema, qcfg.weight_qmax))
         elif isinstance(m, nn.Linear) and qcfg.quantize_linear:
-            set_module(model, name, QLinear(m, qcfg.ema))
+            set_module(model, name, QLinear(m, qcfg.ema, qcfg.weight_qmax))
     for bn_name in paired_bn:
         bn = mods[bn_name]
         set_module(model, bn_name, BnTail(bn) if hasattr(bn, "act") else nn.Identity())

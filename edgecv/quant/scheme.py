@@ -2,7 +2,11 @@
 
 Scheme (TensorRT explicit quantization, OpenVINO and ONNX Runtime QDQ all run it):
 
-* weights: symmetric int8, per output channel, range [-127, 127], zero point 0;
+* weights: symmetric int8, per output channel, range [-127, 127], zero point 0 - or 7-bit, [-63, 63]
+  (``QuantConfig.weight_bits = 7``, the ``reduce_range`` of ONNX Runtime's quantizer): x86 CPUs without VNNI/AMX
+  run u8 x s8 products through ``vpmaddubsw``, which adds each pair in int16 with saturation
+  (``2 x 255 x 127 > 32767``); with weights within +-63 it cannot saturate (``2 x 255 x 63 = 32130``), so ONNX
+  Runtime and OpenVINO compute the exact QDQ result there (docs/int8.md, :func:`auto_weight_bits`);
 * activations: symmetric int8, per tensor, zero point 0, scale from an EMA of the observed |min|/|max|;
 * fake-quant sits on the *input* of every Conv2d and Linear (activation) and on its weight, with BatchNorm
   folded into the convolution (Q/DQ placement TensorRT recommends; OpenVINO fuses it too);
@@ -36,6 +40,34 @@ from torch import nn
 
 QMIN, QMAX = -128, 127
 WQMIN, WQMAX = -127, 127
+# CPU flags of an exact int32 u8 x s8 dot product (no int16 pair saturation): VNNI (AVX-512 or AVX) and AMX
+EXACT_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def weight_qmax(bits: int) -> int:
+    """Largest |int| of a ``bits``-bit symmetric weight: 127 for 8, 63 for 7."""
+    if bits not in (7, 8):
+        raise ValueError(f"weight bits must be 7 or 8, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def auto_weight_bits(flags: frozenset[str] | None = None, machine: str | None = None) -> tuple[int, str]:
+    """(bits, reason): 7 on an x86 CPU without VNNI/AMX (its int8 kernels would saturate), else 8."""
+    import platform
+
+    from edgecv.utils import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return 8, f"8-bit weights: {machine} (no u8 x s8 int16 saturation)"
+    if not flags:
+        return 8, "8-bit weights: CPU flags unreadable"
+    exact = sorted(EXACT_INT8_DOT_FLAGS & flags)
+    if exact:
+        return 8, f"8-bit weights: the CPU has {', '.join(exact)} (exact int8 dot products)"
+    return 7, ("7-bit weights: this x86 CPU has no VNNI/AMX, so ONNX Runtime's and OpenVINO's int8 kernels "
+               "saturate 8-bit weights (docs/int8.md)")
 
 
 @dataclass
@@ -50,6 +82,11 @@ class QuantConfig:
     # the image stem when ``float_stem``), [] = none (checkpoints written before float convs existed)
     float_convs: list[str] | None = None
     float_stem: bool = True
+    weight_bits: int = 8  # 7: weights within +-63 (no int16 saturation on x86 without VNNI); see weight_qmax
+
+    @property
+    def weight_qmax(self) -> int:
+        return weight_qmax(self.weight_bits)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,11 +130,11 @@ class ActFakeQuant(nn.Module):
                                                      QMIN, QMAX)
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-output-channel int8 fake-quant of a weight (scale from the current weight)."""
-    scale = weight_scale(w)
+def fake_quant_weight(w: torch.Tensor, qmax: int = WQMAX) -> torch.Tensor:
+    """Symmetric per-output-channel fake-quant of a weight to [-qmax, qmax] (scale from the current weight)."""
+    scale = weight_scale(w, qmax)
     zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, WQMIN, WQMAX)
+    return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
 
 
 def fake_quant_bias(b: torch.Tensor, x_scale: torch.Tensor | float, w_scale: torch.Tensor) -> torch.Tensor:
@@ -112,15 +149,14 @@ def fake_quant_bias(b: torch.Tensor, x_scale: torch.Tensor | float, w_scale: tor
     return b + ((q.float() * bs).to(b.dtype) - b).detach()
 
 
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    return (w.detach().abs().reshape(w.shape[0], -1).amax(1).clamp(min=1e-8) / WQMAX).float()
+def weight_scale(w: torch.Tensor, qmax: int = WQMAX) -> torch.Tensor:
+    return (w.detach().abs().reshape(w.shape[0], -1).amax(1).clamp(min=1e-8) / qmax).float()
 
 
-
-
-def simulated_bias(b: torch.Tensor | None, act_fq: ActFakeQuant, w: torch.Tensor, quantized: bool) -> torch.Tensor | None:
+def simulated_bias(b: torch.Tensor | None, act_fq: ActFakeQuant, w: torch.Tensor, quantized: bool,
+                   qmax: int = WQMAX) -> torch.Tensor | None:
     """The bias a QAT layer trains with: int32-rounded (:func:`fake_quant_bias`) when its input and weight are
     both quantized in the exported graph (``quantized``: weight fake-quant on, not a float layer), else as is."""
     if b is None or not (quantized and act_fq.fake_quant.item() and act_fq.initialized.item()):
         return b
-    return fake_quant_bias(b, act_fq.scale.float(), weight_scale(w))
+    return fake_quant_bias(b, act_fq.scale.float(), weight_scale(w, qmax))
