@@ -2,6 +2,11 @@
 """JPEG decode + shorter-side resize throughput, per decoder, on real photos (one run, interleaved).
 
     .venv/bin/python benchmarks/decode.py [~/.cache/edgecv/hymenoptera] [--sizes 128 224] [--rounds 3]
+    .venv/bin/python benchmarks/decode.py [ROOT] --epoch 128 [--rounds 3]
+
+``--epoch S``: the data side of one training epoch alone (no model): every train image through the training
+transform (the preset ``edgecv train`` picks at S px) and every val image through the eval transform, in
+DataLoader batches of 32 with no worker, decoding live vs from the decode cache (built first, timed apart).
 
 Every decoder turns the file's bytes (read into memory first: no disk time) into an RGB uint8 image whose
 shorter side is the training size (the size computed from the header, the same for every decoder), the step
@@ -81,13 +86,54 @@ def decoders(s: int) -> dict:
     return out
 
 
+def data_epoch(root: str, size: int, rounds: int) -> None:
+    import os
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from edgecv.data import cache as C
+    from edgecv.data.augment import resolve_preset
+    from edgecv.data.datasets import load_train_val
+
+    os.environ["EDGECV_CACHE"] = tempfile.mkdtemp(prefix="edgecv-decode-bench-")
+    live = load_train_val(root, img_size=size)
+    live.preprocess = pre = live.preprocess.with_augment(resolve_preset("auto", size))
+    cached = load_train_val(root, img_size=size, preprocess=pre)
+    t0 = time.perf_counter()
+    rec = C.attach(cached, "auto")
+    build = time.perf_counter() - t0
+    runs = {"live": live, "cached": cached}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(rounds):
+        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            b = runs[k]
+            t0 = time.perf_counter()
+            for ds, tf, shuffle in ((b.train, pre.train_transform(), True), (b.val, pre.eval_transform(), False)):
+                for _ in DataLoader(ds.with_transform(tf), batch_size=32, shuffle=shuffle, num_workers=0):
+                    pass
+            times[k].append(time.perf_counter() - t0)
+    n = len(live.train) + len(live.val)
+    print(f"\ndata side of one epoch at {size} px ({len(live.train)} train + {len(live.val)} val images, preset "
+          f"{pre.augment}); cache {rec['bytes'] / 1e6:.1f} MB built in {build:.2f} s\n"
+          "| inputs | s per epoch (median of rounds) | images/s |\n|---|---|---|")
+    for k, ts in times.items():
+        m = statistics.median(ts)
+        print(f"| {k} | {m:.2f} | {n / m:.0f} |")
+    print(f"| cached / live | {statistics.median(times['cached']) / statistics.median(times['live']):.2f} | |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", nargs="?", default=str(Path("~/.cache/edgecv/hymenoptera").expanduser()))
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epoch", type=int, default=None, metavar="S", help="time the data side of an epoch at S px")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.epoch:
+        data_epoch(a.root, a.epoch, a.rounds)
+        return 0
     files = sorted(p for p in Path(a.root).rglob("*") if p.suffix.lower() in EXTS)
     if not files:
         print(f"no JPEG under {a.root}", file=sys.stderr)

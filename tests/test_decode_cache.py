@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -129,6 +130,9 @@ def test_dataloader_workers_read_the_same_tensors(photos):
     ref = torch.cat([x for x, _ in DataLoader(live.train.with_transform(tf), batch_size=4)])
     got = torch.cat([x for x, _ in DataLoader(b.train.with_transform(tf), batch_size=4, num_workers=2)])
     assert torch.equal(ref, got)
+    # what a spawned worker receives: the index and the path, not the pixels; it maps the file again
+    blob = pickle.dumps(b.train.cache)
+    assert len(blob) < b.train.cache.nbytes and pickle.loads(blob).image(1).tobytes() == b.train.load_image(1).tobytes()
 
 
 _RACER = """
@@ -189,3 +193,42 @@ def test_train_json_records_the_cache(photos, tmp_path, cli):
     off = json.loads(cli(*args, "--out", str(tmp_path / "b.pt"), "--decode-cache", "off", check=True,
                          env=env).stdout)["decode_cache"]
     assert not off["used"] and off["mode"] == "off"
+
+
+def test_compress_config_key_is_checked():
+    from edgecv.compress.config import CompressConfig
+    from edgecv.errors import UserError
+
+    assert CompressConfig().decode_cache == "auto"
+    with pytest.raises(UserError, match="--decode-cache"):
+        CompressConfig(decode_cache="sometimes").validate()
+
+
+_RANKS = """
+import hashlib, json, os, sys
+from edgecv import distributed as D
+from edgecv.data import cache as C
+from edgecv.data.datasets import load_train_val
+D.init("cpu")
+b = load_train_val(sys.argv[1], img_size=16)
+rec = C.attach(b, "auto")
+h = hashlib.sha256(b"".join(b.train.load_image(i).tobytes() for i in range(len(b.train)))).hexdigest()
+print(json.dumps({"rank": D.rank(), "built": rec["splits"]["train"]["built"], "path": rec["splits"]["train"]["path"],
+                  "used": rec["used"], "sha": h}), flush=True)
+D.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_rank0_builds_and_every_rank_maps_the_same_cache(photos, tmp_path):
+    from tests.test_distributed import _torchrun
+
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS)
+    p = _torchrun(script, str(photos), timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = sorted((json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in recs] == [0, 1] and all(r["used"] for r in recs)
+    assert recs[0]["built"] and not recs[1]["built"]
+    assert recs[0]["path"] == recs[1]["path"] and recs[0]["sha"] == recs[1]["sha"]
+    assert len(_cache_dirs(tmp_path)) == 2  # train and val, built once

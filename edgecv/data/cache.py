@@ -14,9 +14,9 @@ is another key, so a stale cache is never read (it is rebuilt; the stale one of 
 Layout: ``cache_dir()/decode/<key>/{data.u8, index.npy, meta.json}`` (``EDGECV_CACHE`` moves it). A build
 writes into a temporary folder renamed into place at the end (an exception or a kill leaves no partial cache),
 under an exclusive file lock (two processes never build the same cache; the second waits, then reads it).
-Under torchrun rank 0 builds and the other ranks wait for its answer, then map the same files. The memmap is
-opened lazily in each process (DataLoader workers, fork or spawn). Above ``EDGECV_DECODE_CACHE_MAX_GB``
-(default 8) or the free disk, training decodes live, with one log line saying so.
+Under torchrun rank 0 builds and the other ranks wait for its answer, then map the same files. Each process
+maps the data once (a forked DataLoader worker inherits the mapping, a spawned one maps it again). Above
+``EDGECV_DECODE_CACHE_MAX_GB`` (default 8) or the free disk, training decodes live, with one log line saying so.
 """
 
 from __future__ import annotations
@@ -108,19 +108,22 @@ class DecodeCache:
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.index = np.load(self.path / "index.npy")
         self.tag = (int(self.meta["policy"]["resize_size"]), str(self.meta["policy"]["interpolation"]))
-        self._mm: np.memmap | None = None
-        self._pid = -1
+        # mapped now: a forked DataLoader worker inherits the mapping, which stays valid even if a newer build
+        # removes this (stale) folder meanwhile; a spawned worker gets the object without it and maps it again
+        self._mm: np.memmap | None = self._map()
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getstate__(self):
-        return {**self.__dict__, "_mm": None, "_pid": -1}
+        return {**self.__dict__, "_mm": None}
+
+    def _map(self) -> np.memmap:
+        return np.memmap(self.path / "data.u8", dtype=np.uint8, mode="r")
 
     def _data(self) -> np.memmap:
-        if self._mm is None or self._pid != os.getpid():  # one mapping per process (fork or spawn)
-            self._mm = np.memmap(self.path / "data.u8", dtype=np.uint8, mode="r")
-            self._pid = os.getpid()
+        if self._mm is None:
+            self._mm = self._map()
         return self._mm
 
     def image(self, i: int) -> Image.Image:
