@@ -107,7 +107,7 @@ class DecodeCache:
         self.path = Path(path)
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.index = np.load(self.path / "index.npy")
-        self.tag = (int(self.meta["policy"]["resize_size"]), str(self.meta["policy"]["interpolation"]))
+        self.policy = (int(self.meta["policy"]["resize_size"]), str(self.meta["policy"]["interpolation"]))
         # mapped now: a forked DataLoader worker inherits the mapping, which stays valid even if a newer build
         # removes this (stale) folder meanwhile; a spawned worker gets the object without it and maps it again
         self._mm: np.memmap | None = self._map()
@@ -126,10 +126,11 @@ class DecodeCache:
             self._mm = self._map()
         return self._mm
 
-    def image(self, i: int) -> Image.Image:
+    def image(self, i: int, source: str | os.PathLike) -> Image.Image:
+        """Row ``i``, tagged with the policy and ``source`` (its file: what another policy decodes instead)."""
         off, h, w = (int(v) for v in self.index[i])
         im = Image.fromarray(np.asarray(self._data()[off:off + h * w * 3]).reshape(h, w, 3))
-        im.info[BASE_INFO] = self.tag
+        im.info[BASE_INFO] = (*self.policy, os.fspath(source))
         return im
 
     @property
@@ -243,7 +244,7 @@ def attach(bundle, mode: str = "auto", log: Log | None = None) -> dict:
     ``bundle.preprocess`` (built when missing); the record for train --json / run.json.
 
     ``auto``: on for folder datasets (every source a file path); ``off``: live decoding. Set the final
-    preprocessing first: a cached image refuses a Preprocess with another resize policy.
+    preprocessing first (a Preprocess of another resize policy decodes the files again: right, not faster).
     """
     check_mode(mode)
     rec: dict = {"mode": mode, "used": False, "bytes": 0, "build_s": 0.0, "splits": {}}

@@ -58,7 +58,7 @@ class ImageSamples:
 
     def load_image(self, i: int) -> Image.Image:
         if self.cache is not None:
-            return self.cache.image(self.rows[i])
+            return self.cache.image(self.rows[i], self.samples[i][0])
         return decode_image(self.samples[i][0])
 
     def __getitem__(self, i: int):

@@ -40,8 +40,8 @@ DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 """Images with more pixels than this are refused before decoding (Pillow's own bomb threshold)."""
 
 BASE_INFO = "edgecv_base"
-"""``PIL.Image.info`` key of a decode-cache image (:mod:`edgecv.data.cache`): the ``(resize_size,
-interpolation)`` its base step was made for; ``Preprocess.train_base`` refuses one made for another policy."""
+"""``PIL.Image.info`` key of a decode-cache image (:mod:`edgecv.data.cache`): ``(resize_size, interpolation,
+source file)`` of its base step; ``Preprocess.train_base`` of another policy decodes the source file instead."""
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 

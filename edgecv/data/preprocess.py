@@ -92,9 +92,8 @@ class Preprocess:
         starts from, and what the decode cache memoizes)."""
         img = decode_image(img)  # any mode -> 8-bit RGB by the one set of rules (the image itself when it is)
         made_for = img.info.get(BASE_INFO) if isinstance(img, Image.Image) else None
-        if made_for is not None and tuple(made_for) != (self.resize_size, self.interpolation):
-            raise ValueError(f"a decode-cache image made for resize {made_for} given to a Preprocess with resize "
-                             f"{(self.resize_size, self.interpolation)}: attach the cache after the final Preprocess")
+        if made_for is not None and tuple(made_for[:2]) != (self.resize_size, self.interpolation):
+            img = decode_image(made_for[2])  # a decode-cache image of another resize policy: the file itself
         w, h = img.size
         s = self.resize_size
         if w <= h:
