@@ -61,6 +61,7 @@ class ProbeSpec:
     images: int
     val_images: int
     seed: int = 0
+    teacher_cache: str = "auto"  # off | auto | views=K: the probes replay the teacher's stored soft labels
 
 
 PROBE_BATCH = 16
@@ -68,6 +69,7 @@ PROBE_BATCH = 16
 
 def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> dict:
     """Short KD of a fresh ``arch`` on a class-balanced training subset; best val top-1 on a val subset."""
+    from edgecv.compress import softlabels as SL
     from edgecv.compress.distill import KDLoss
     from edgecv.data.datasets import sample_calibration
     from edgecv.models.registry import create_model
@@ -76,15 +78,23 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
 
     b = spec.bundle
     pre = b.preprocess
-    train = sample_calibration(b.train, spec.images, spec.seed).with_transform(pre.train_transform())
-    val = sample_calibration(b.val, spec.val_images, spec.seed).with_transform(pre.eval_transform())
+    train_s, val_s = sample_calibration(b.train, spec.images, spec.seed), sample_calibration(b.val, spec.val_images, spec.seed)
+    val = val_s.with_transform(pre.eval_transform())
+    cfg = dataclasses.replace(spec.train_cfg(spec.epochs, f"probe {arch}"), batch_size=PROBE_BATCH)
+    if SL.off_reason(spec.teacher_cache, spec.kd.alpha, spec.kd.beta, pre) is None:  # built once, every probe reads
+        views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(spec.epochs)
+        soft, _ = SL.soft_labels(train_s, val_s, b.num_classes, pre, spec.teacher, views, 64, cfg.workers,
+                                 spec.device, log, channels_last=cfg.channels_last_cpu)
+        train = SL.SoftLabelDataset(train_s, pre, soft, spec.seed)
+    else:
+        train = train_s.with_transform(pre.train_transform())
     seed_everything(spec.seed)
     model = create_model(arch, b.num_classes)
     kd = KDLoss(spec.teacher.model, spec.kd, pre, spec.teacher.preprocess, student=model, device=spec.device)
+    kd.teacher_channels_last(cfg.channels_last_cpu)
     t0 = time.perf_counter()
     # a probe is short: small batches give it enough optimizer steps to move off chance (1 000 images at batch 64
     # are 16 steps an epoch, and MobileNetV3 students stay at 10 % on cifar10-mini after that)
-    cfg = dataclasses.replace(spec.train_cfg(spec.epochs, f"probe {arch}"), batch_size=PROBE_BATCH)
     res = fit(model, train, val, cfg, loss_fn=kd,
               params=[p for p in model.parameters() if p.requires_grad] + kd.extra_params(), log=log)
     kd.close()
