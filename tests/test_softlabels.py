@@ -195,3 +195,24 @@ def test_feature_kd_strong_and_alpha0_fall_back_to_the_live_teacher():
     assert "--alpha 0" in SL.off_reason("auto", 0.0, 0.0, std)
     assert SL.off_reason("off", 0.8, 0.0, std) == "--teacher-cache off"
     assert SL.off_reason("auto", 0.8, 0.0, std) is None
+
+
+def test_auto_student_probes_share_one_cache(tmp_path, cache, data):
+    from edgecv.autotune.select import ProbeSpec, probe_accuracy
+    from edgecv.compress.config import CompressConfig
+    from edgecv.compress.pipeline import train_config
+    from edgecv.training.teacher import load_teacher
+
+    b = load_train_val(str(data), img_size=16)
+    t = load_teacher(str(save_untrained_teacher(tmp_path / "t.pt", CLASSES, 16)), None, b.class_names, 16)
+    calls = [0]
+    t.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    c = CompressConfig(batch_size=4, workers=0)
+    spec = ProbeSpec(b, t, KDConfig(), lambda e, desc: train_config(c, e, desc), torch.device("cpu"), 1, 9, 6, 0,
+                     "auto")
+    probe_accuracy("mobilenet_v3_small", spec, print)
+    built = calls[0]
+    assert built > 0
+    probe_accuracy("tf_mobilenetv3_small_minimal_100", spec, print)  # the next candidate: no teacher forward
+    assert calls[0] == built
+    assert len(list((cache / "softlabels").iterdir())) == 1
