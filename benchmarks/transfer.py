@@ -10,7 +10,8 @@ Everything goes through the real CLI (``python -m edgecv train ... --json`` and 
 1. the source: ``edgecv train --data SOURCE --arch ARCH --img-size SOURCE_SIZE --epochs SOURCE_EPOCHS``;
 2. on the target, at one input size and one number of epochs, the same seed: from scratch (``--freeze none``,
    lr scale 1), and ``--init-weights source.pt`` with ``--freeze none``, ``backbone`` and ``until:<last block>``
-   (the arch's "last blocks", edgecv.training.finetune.LAST_BLOCKS; the backbone at lr x 0.1, the default);
+   (the arch's "last blocks", edgecv.training.finetune.LAST_BLOCKS; the backbone at lr x 0.1, the default),
+   and ``--freeze none`` with the backbone at the full lr (``--backbone-lr-scale 1``);
 3. ``edgecv eval`` of each best checkpoint on the target's validation split: top-1 and balanced accuracy (the
    mean of the per-class recalls).
 
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "runs" / "transfer"))
+    ap.add_argument("--source-checkpoint", default=None,
+                    help="reuse this source checkpoint (a previous run's OUT/source.pt) instead of training it")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,19 +70,28 @@ def main() -> None:
 
     last = last_blocks(a.arch, create_model(a.arch, 2))
     common = ["--arch", a.arch, "--seed", "0", "--device", "cpu"]
-    src = out / "source.pt"
+    src = Path(a.source_checkpoint) if a.source_checkpoint else out / "source.pt"
     t0 = time.perf_counter()
-    s = edgecv("train", "--data", a.source, *common, "--img-size", str(a.source_size), "--epochs",
-               str(a.source_epochs), "--batch-size", "64", "--out", str(src))
+    if a.source_checkpoint:
+        import torch
+
+        ck = torch.load(src, map_location="cpu", weights_only=True)
+        hist = ck["meta"]["history"]
+        s = {"best_val_top1": ck["metrics"]["val_top1"], "wall_s": sum(h["epoch_s"] for h in hist)}
+        a.source_size, a.source_epochs = ck["preprocess"]["input_size"], len(hist)
+    else:
+        s = edgecv("train", "--data", a.source, *common, "--img-size", str(a.source_size), "--epochs",
+                   str(a.source_epochs), "--batch-size", "64", "--out", str(src))
     print(f"source: {a.arch} on {a.source} at {a.source_size} px, {a.source_epochs} epochs: val top-1 "
           f"{s['best_val_top1']:.2f}% in {s['wall_s']:.0f} s", file=sys.stderr)
     runs = [("from scratch", "none", []),
             ("--init-weights, --freeze none", "none", ["--init-weights", str(src)]),
+            ("--init-weights, --freeze none", "none", ["--init-weights", str(src), "--backbone-lr-scale", "1"]),
             ("--init-weights, --freeze backbone", "backbone", ["--init-weights", str(src)]),
             (f"--init-weights, --freeze until:{last}", f"until:{last}", ["--init-weights", str(src)])]
     rows = []
     for label, freeze, extra in runs:
-        ck = out / f"target-{freeze.replace(':', '_')}{'-init' if extra else ''}.pt"
+        ck = out / f"target-{len(rows)}-{freeze.replace(':', '_')}{'-init' if extra else ''}.pt"
         r = edgecv("train", "--data", a.target, *common, "--img-size", str(a.size), "--epochs", str(a.epochs),
                    "--batch-size", str(a.batch_size), "--freeze", freeze, *extra, "--out", str(ck))
         ev = edgecv("eval", str(ck), "--data", a.target)
@@ -88,7 +100,7 @@ def main() -> None:
                      "best_epoch": r["best_epoch"], "trainable": ft.get("trainable_params"),
                      "lr_scale": ft.get("backbone_lr_scale"), "wall_s": r["wall_s"]})
         print(f"{label}: {rows[-1]}", file=sys.stderr)
-    print(f"\nsource: `{a.arch}` on cifar10-mini at {a.source_size} px, {a.source_epochs} epochs, val top-1 "
+    print(f"\nsource{' (reused: ' + str(src) + ')' if a.source_checkpoint else ''}: `{a.arch}` on cifar10-mini at {a.source_size} px, {a.source_epochs} epochs, val top-1 "
           f"{s['best_val_top1']:.2f}% ({s['wall_s']:.0f} s); target: hymenoptera at {a.size} px, {a.epochs} epochs "
           f"each, batch {a.batch_size}, seed 0; total {time.perf_counter() - t0:.0f} s on {platform.processor() or 'cpu'}"
           "\n")
