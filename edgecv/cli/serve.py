@@ -25,6 +25,10 @@ from edgecv.utils import is_quiet
               help="Dynamic batching: how long the oldest request may wait for others.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Images waiting at most; beyond it requests get 503 + Retry-After.")
+@click.option("--max-wait-ms", default=None, type=click.FloatRange(0, min_open=True),
+              help="Also answer 503 while the oldest request in progress has been in the server longer than this: "
+                   "under overload the answered requests then take about this long (default: the --max-queue "
+                   "bound only).")
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="Largest request body (413 beyond).")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
@@ -35,7 +39,7 @@ from edgecv.utils import is_quiet
 @click.option("--address", default=None, metavar="ADDR",
               help="With --ray: join this Ray cluster (e.g. 127.0.0.1:6379 or 'auto') [default: a private local one].")
 @quiet_option
-def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, threads,
+def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max_queue, max_wait_ms, max_body_mb, threads,
           api_key_env, model_name, use_ray, replicas, address):
     """Serve BUNDLE over HTTP: POST /predict, the Open Inference Protocol (v2) and /metrics; OpenAPI at /docs.
 
@@ -53,7 +57,7 @@ def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max
         key = os.environ.get(api_key_env)
         if not key:
             raise UserError(f"--api-key-env {api_key_env}: the variable is not set or empty")
-    cfg = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+    cfg = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, max_wait_ms=max_wait_ms,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=key, model_name=model_name)
     if use_ray:
         from edgecv.serve.ray_app import serve_ray

@@ -38,6 +38,9 @@ class ServeConfig:
     max_batch: int = 8
     max_delay_ms: float = 2.0
     max_queue: int = 64
+    # refuse (503) while the oldest request in progress has been in the server longer than this: under overload the
+    # answered requests then take about this long instead of max_queue / throughput; None: the count bound only
+    max_wait_ms: float | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = None  # None: edgecv.data.decode.DEFAULT_MAX_PIXELS
     api_key: str | None = None
@@ -69,6 +72,7 @@ class Service:
         # ``max_queue`` more are refused with 503 at arrival: requests waiting for decoding count, not only rows
         # in the batcher
         self.inflight = 0
+        self._arrivals: dict[int, float] = {}  # request in progress -> arrival time; oldest first (insertion order)
 
     async def read_body(self, request: Request) -> bytes:
         """The request body, refused with 413 beyond the limit (from Content-Length, else while streaming)."""
@@ -113,6 +117,22 @@ class Service:
             raise
         except Exception as e:  # noqa: BLE001 - runtime failure: 500 JSON, the server keeps serving
             raise RuntimeFailure(f"runtime failure in {self.desc['artifact']}: {type(e).__name__}: {e}") from e
+
+    def admit(self, key: int, now: float) -> bool:
+        """Take request ``key`` (arrived ``now``), or refuse it (503): ``max_queue`` in progress, or the oldest of
+        them in the server for longer than ``max_wait_ms`` (the requests no longer drain in time)."""
+        if self.inflight >= self.cfg.max_queue:
+            return False
+        if self.cfg.max_wait_ms is not None and self._arrivals:
+            if (now - next(iter(self._arrivals.values()))) * 1e3 > self.cfg.max_wait_ms:
+                return False
+        self._arrivals[key] = now
+        self.inflight += 1
+        return True
+
+    def done(self, key: int) -> None:
+        del self._arrivals[key]
+        self.inflight -= 1
 
     def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.cfg.model_name or version not in (None, "", "1"):
@@ -176,7 +196,9 @@ class Guard:
     def __init__(self, app, svc: Service):
         self.app, self.svc = app, svc
         # encoded once: the refusal is the hot path under overload
-        self.busy = error(503, f"server busy: {svc.cfg.max_queue} requests in progress (the maximum); retry later",
+        self.busy = error(503, f"server busy: {svc.cfg.max_queue} requests in progress or the oldest in the server "
+                               f"over {svc.cfg.max_wait_ms} ms; retry later" if svc.cfg.max_wait_ms is not None else
+                          f"server busy: {svc.cfg.max_queue} requests in progress (the maximum); retry later",
                           {"Retry-After": "1"})
 
     async def __call__(self, scope, receive, send):
@@ -196,16 +218,14 @@ class Guard:
 
         counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
         try:
-            if counted:
-                if svc.inflight >= svc.cfg.max_queue:
-                    scope["route"] = _ADMISSION_LABEL.get(scope["path"], _V2_INFER)  # bounded metric labels
-                    return await _drain_then(self.busy, scope, receive, send_status)
-                svc.inflight += 1
+            if counted and not svc.admit(id(scope), t):
+                scope["route"] = _ADMISSION_LABEL.get(scope["path"], _V2_INFER)  # bounded metric labels
+                return await _drain_then(self.busy, scope, receive, send_status)
             try:
                 await self.app(scope, receive, send_status)
             finally:
                 if counted:
-                    svc.inflight -= 1
+                    svc.done(id(scope))
         finally:
             route = scope.get("route")
             svc.metrics.record(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - t)
