@@ -21,7 +21,8 @@ demo: $(STAMP)
 ## Tests that start process groups of their own (torchrun, a Ray instance, interrupted CLI runs) run after the
 ## rest, one at a time and outside xdist: two of them at once thrash the 2 cores, and under xdist a worker died
 ## during the torchrun test (twice, not reproduced alone).
-SPAWNING := tests/test_distributed.py tests/test_serve_ray.py tests/test_signals.py
+SPAWNING := tests/test_distributed.py tests/test_serve_ray.py tests/test_signals.py tests/test_softlabels_distributed.py \
+            tests/test_decode_cache.py
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "slow or not slow" -n 2 -q $(addprefix --ignore=,$(SPAWNING))

@@ -17,6 +17,11 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--student", default=None,
               help="Student arch from the registry, or 'auto': measure the candidates on --target's runtime, drop "
                    "those over the budget, pick the best by a short KD probe [default: mobilenet_v3_small].")
+@click.option("--student-pretrained", is_flag=True,
+              help="Start the student from its published ImageNet weights (docs/finetune.md; offline: one line "
+                   "says which file to put where).")
+@click.option("--student-init-weights", default=None, type=click.Path(dir_okay=False),
+              help="Start the student from a local state_dict / .safetensors / edgecv checkpoint of its arch.")
 @click.option("--target-macs", default=None, callback=target_macs,
               help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
                    "--budget-ms/--budget-fps needs on --target's runtime (floor 0.25) [default: 0.5].")
@@ -59,10 +64,31 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--alpha", default=None, type=click.FloatRange(0, 1), help="Weight of the KD term [default: 0.8].")
 @click.option("--feature-kd", default=None, type=click.FloatRange(0),
               help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
+@click.option("--decode-cache", default=None, type=click.Choice(["auto", "off"]),
+              help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
+                   "$EDGECV_CACHE (augmentation on top); off: decode every epoch [default: auto].")
+@click.option("--teacher-cache", default=None, metavar="off|auto|views=K",
+              help="Teacher soft labels: K augmented views per training image and the teacher's logits, computed "
+                   "once, cached and replayed by every KD stage, --resume and later runs (off: the live teacher "
+                   "every batch; auto: K = total epochs / 4, in [2, 8]) [default: auto].")
+@click.option("--augment", default=None, type=click.Choice(["auto", "none", "light", "standard", "strong"]),
+              help="Augmentation preset of the KD, prune fine-tune and QAT stages (see 'edgecv train --help'); auto: "
+                   "the one the teacher checkpoint was trained with, else by input size [default: auto].")
+@click.option("--balance", default=None, type=click.Choice(["none", "sampler", "weights"]),
+              help="Skewed classes: sampler = class-balanced sampling in every stage; weights = inverse-frequency "
+                   "class weights on the hard-label part of the KD loss [default: none].")
+@click.option("--loss", default=None, type=click.Choice(["ce", "focal"]),
+              help="Hard-label part of the KD loss: ce or focal (gamma 2) [default: ce].")
+@click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+              help="The student's training step (and the live teacher) in channels_last memory format on the CPU "
+                   "(measured faster here: docs/compress-speed.md) [default: on].")
 @click.option("--calib-size", default=None, type=click.IntRange(1), help="PTQ calibration images [default: 512].")
 @click.option("--int8-stem/--float-stem", "int8_stem", default=None,
               help="Quantize the 3-channel stem conv too. Default float: faster INT8 on ONNX Runtime and "
                    "ExecuTorch, slower on OpenVINO (benchmarks/RESULTS.md).")
+@click.option("--int8-weight-bits", default=None, type=click.Choice(["auto", "7", "8"]),
+              help="INT8 weight range: 7 = within +-63, exact on x86 CPUs without VNNI/AMX (their int8 kernels "
+                   "saturate 8-bit weights); auto = 7 on such a CPU, else 8 [default: auto] (docs/int8.md).")
 @click.option("--teacher-epochs", default=None, type=click.IntRange(0),
               help="Epochs of the on-the-fly teacher (no --teacher) [default: 3].")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
@@ -74,7 +100,7 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="RUN_DIR [default: runs/compress].")
 @json_option
 @quiet_option
-def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, as_json, **flags):
+def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, student_pretrained, as_json, **flags):
     """Distill a student from a teacher, prune it to a MAC target and INT8-QAT it, into RUN_DIR.
 
     Writes RUN_DIR/distill.pt, prune.pt, quantize.pt, config.yaml and run.json (the export contract).
@@ -111,6 +137,8 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, a
         merged["skip_bad"] = True
     if trust_pickle:
         merged["trust_pickle"] = True
+    if student_pretrained:
+        merged["student_pretrained"] = True
     if select_only:
         merged["select_only"] = True
     cfg = CompressConfig.from_dict(merged)

@@ -25,6 +25,19 @@ from edgecv.utils import check_writable
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@click.option("--decode-cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
+                   "$EDGECV_CACHE (augmentation on top); off: decode every epoch.")
+@click.option("--augment", default="auto", show_default=True,
+              type=click.Choice(["auto", "none", "light", "standard", "strong"]),
+              help="Augmentation preset, saved in the checkpoint (compress reuses it): none = centre crop; light = "
+                   "pad + random crop + flip; standard = RandomResizedCrop + flip + mild colour jitter; strong = "
+                   "standard + TrivialAugment + random erasing + MixUp/CutMix. auto: light up to 64 px, else standard.")
+@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "sampler", "weights"]),
+              help="Skewed classes: sampler = class-balanced sampling (every class equally often per epoch); "
+                   "weights = a loss weighted by inverse class frequency (mean weight 1).")
+@click.option("--loss", "loss_kind", default="ce", show_default=True, type=click.Choice(["ce", "focal"]),
+              help="ce = cross-entropy; focal = focal loss (gamma 2), with --label-smoothing and --balance weights.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run.")
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard scalars here.")
 @click.option("--pretrained", is_flag=True,
@@ -44,15 +57,19 @@ from edgecv.utils import check_writable
 @json_option
 @quiet_option
 def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_decay, label_smoothing, workers, seed, device,
-          skip_bad, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
+          skip_bad, decode_cache, augment, balance, loss_kind, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
           as_json):
     """Train a classifier (the teacher) on DATA.
+
+    Start from published ImageNet weights (--pretrained) or a local weights file (--init-weights); --freeze and
+    --backbone-lr-scale set what trains and how fast: docs/finetune.md (cache paths, offline use).
 
     \b
     Examples:
       edgecv train --data digits --epochs 3
       edgecv train --data ~/data/cifar10 --arch resnet18 --img-size 64 --epochs 30 --out teacher.pt
       edgecv train --data ~/photos --arch resnet18 --pretrained --img-size 224 --epochs 10
+      edgecv train --data ~/skewed --img-size 32 --balance sampler --augment light --epochs 10
       edgecv train --data ~/photos --init-weights cifar_teacher.pt --freeze until:layer4 --img-size 128
       torchrun --nproc-per-node 2 -m edgecv train --data ~/data/cifar10 --batch-size 64
       # 8 GPUs x 64 = effective batch 512: linear LR scaling 2e-3 x 512/64 (docs/distributed.md)
@@ -76,9 +93,9 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
         main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
-                          tensorboard=tensorboard, desc=arch)
+                          tensorboard=tensorboard, desc=arch, augment=augment, balance=balance, loss=loss_kind)
         res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
-                               start=start)
+                               start=start, decode_cache=decode_cache)
     finally:
         D.shutdown()
     if not main_rank:  # under torchrun only rank 0 prints the result / --json

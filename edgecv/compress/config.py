@@ -22,6 +22,8 @@ class CompressConfig:
     teacher_arch: str | None = None  # for a bare state_dict teacher
     data: str = "digits"
     student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
+    student_pretrained: bool = False  # the student starts from its published weights (edgecv.models.pretrained)
+    student_init_weights: str | None = None  # ... or from a local weights file
     target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
     epochs_kd: int = 10
     epochs_prune: int = 6
@@ -37,6 +39,13 @@ class CompressConfig:
     temperature: float = 4.0
     alpha: float = 0.8
     feature_kd: float = 0.0  # weight of feature-map KD (0 = off)
+    teacher_cache: str = "auto"  # off | auto | views=K: the teacher's soft labels stored once (compress/softlabels)
+    channels_last: bool = True  # the student's (and the live teacher's) CPU step in channels_last (measured faster)
+    decode_cache: str = "auto"  # auto | off: every image decoded + resized once, memory-mapped (data/cache)
+    # training data / loss of every stage (and of the on-the-fly teacher)
+    augment: str = "auto"  # auto (the teacher's recorded preset, else by input size) | none | light | standard | strong
+    balance: str = "none"  # none | sampler (every stage) | weights (the hard-label part of the KD loss)
+    loss: str = "ce"  # ce | focal: the hard-label part of the KD loss
     # pruning
     importance: str = "magnitude"
     prune_steps: int = 4
@@ -49,6 +58,9 @@ class CompressConfig:
     freeze_observers_at: float = 0.7  # ... and activation ranges freeze
     # quantize the image stem too (default float: faster on ORT and XNNPACK, slower on OpenVINO; RESULTS.md)
     int8_stem: bool = False
+    # INT8 weight range: "auto" (7-bit on x86 CPUs without VNNI/AMX, whose int8 kernels saturate 8-bit
+    # weights; else 8), 7 or 8 (edgecv.quant.scheme.auto_weight_bits)
+    int8_weight_bits: str | int = "auto"
     # the on-the-fly teacher (no --teacher)
     teacher_epochs: int = 3
     skip_bad: bool = False
@@ -100,8 +112,25 @@ class CompressConfig:
                 raise UserError(f"--target-macs must be a fraction in (0, 1] or 'auto', got '{self.target_macs}'") from None
         if not self.auto_macs:
             check_value("target_macs", self.target_macs, float, 0, 1, True)
+        from edgecv.compress.softlabels import parse_teacher_cache
+
+        parse_teacher_cache(self.teacher_cache)
+        from edgecv.data.cache import check_mode
+
+        check_mode(self.decode_cache)
+        from edgecv.data.augment import resolve_preset
+        from edgecv.training.balance import check_balance
+        from edgecv.training.losses import LOSSES
+
+        resolve_preset(self.augment, 224)  # validates the name
+        check_balance(self.balance)
+        if self.loss not in LOSSES:
+            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
         if self.importance not in IMPORTANCES:
             raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        from edgecv.models.pretrained import check_start
+
+        check_start(self.student_pretrained, self.student_init_weights, "student-")
         if self.student not in STUDENTS and not self.auto_student:
             arch_info(self.student)  # unknown arch -> UserError listing them
 
@@ -109,7 +138,9 @@ class CompressConfig:
 # name: (type, min, max, min_open) -- the flags' click types; None: no bound. Optional values may be None.
 RULES: dict[str, tuple] = {
     "teacher": (str,), "teacher_arch": (str,), "data": (str,), "student": (str,), "device": (str,),
-    "importance": (str,), "out": (str,), "target": (str,),
+    "importance": (str,), "out": (str,), "target": (str,), "teacher_cache": (str,),
+    "augment": (str,), "balance": (str,), "loss": (str,),
+    "decode_cache": (str,),
     "epochs_kd": (int, 0), "epochs_prune": (int, 0), "epochs_qat": (int, 0), "teacher_epochs": (int, 0),
     "img_size": (int, 8, 4096), "batch_size": (int, 1), "seed": (int,), "workers": (int, 0),
     "prune_steps": (int, 1), "round_to": (int, 1), "min_channels": (int, 1), "calib_size": (int, 1),
@@ -118,11 +149,12 @@ RULES: dict[str, tuple] = {
     "alpha": (float, 0, 1), "feature_kd": (float, 0), "qat_lr_scale": (float, 0, None, True),
     "freeze_bn_at": (float, 0, 1), "freeze_observers_at": (float, 0, 1),
     "budget_ms": (float, 0, None, True), "budget_fps": (float, 0, None, True), "min_time": (float, 0, None, True),
-    "int8_stem": (bool,), "skip_bad": (bool,), "trust_pickle": (bool,), "select_only": (bool,),
-    "candidates": ((str, list),),
+    "int8_stem": (bool,), "channels_last": (bool,), "skip_bad": (bool,), "trust_pickle": (bool,), "student_pretrained": (bool,),
+    "student_init_weights": (str,), "select_only": (bool,),
+    "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
 }
 OPTIONAL = {"teacher", "teacher_arch", "img_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
-            "probe_epochs", "probe_images", "probe_val_images", "candidates", "min_time"}
+            "probe_epochs", "probe_images", "probe_val_images", "candidates", "min_time", "student_init_weights"}
 
 
 def check_value(name: str, v, typ, lo=None, hi=None, lo_open: bool = False):

@@ -23,14 +23,20 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
+from edgecv.compress.softlabels import SoftLabelDataset, SoftLabels, live_teacher_path, student_step_path
+from edgecv.compress.softlabels import prepare as prepare_soft_labels
 from edgecv.compress.stages import STAGE_FN
 from edgecv.contracts.rundir import SCHEMA, STAGE_INPUT, STAGES, Run
+from edgecv.data.augment import resolve_preset
+from edgecv.data.cache import attach as attach_decode_cache
 from edgecv.data.datasets import DataBundle, load_train_val
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.balance import class_weights, labels_of
 from edgecv.training.loop import TrainConfig, evaluate_top1
+from edgecv.training.losses import ClassificationLoss
 from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
 from edgecv.utils import resolve_device, sha256_file, write_text_atomic
 
@@ -63,25 +69,35 @@ class Context:
     resume: bool
     log: Log
     hooks: AutoHooks = field(default_factory=AutoHooks)
+    soft: SoftLabels | None = None  # the teacher's stored soft labels (None: the live teacher)
 
     @property
     def out(self) -> Path:
         return self.run.out
 
     def train_cfg(self, epochs: int, desc: str, lr: float | None = None) -> TrainConfig:
-        return train_config(self.cfg, epochs, desc, lr)
+        return train_config(self.cfg, epochs, desc, lr, self.bundle.preprocess.augment_preset)
 
     def datasets(self):
         pre = self.bundle.preprocess
-        return self.bundle.train.with_transform(pre.train_transform()), self.bundle.val.with_transform(pre.eval_transform())
+        train = self.bundle.train.with_transform(pre.train_transform()) if self.soft is None else \
+            SoftLabelDataset(self.bundle.train, pre, self.soft, self.cfg.seed)
+        return train, self.bundle.val.with_transform(pre.eval_transform())
 
     def kd_loss(self, student: nn.Module) -> KDLoss:
         c = self.cfg
         if c.feature_kd > 0 and self.teacher.kind in ("torchscript",):
             raise UserError("--feature-kd needs a teacher checkpoint with modules (not TorchScript)")
-        return KDLoss(self.teacher.model, KDConfig(c.temperature, c.alpha, c.feature_kd),
-                      self.bundle.preprocess, self.teacher.preprocess, student=student.to(self.device),
-                      device=self.device)
+        kd = KDLoss(self.teacher.model, KDConfig(c.temperature, c.alpha, c.feature_kd),
+                    self.bundle.preprocess, self.teacher.preprocess, student=student.to(self.device),
+                    device=self.device)
+        kd.cpu_bf16 = live_teacher_path(self.device).get("autocast") == "bf16"
+        kd.teacher_channels_last(c.channels_last)
+        if c.balance == "weights" or c.loss != "ce":  # the hard-label term, class-weighted and/or focal
+            weight = class_weights(labels_of(self.bundle.train), self.bundle.num_classes) \
+                if c.balance == "weights" else None
+            kd.hard_loss = ClassificationLoss(c.loss, kd.cfg.label_smoothing, weight)
+        return kd
 
     def evaluate(self, model: nn.Module, desc: str) -> float:
         _, val = self.datasets()
@@ -113,11 +129,14 @@ class Context:
                 "macs_224": count_macs(model, 224)}
 
 
-def train_config(c: CompressConfig, epochs: int, desc: str, lr: float | None = None) -> TrainConfig:
-    """The fit settings of every compress training (stages and the --student auto probes)."""
+def train_config(c: CompressConfig, epochs: int, desc: str, lr: float | None = None,
+                 augment: str = "auto") -> TrainConfig:
+    """The fit settings of every compress training (stages and the --student auto probes); ``augment``: the
+    resolved preset of the data ("strong": MixUp/CutMix per batch)."""
     return TrainConfig(epochs=epochs, batch_size=c.batch_size, lr=lr if lr is not None else c.lr,
                        weight_decay=c.weight_decay, label_smoothing=0.0, workers=c.workers, seed=c.seed,
-                       device=c.device, desc=desc)
+                       device=c.device, desc=desc, augment=augment, balance=c.balance, loss=c.loss,
+                       channels_last_cpu=c.channels_last)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -152,6 +171,9 @@ def _load_inputs(cfg: CompressConfig, log: Log) -> tuple[DataBundle, str, Teache
     img_size = cfg.img_size or (t_probe.preprocess.input_size if t_probe.preprocess else bundle.preprocess.input_size)
     if img_size != bundle.preprocess.input_size:
         bundle.preprocess = bundle.preprocess.with_size(img_size)
+    # the student stages' augmentation: --augment, else the preset the teacher was trained with, else by size
+    recorded = t_probe.preprocess.augment_preset if t_probe.preprocess else None
+    bundle.preprocess = bundle.preprocess.with_augment(resolve_preset(cfg.augment, img_size, recorded))
     del t_probe
     teacher = load_teacher(teacher_path, cfg.teacher_arch, bundle.class_names, img_size, cfg.trust_pickle)
     return bundle, teacher_path, teacher, img_size
@@ -187,7 +209,9 @@ def _record_teacher(ctx: Context, teacher_path: str) -> None:
     run, teacher = ctx.run, ctx.teacher
     if "teacher" not in run.data or run.data["teacher"].get("sha256") != teacher.sha256 \
             or run.data["teacher"].get("val_top1") is None:
-        t_top1 = ctx.evaluate(teacher.model, "teacher val")
+        t_top1 = ctx.soft.meta.get("teacher_val_top1") if ctx.soft is not None else None
+        if t_top1 is None:
+            t_top1 = ctx.evaluate(teacher.model, "teacher val")
         run.data["teacher"] = {"path": str(Path(teacher_path).resolve()), "sha256": teacher.sha256,
                                "arch": teacher.arch, "kind": teacher.kind, "val_top1": t_top1,
                                "input_size": teacher.preprocess.input_size if teacher.preprocess else ctx.img_size}
@@ -238,6 +262,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
         device = torch.device("cuda", torch.cuda.current_device())
     t_all = time.perf_counter()
     bundle, teacher_path, teacher, img_size = _load_inputs(cfg, log)
+    decode_rec = attach_decode_cache(bundle, cfg.decode_cache, log)  # after the final preprocessing
     reuse = prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages))
     selection, run_cfg = None, cfg
     if cfg.auto_student:
@@ -247,6 +272,10 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     arch_info(run_cfg.student)
     run = _open_run(cfg, run_cfg, prev, reuse, teacher, teacher_path, bundle, img_size, selection)
     ctx = Context(run_cfg, run, bundle, teacher, img_size, device, resume, log, hooks)
+    ctx.soft, run.data["teacher_cache"] = prepare_soft_labels(ctx, log) if stages else (None, {"used": False})
+    run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last)
+    run.data["student_step"] = student_step_path(device, run_cfg.channels_last)
+    run.data["decode_cache"] = decode_rec
     _record_teacher(ctx, teacher_path)
     log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%; "
         f"student {run_cfg.student} at {img_size}px; stages {','.join(stages) or 'none (--select-only)'} -> {cfg.out}")

@@ -26,10 +26,10 @@ from edgecv.compress.prune import (
 from edgecv.data.datasets import sample_calibration
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
-from edgecv.models.registry import create_model
+from edgecv.models.pretrained import starting_model
 from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
-from edgecv.quant import QuantConfig, calibrate, freeze_bn, prepare_qat, set_observers
+from edgecv.quant import QuantConfig, auto_weight_bits, calibrate, freeze_bn, prepare_qat, set_observers
 from edgecv.training.loop import fit
 from edgecv.utils import seed_everything
 
@@ -55,11 +55,15 @@ def stage_distill(ctx: Context) -> dict:
     c = ctx.cfg
     train, val = ctx.datasets()
     seed_everything(c.seed)
-    model = create_model(c.student, ctx.bundle.num_classes)
+    # --student-pretrained / --student-init-weights: the student's starting weights (the run keeps its own
+    # preprocessing: teacher and student see the same images)
+    model, _ = starting_model(c.student, ctx.bundle.num_classes, c.student_pretrained, c.student_init_weights,
+                              ctx.bundle.class_names, c.trust_pickle, ctx.log)
     state = ctx.out / "distill.state"
     res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), state, ctx.resume)
     top1 = res.best_top1 if res.history else ctx.evaluate(model, "distill val")
-    info = {**ctx.model_stats(model), "val_top1": top1, "epochs": c.epochs_kd, "history": res.history,
+    info = {**ctx.model_stats(model), "val_top1": top1, **res.best_metrics, "epochs": c.epochs_kd,
+            "history": res.history,
             "kd": KDConfig(c.temperature, c.alpha, c.feature_kd).to_dict()}
     ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
     if D.is_main():
@@ -76,11 +80,12 @@ def _taylor_grads(ctx: Context, train):
         loader = torch.utils.data.DataLoader(train, batch_size=ctx.cfg.batch_size, shuffle=True,
                                              generator=torch.Generator().manual_seed(ctx.cfg.seed))
         m.train()
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y, *extra) in enumerate(loader):  # extra: the stored soft labels of these views, if any
             if i >= 8:
                 break
             x, y = x.to(ctx.device), y.to(ctx.device)
-            kd(m(x), y, x).backward()
+            ex = {k: v.to(ctx.device) for k, v in extra[0].items()} if extra else None
+            kd(m(x), y, x, ex).backward()
         kd.close()
         m.eval()
 
@@ -161,6 +166,7 @@ class _PruneRounds:
                       ctx.resume or not self.finetuned)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
+        last.update(res.best_metrics)  # balanced accuracy / macro-F1 after the fine-tune (None without epochs)
         last["finetune_epochs"] = epochs
         self.finetuned = True
         if D.is_main():
@@ -206,7 +212,8 @@ def stage_prune(ctx: Context) -> dict:
                        {"stage": "prune", "channel_spec": channel_spec_of(model), "rounds": rounds})
     if D.is_main():
         pr.partial.unlink(missing_ok=True)
-    return {**stats, "val_top1": top1, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
+    bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
+    return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
             "importance": c.importance, "epochs": c.epochs_prune, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
@@ -241,7 +248,9 @@ def stage_quantize(ctx: Context) -> dict:
     fp32_top1 = ctx.run.data["stages"]["prune"].get("val_top1")
     stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
     spec = channel_spec_of(model)
-    model = prepare_qat(model, QuantConfig(trace_size=ctx.img_size, float_stem=not c.int8_stem))
+    bits, why = _weight_bits(c.int8_weight_bits)
+    ctx.log(f"qat: {why}")
+    model = prepare_qat(model, QuantConfig(trace_size=ctx.img_size, float_stem=not c.int8_stem, weight_bits=bits))
     ptq_top1 = _calibrate_ptq(ctx, model, fp32_top1)
     E = c.epochs_qat
     bn_epoch = math.floor(c.freeze_bn_at * E + 0.5)
@@ -266,9 +275,19 @@ def stage_quantize(ctx: Context) -> dict:
     ck, sha = ctx.save("quantize", model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
     if D.is_main():
         state.unlink(missing_ok=True)
-    return {**stats, "val_top1": qat_top1, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
+    return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
             "epochs": E, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha}
+
+
+def _weight_bits(setting) -> tuple[int, str]:
+    """--int8-weight-bits: 7 / 8 as given, or auto (by this CPU: :func:`edgecv.quant.scheme.auto_weight_bits`)."""
+    if str(setting) == "auto":
+        return auto_weight_bits()
+    bits = int(setting)
+    if bits not in (7, 8):
+        raise UserError(f"--int8-weight-bits {setting}: expected auto, 7 or 8")
+    return bits, f"{bits}-bit weights (--int8-weight-bits {bits})"
 
 
 STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}

@@ -15,15 +15,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgecv import distributed as D
 from edgecv.errors import TrainingError, UserError
+from edgecv.training.balance import BalancedSampler, check_balance, class_weights, labels_of
+from edgecv.training.losses import ClassificationLoss, mix_batch
+from edgecv.training.metrics import Shard as _Shard  # noqa: F401 (the validation shard, imported from here)
+from edgecv.training.metrics import evaluate_classifier
 from edgecv.utils import atomic_path, progress, resolve_device, seed_everything
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images)
+# (logits, targets, images[, extra]): ``extra`` (a dict of tensors) only when the dataset yields a third field
+LossFn = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -41,8 +45,14 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # CUDA only
     channels_last: bool = True  # CUDA only
+    channels_last_cpu: bool = False  # channels_last on the CPU too (compress: measured faster there)
     tensorboard: str | None = None
     desc: str = "train"
+    # the augmentation preset of the data (edgecv.data.augment; "strong" adds MixUp/CutMix per batch here);
+    # "auto" = decided by the caller from the input size (train_classifier resolves it before fit)
+    augment: str = "auto"
+    balance: str = "none"  # none | sampler | weights (edgecv.training.balance)
+    loss: str = "ce"  # ce | focal (edgecv.training.losses; gamma 2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +68,12 @@ class FitResult:
     effective_batch: int = 0  # batch_size x world size: the batch one optimizer step sees
     world_size: int = 1
 
+    @property
+    def best_metrics(self) -> dict:
+        """Balanced accuracy and macro-F1 (percent) of the best epoch (None without a training epoch)."""
+        rec = next((r for r in self.history if r.get("epoch") == self.best_epoch), {})
+        return {k: rec.get(k) for k in ("val_balanced_acc", "val_macro_f1")}
+
 
 def default_workers() -> int:
     n = os.cpu_count() or 1
@@ -71,14 +87,18 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, drop_last: bool = False,
-                pin: bool = False):
+                pin: bool = False, balance: bool = False):
     """Training loader. Under DDP: a DistributedSampler (same permutation on every rank, disjoint shards, equal
     batch counts so no rank waits in an all-reduce the others never join); its generator, which seeds the
     worker processes' augmentation RNG, differs per rank. Reseed ``loader.generator`` per epoch
-    (:func:`epoch_seed`) for replayable epochs."""
+    (:func:`epoch_seed`) for replayable epochs. ``balance``: a class-balanced :class:`BalancedSampler` instead
+    (the same draw on every rank, each taking its own slice)."""
     sampler = None
     n = len(ds)
-    if D.is_distributed() and shuffle:
+    if balance:
+        sampler = BalancedSampler(labels_of(ds), seed, D.rank(), D.world_size())
+        n = len(sampler)
+    elif D.is_distributed() and shuffle:
         from torch.utils.data.distributed import DistributedSampler
 
         if len(ds) < D.world_size():
@@ -94,37 +114,12 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
                       pin_memory=pin, persistent_workers=False)
 
 
-class _Shard(Dataset):
-    """Every ``world``-th sample starting at ``rank``: exact (unpadded) sharding for validation."""
-
-    def __init__(self, ds: Dataset, rank: int, world: int):
-        self.ds, self.idx = ds, list(range(rank, len(ds), world))
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        return self.ds[self.idx[i]]
-
-
-@torch.no_grad()
 def evaluate_top1(model: nn.Module, val_ds: Dataset, batch_size: int, device: torch.device, workers: int = 0,
                   amp: bool = False, desc: str = "val") -> tuple[float, float]:
-    """(top-1 %, mean CE loss) over ``val_ds``; sharded and all-reduced under DDP."""
-    model.eval()
-    ds = _Shard(val_ds, D.rank(), D.world_size()) if D.is_distributed() else val_ds
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss_sum, n
-    for x, y in progress(loader, desc=desc):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(x)
-        stats[0] += (logits.argmax(1) == y).sum()
-        stats[1] += F.cross_entropy(logits.float(), y, reduction="sum")
-        stats[2] += y.numel()
-    D.all_reduce_sum(stats)
-    n = max(stats[2].item(), 1.0)
-    return 100.0 * stats[0].item() / n, stats[1].item() / n
+    """(top-1 %, mean CE loss) over ``val_ds``; sharded and all-reduced under DDP
+    (:func:`~edgecv.training.metrics.evaluate_classifier` has balanced accuracy and macro-F1 too)."""
+    m = evaluate_classifier(model, val_ds, batch_size, device, workers, amp, desc)
+    return m["top1"], m["loss"]
 
 
 def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -137,7 +132,7 @@ def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 class _Trainer:
     """The state of one :func:`fit`: device, loader, optimizer, schedule, AMP scaler and the best weights."""
 
-    def __init__(self, model: nn.Module, train_ds: Dataset, cfg: TrainConfig, params: list[nn.Parameter] | None,
+    def __init__(self, model: nn.Module, train_ds: Dataset, cfg: TrainConfig, params: list | None,
                  log: Callable[[str], None]):
         self.model, self.cfg, self.log = model, cfg, log
         device = resolve_device(cfg.device)  # one line naming the devices here
@@ -148,18 +143,29 @@ class _Trainer:
         self.cuda = device.type == "cuda"
         self.amp = cfg.amp and self.cuda
         model.to(device)
-        if self.cuda and cfg.channels_last:
+        self.channels_last = cfg.channels_last if self.cuda else cfg.channels_last_cpu
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.workers = default_workers() if cfg.workers is None else cfg.workers
-        self.loader = make_loader(train_ds, cfg.batch_size, True, self.workers, cfg.seed, drop_last=True, pin=self.cuda)
+        check_balance(cfg.balance)
+        self.loader = make_loader(train_ds, cfg.batch_size, True, self.workers, cfg.seed, drop_last=True,
+                                  pin=self.cuda, balance=cfg.balance == "sampler")
+        weight = class_weights(labels_of(train_ds)) if cfg.balance == "weights" else None
+        self.crit = ClassificationLoss(cfg.loss, cfg.label_smoothing, weight)
+        self.mix = cfg.augment == "strong"  # MixUp/CutMix on every batch
         steps_per_epoch = max(1, len(self.loader))
         total_steps = steps_per_epoch * max(1, cfg.epochs)
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch)) if cfg.epochs > 1 else 0
-        self.trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in self.trainable if p.ndim > 1]
-        no_decay = [p for p in self.trainable if p.ndim <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        if params is None:
+            params = [p for p in model.parameters() if p.requires_grad]
+        groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr_scale": 1.0}]
+        self.trainable = [p for g in groups for p in g["params"]]
+        # per group (its lr = lr x lr_scale; LambdaLR scales every group's own lr by the one schedule):
+        # decay for weights, none for biases / norms
+        self.opt = torch.optim.AdamW(
+            [{"params": [p for p in g["params"] if (p.ndim > 1) == decay], "lr": cfg.lr * g["lr_scale"],
+              "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": g["lr_scale"]}
+             for g in groups for decay in (True, False)], lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: _lr_factor(s, total_steps, warmup, cfg.min_lr_ratio))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -200,19 +206,32 @@ class _Trainer:
         # per-(epoch, rank) seeds: different augmentation on every rank, identical replay after --resume
         seed_everything(epoch_seed(cfg.seed, epoch, D.rank()))
         self.loader.generator.manual_seed(epoch_seed(cfg.seed, epoch, D.rank()))
-        if isinstance(getattr(self.loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+        if hasattr(self.loader.dataset, "set_epoch"):  # datasets that replay per-epoch choices (soft labels)
+            self.loader.dataset.set_epoch(epoch)
+        if hasattr(getattr(self.loader, "sampler", None), "set_epoch"):  # DistributedSampler, BalancedSampler
             self.loader.sampler.set_epoch(epoch)
         self.ddp_model.train()
         tl, tn, tc = 0.0, 0, 0
         bar = progress(self.loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y, *extra) in enumerate(bar):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            if self.cuda and cfg.channels_last:
+            # a third field from the dataset (e.g. stored teacher soft labels) goes to loss_fn as its 4th argument
+            ex = {k: v.to(device, non_blocking=True) for k, v in extra[0].items()} if extra else None
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            mixed = None
+            if self.mix:
+                if ex is not None:
+                    raise UserError(f"{cfg.desc}: MixUp/CutMix ('strong') cannot use per-sample stored targets")
+                x, mixed = mix_batch(x, y)
             with torch.autocast(device.type, dtype=torch.float16, enabled=self.amp):
                 logits = self.ddp_model(x)
-                loss = loss_fn(logits, y, x) if loss_fn is not None else crit(logits, y)
+                t = y if mixed is None else mixed.soft(logits.shape[1])  # soft targets of a mixed batch
+                if loss_fn is None:
+                    loss = crit(logits, t)
+                else:
+                    loss = loss_fn(logits, t, x) if ex is None else loss_fn(logits, t, x, ex)
             # collective under DDP: every rank stops together instead of the others hanging in an all-reduce
             if D.any_rank(not bool(torch.isfinite(loss.detach())), device):
                 raise TrainingError(
@@ -241,15 +260,17 @@ class _Trainer:
         """Validation of epoch ``epoch``; its history record (a non-finite val loss stops training)."""
         cfg = self.cfg
         D.broadcast_buffers(self.model)  # identical BN statistics on every rank before validation / best_state
-        top1, vloss = evaluate_top1(self.model, val_ds, max(cfg.batch_size, 64), self.device, self.workers, self.amp,
-                                    desc=f"{cfg.desc} val")
+        m = evaluate_classifier(self.model, val_ds, max(cfg.batch_size, 64), self.device, self.workers, self.amp,
+                                desc=f"{cfg.desc} val")
+        top1, vloss = m["top1"], m["loss"]
         if not math.isfinite(vloss):  # all-reduced: the same on every rank, so all stop together
             raise TrainingError(f"{cfg.desc}: validation loss became {vloss} at epoch {epoch + 1}; "
                                 f"lower --lr (now {cfg.lr:g}) or check the data")
         n = max(train_stats[2].item(), 1)
         rec = {"epoch": epoch + 1, "train_loss": train_stats[0].item() / n,
                "train_top1": 100.0 * train_stats[1].item() / n,
-               "val_loss": vloss, "val_top1": top1, "lr": self.sched.get_last_lr()[0],
+               "val_loss": vloss, "val_top1": top1, "val_balanced_acc": m["balanced_acc"],
+               "val_macro_f1": m["macro_f1"], "lr": self.sched.get_last_lr()[0],
                "epoch_s": time.perf_counter() - t_epoch}
         self.history.append(rec)
         return rec
@@ -267,7 +288,7 @@ class _Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.model.to("cpu")
-        if self.cuda and self.cfg.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)
         return FitResult(best_top1=self.best, best_epoch=self.best_epoch + 1, last_top1=last, history=self.history,
                          wall_s=time.perf_counter() - t0, effective_batch=self.cfg.batch_size * D.world_size(),
@@ -294,15 +315,19 @@ def fit(
     resume: bool = False,
     on_best: Callable[[nn.Module, dict], None] | None = None,
     on_epoch_start: Callable[[int, nn.Module], None] | None = None,
-    params: list[nn.Parameter] | None = None,
+    params: list[nn.Parameter] | list[dict] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-val weights.
 
-    ``loss_fn(logits, targets, images)`` replaces the default label-smoothed cross-entropy (KD uses it).
+    ``loss_fn(logits, targets, images)`` replaces the default label-smoothed cross-entropy (KD uses it); when the
+    training set yields ``(x, y, extra)`` (``extra`` a dict of tensors) it is called ``loss_fn(logits, targets, images,
+    extra)``, and a dataset with ``set_epoch(epoch)`` is told each epoch before its batches are drawn.
     ``state_path`` is written after every epoch (rank 0) so that ``resume=True`` continues where it stopped.
     ``on_best`` is called on rank 0 whenever val top-1 improves (write the checkpoint there).
     ``on_epoch_start(epoch, model)`` runs before each epoch (QAT freezes observers/BN from it).
+    ``params``: the parameters to train (default: those with ``requires_grad``), or param-group dicts
+    ``{"params": [...], "lr_scale": s}`` trained at ``lr x s`` (fine-tuning: a lower rate for a pretrained backbone).
     A non-finite training or validation loss raises :class:`~edgecv.errors.TrainingError`.
     """
     if cfg.epochs < 0:
@@ -315,7 +340,7 @@ def fit(
     tr.wrap_ddp()
     writer = _tensorboard(cfg)
     t0 = time.perf_counter()
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    crit = tr.crit
     for epoch in range(tr.start_epoch, cfg.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
@@ -328,9 +353,11 @@ def fit(
             tr.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if D.is_main():
             tr.log(f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-                   f"val top-1 {top1:.2f}% (best {tr.best:.2f}%) {rec['epoch_s']:.1f}s")
+                   f"val top-1 {top1:.2f}% (best {tr.best:.2f}%) balanced {rec['val_balanced_acc']:.2f}% "
+                   f"macro-F1 {rec['val_macro_f1']:.2f}% {rec['epoch_s']:.1f}s")
             if writer is not None:
-                for k in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+                for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_balanced_acc", "val_macro_f1",
+                          "lr"):
                     writer.add_scalar(f"{cfg.desc}/{k}", rec[k], epoch + 1)
             if improved and on_best is not None:
                 on_best(model, {"val_top1": top1, "epoch": epoch + 1})

@@ -6,13 +6,15 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgecv import distributed as D
+from edgecv.data.augment import resolve_preset
+from edgecv.data.cache import attach as attach_decode_cache
 from edgecv.data.datasets import load_train_val, resolve_data
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
@@ -35,6 +37,7 @@ class TrainOutcome:
     macs: int
     data: str
     finetune: dict | None = None
+    decode_cache: dict | None = None  # edgecv.data.cache.attach's record
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +55,7 @@ class TrainOutcome:
             "world_size": self.fit.world_size,
             "history": self.fit.history,
             "finetune": self.finetune,
+            "decode_cache": self.decode_cache,
         }
 
 
@@ -76,9 +80,11 @@ def train_classifier(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     start: StartWeights | None = None,
+    decode_cache: str = "auto",
 ) -> TrainOutcome:
     """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the
-    fine-tuning policy (default: from scratch, everything trains)."""
+    fine-tuning policy (default: from scratch, everything trains); ``decode_cache``: auto | off
+    (:mod:`edgecv.data.cache`)."""
     arch_info(arch)  # validate early
     start = start or StartWeights()
     parse_freeze(start.freeze)
@@ -94,7 +100,12 @@ def train_classifier(
     seed_everything(cfg.seed)
     model, source = starting_model(arch, bundle.num_classes, start.pretrained, start.init_weights,
                                    bundle.class_names, start.trust_pickle, log)
-    pre = bundle.preprocess = weights_preprocess(bundle.preprocess, source, img_size)
+    pre = weights_preprocess(bundle.preprocess, source, img_size)
+    pre = bundle.preprocess = pre.with_augment(resolve_preset(cfg.augment, pre.input_size))
+    cfg = replace(cfg, augment=pre.augment)  # the loop adds MixUp/CutMix for "strong"; recorded in the meta
+    if log:
+        log(f"augmentation: {pre.augment} at {pre.input_size}px; balance {cfg.balance}; loss {cfg.loss}")
+    cache_rec = attach_decode_cache(bundle, decode_cache, log)  # after the final preprocessing
     train_ds = bundle.train.with_transform(pre.train_transform())
     val_ds = bundle.val.with_transform(pre.eval_transform())
     macs = count_macs(model, pre.input_size)
@@ -115,7 +126,7 @@ def train_classifier(
         state.unlink(missing_ok=True)
     D.barrier()
     return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source,
-                        policy.to_dict())
+                        policy.to_dict(), cache_rec)
 
 
 # ---------------------------------------------------------------------------------------------- loading a teacher
@@ -178,6 +189,9 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
     key_src = {"v": 1, "data": cfg.data if kind == "builtin" else str(Path(root).resolve()),
                "arch": AUTO_TEACHER_ARCH, "epochs": cfg.teacher_epochs, "img_size": cfg.img_size,
                "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+    # augmentation / balance / loss: in the key only when not the default, so existing cached teachers stay valid
+    key_src.update({k: getattr(cfg, k) for k, d in (("augment", "auto"), ("balance", "none"), ("loss", "ce"))
+                    if getattr(cfg, k, d) != d})
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "teachers" / f"{AUTO_TEACHER_ARCH}-{key}.pt"
     if path.is_file():
@@ -188,7 +202,8 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
         raise UserError("--teacher-epochs must be >= 1 to train a teacher on the fly (or pass --teacher)")
     tmp = path.with_name(path.stem + ".partial.pt")
     tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       workers=cfg.workers, device=cfg.device, desc="teacher")
+                       workers=cfg.workers, device=cfg.device, desc="teacher", augment=getattr(cfg, "augment", "auto"),
+                       balance=getattr(cfg, "balance", "none"), loss=getattr(cfg, "loss", "ce"))
     train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
                      resume=D.broadcast_object(tmp.with_name(tmp.name + ".state").is_file() if D.is_main() else None),
                      log=log)
