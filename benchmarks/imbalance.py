@@ -23,22 +23,14 @@ import json
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _cli import REPO, edgecv  # benchmarks/_cli.py (the script's folder is on sys.path)
+
 VARIANTS = [("none", ["--balance", "none"]), ("sampler", ["--balance", "sampler"]),
             ("weights", ["--balance", "weights"]), ("focal", ["--balance", "none", "--loss", "focal"])]
-
-
-def edgecv(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "edgecv", *args, "--json", "--quiet"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
-    if p.returncode != 0:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout)
 
 
 def build_skewed(source: Path, dest: Path, major: int, minor: int, seed: int) -> dict[str, int]:

@@ -23,20 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def edgecv(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "edgecv", *args, "--json", "--quiet"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
-    if p.returncode != 0:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout)
+from _cli import REPO, edgecv  # benchmarks/_cli.py (the script's folder is on sys.path)
 
 
 def balanced_accuracy(ev: dict) -> float | None:
