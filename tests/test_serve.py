@@ -308,22 +308,24 @@ def test_queue_full_503_and_sigterm_drains_in_flight(assets):
 
 
 def test_admission_by_count_and_by_wait(assets):
-    """--max-queue bounds the requests in progress; --max-wait-ms refuses while the oldest of them has been in the
-    server longer than the bound, and admits again once it is answered."""
+    """--max-queue bounds the requests in progress; --max-wait-ms refuses while at least a full batch is in
+    progress and the oldest of them has been in the server longer than the bound, and admits again once it is
+    answered."""
     from edgecv.serve.app import ServeConfig, Service
     from edgecv.serve.predictor import load_predictor
 
     pred = load_predictor(assets["bundle"])
     try:
-        svc = Service(pred, ServeConfig(max_queue=3, max_wait_ms=20.0))
-        assert svc.admit(1, 0.000) and svc.admit(2, 0.005)
-        assert svc.admit(3, 0.015)  # the oldest has waited 15 ms <= 20
-        assert not svc.admit(4, 0.016)  # 3 in progress: the count bound
-        svc.done(3)
-        assert not svc.admit(5, 0.030)  # the oldest (1) has been in for 30 ms > 20
+        svc = Service(pred, ServeConfig(max_queue=4, max_batch=2, max_wait_ms=20.0))
+        assert svc.admit(1, 0.000)
+        assert svc.admit(2, 0.030)  # 1 has been in for 30 ms, but one request is no queue (< max_batch)
+        assert not svc.admit(3, 0.031)  # 2 in progress, the oldest (1) for 31 ms > 20
         svc.done(1)
-        assert not svc.admit(6, 0.030)  # now the oldest is 2 (arrived at 5 ms): 25 ms > 20
-        assert svc.admit(7, 0.024)  # ... and 19 ms is within the bound
-        assert svc.inflight == 2
+        assert svc.admit(4, 0.040) and svc.admit(5, 0.045)  # the oldest (2) for 15 ms <= 20
+        assert not svc.admit(6, 0.055)  # ... and for 25 ms
+        svc.done(2)
+        assert svc.admit(7, 0.055) and svc.admit(8, 0.056)  # the oldest (4) for 15-16 ms
+        assert not svc.admit(9, 0.057)  # 4 in progress: the count bound
+        assert svc.inflight == 4
     finally:
         pred.close()

@@ -26,9 +26,9 @@ from edgecv.utils import is_quiet
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Images waiting at most; beyond it requests get 503 + Retry-After.")
 @click.option("--max-wait-ms", default=None, type=click.FloatRange(0, min_open=True),
-              help="Also answer 503 while the oldest request in progress has been in the server longer than this: "
-                   "under overload the answered requests then take about this long (default: the --max-queue "
-                   "bound only).")
+              help="Also answer 503 while --max-batch or more requests are in progress and the oldest has been in "
+                   "the server longer than this: under overload the answered requests then take about this long "
+                   "(default: the --max-queue bound only).")
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="Largest request body (413 beyond).")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")

@@ -38,8 +38,9 @@ class ServeConfig:
     max_batch: int = 8
     max_delay_ms: float = 2.0
     max_queue: int = 64
-    # refuse (503) while the oldest request in progress has been in the server longer than this: under overload the
-    # answered requests then take about this long instead of max_queue / throughput; None: the count bound only
+    # refuse (503) while max_batch or more requests are in progress and the oldest has been in the server longer
+    # than this: under overload the answered requests then take about this long instead of max_queue / throughput;
+    # None: the count bound only
     max_wait_ms: float | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int | None = None  # None: edgecv.data.decode.DEFAULT_MAX_PIXELS
@@ -119,11 +120,13 @@ class Service:
             raise RuntimeFailure(f"runtime failure in {self.desc['artifact']}: {type(e).__name__}: {e}") from e
 
     def admit(self, key: int, now: float) -> bool:
-        """Take request ``key`` (arrived ``now``), or refuse it (503): ``max_queue`` in progress, or the oldest of
-        them in the server for longer than ``max_wait_ms`` (the requests no longer drain in time)."""
+        """Take request ``key`` (arrived ``now``), or refuse it (503): ``max_queue`` in progress, or at least a
+        full batch (``max_batch``) in progress with the oldest of them inside for longer than ``max_wait_ms``: a
+        deep queue that no longer drains in time. A short queue that is slow for a moment (a pause of the
+        process) is not overload, and refusing would not shorten it."""
         if self.inflight >= self.cfg.max_queue:
             return False
-        if self.cfg.max_wait_ms is not None and self._arrivals:
+        if self.cfg.max_wait_ms is not None and self.inflight >= self.cfg.max_batch:
             if (now - next(iter(self._arrivals.values()))) * 1e3 > self.cfg.max_wait_ms:
                 return False
         self._arrivals[key] = now
