@@ -19,7 +19,8 @@ from torch import nn
 
 from edgecv import distributed as D
 from edgecv.errors import UserError
-from edgecv.training.loop import _Shard, epoch_seed, make_loader
+from edgecv.training.loop import epoch_seed, make_loader
+from edgecv.training.metrics import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_epoch_seed_differs_per_rank_and_epoch_and_is_stable():
 
 def test_shard_is_an_exact_partition():
     ds = list(range(11))
-    shards = [[_Shard(ds, r, 3)[i] for i in range(len(_Shard(ds, r, 3)))] for r in range(3)]
+    shards = [[Shard(ds, r, 3)[i] for i in range(len(Shard(ds, r, 3)))] for r in range(3)]
     assert sorted(sum(shards, [])) == ds  # every sample exactly once, no padding
     assert [len(s) for s in shards] == [4, 4, 3]
 

@@ -22,7 +22,6 @@ from edgecv import distributed as D
 from edgecv.errors import TrainingError, UserError
 from edgecv.training.balance import BalancedSampler, check_balance, class_weights, labels_of
 from edgecv.training.losses import ClassificationLoss, mix_batch
-from edgecv.training.metrics import Shard as _Shard  # noqa: F401 (the validation shard, imported from here)
 from edgecv.training.metrics import evaluate_classifier
 from edgecv.utils import atomic_path, progress, resolve_device, seed_everything
 
