@@ -24,7 +24,7 @@ from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.finetune import apply_policy, parse_freeze
 from edgecv.training.loop import FitResult, TrainConfig, fit
-from edgecv.utils import cache_dir, seed_everything, sha256_file
+from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
 
 @dataclass
@@ -85,7 +85,8 @@ def train_classifier(
     """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the
     fine-tuning policy (default: from scratch, everything trains); ``decode_cache``: auto | off
     (:mod:`edgecv.data.cache`)."""
-    arch_info(arch)  # validate early
+    arch_info(arch)  # validate early: a bad arch or device is one line before anything is logged
+    resolve_device(cfg.device)
     start = start or StartWeights()
     parse_freeze(start.freeze)
     out = Path(out)
