@@ -54,6 +54,6 @@ for t in ("x86", "android"):
         p = a.get("primary") or {}
         top1 = acc.get("top1")
         d = f"{top1 - qat:+.2f}" if top1 is not None and a["name"].endswith("int8") else ""
-        print(f"| {t} | {a['name']} | {a.get('status')} | {top1} | {acc.get('balanced_accuracy')} | "
+        print(f"| {t} | {a['name']} | {a.get('status')} | {top1} | {acc.get('balanced_acc')} | "
               f"{p.get('p50_ms')} | {d} |")
 PYEOF
