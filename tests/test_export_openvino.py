@@ -7,8 +7,6 @@ not a graph pattern, so no rewrite can guard it; the tests check it as what it i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -102,11 +100,13 @@ def _int8_dot_saturates() -> bool | None:
     """Whether OpenVINO's CPU int8 convolutions here run the int16-saturating ``vpmaddubsw`` path: an x86 CPU
     without AVX512-VNNI, AVX-VNNI or AMX (``runtime_model``'s ``primitiveType``, e.g. ``jit_avx2_1x1_I8``, does not
     name VNNI, so the CPU flags decide). ``None`` where the flags cannot be read."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    from edgecv.quant.scheme import EXACT_INT8_DOT_FLAGS
+    from edgecv.utils import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
         return None
-    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return "avx2" in flags and not flags & EXACT_INT8_DOT_FLAGS
 
 
 def _saturating_qdq(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from edgecv.data.augment import Augment
 from edgecv.data.datasets import ImageSamples
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
-from edgecv.utils import atomic_path, cache_dir, progress
+from edgecv.utils import atomic_path, cache_dir, cpu_flags, progress
 
 CACHE_VERSION = 1
 DENSE_MAX_CLASSES = 20  # up to this many classes every logit is stored (the KD loss is then exactly the live one)
@@ -239,9 +239,8 @@ class SoftLabelDataset(Dataset):
 # ---------------------------------------------------------------------------------------------- the run's choice
 def cpu_bf16() -> tuple[bool, str]:
     """Whether bf16 autocast pays on this CPU (AVX512-BF16 or AMX), with the reason when it does not."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         return False, "skipped: CPU flags unreadable (/proc/cpuinfo)"
     if {"avx512_bf16", "amx_bf16"} & flags:
         return True, "on: the CPU has " + ", ".join(sorted({"avx512_bf16", "amx_bf16"} & flags))
