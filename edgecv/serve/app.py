@@ -179,15 +179,6 @@ def _install_errors(app: FastAPI) -> None:
 _INFER_SUFFIXES = ("/predict", "/infer")
 
 
-class _Label:
-    def __init__(self, path: str):
-        self.path = path
-
-
-_V2_INFER = _Label("/v2/models/{name}/infer")
-_ADMISSION_LABEL = {"/predict": _Label("/predict")}
-
-
 class Guard:
     """Pure ASGI front door (no per-request task or stream wrapper as ``BaseHTTPMiddleware`` has): the API key, the
     admission bound and the request metrics.
@@ -199,10 +190,10 @@ class Guard:
     def __init__(self, app, svc: Service):
         self.app, self.svc = app, svc
         # encoded once: the refusal is the hot path under overload
-        self.busy = error(503, f"server busy: {svc.cfg.max_queue} requests in progress or the oldest in the server "
-                               f"over {svc.cfg.max_wait_ms} ms; retry later" if svc.cfg.max_wait_ms is not None else
-                          f"server busy: {svc.cfg.max_queue} requests in progress (the maximum); retry later",
-                          {"Retry-After": "1"})
+        why = f"{svc.cfg.max_queue} requests in progress (the maximum)"
+        if svc.cfg.max_wait_ms is not None:
+            why = f"{svc.cfg.max_queue} requests in progress or the oldest in the server over {svc.cfg.max_wait_ms} ms"
+        self.busy = error(503, f"server busy: {why}; retry later", {"Retry-After": "1"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -220,18 +211,18 @@ class Guard:
             await send(msg)
 
         counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
+        refused = counted and not svc.admit(id(scope), t)
         try:
-            if counted and not svc.admit(id(scope), t):
-                scope["route"] = _ADMISSION_LABEL.get(scope["path"], _V2_INFER)  # bounded metric labels
+            if refused:
                 return await _drain_then(self.busy, scope, receive, send_status)
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                if counted:
-                    svc.done(id(scope))
+            await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            svc.metrics.record(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - t)
+            if counted and not refused:
+                svc.done(id(scope))
+            # bounded metric labels: the route's template (a refused request never reached the router)
+            endpoint = ("/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer") if refused \
+                else getattr(scope.get("route"), "path", "unmatched")
+            svc.metrics.record(endpoint, status[0], time.perf_counter() - t)
 
 
 async def _drain_then(resp: JSONResponse, scope, receive, send) -> None:
