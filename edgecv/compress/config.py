@@ -124,6 +124,8 @@ class CompressConfig:
 
         resolve_preset(self.augment, 224)  # validates the name
         check_balance(self.balance)
+        if str(self.int8_weight_bits) not in ("auto", "7", "8"):
+            raise UserError(f"--int8-weight-bits must be auto, 7 or 8, got {self.int8_weight_bits!r}")
         if self.loss not in LOSSES:
             raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
         if self.importance not in IMPORTANCES:

@@ -281,13 +281,11 @@ def stage_quantize(ctx: Context) -> dict:
 
 
 def _weight_bits(setting) -> tuple[int, str]:
-    """--int8-weight-bits: 7 / 8 as given, or auto (by this CPU: :func:`edgecv.quant.scheme.auto_weight_bits`)."""
+    """--int8-weight-bits (checked by CompressConfig.validate): 7 / 8 as given, or auto (by this CPU:
+    :func:`edgecv.quant.scheme.auto_weight_bits`)."""
     if str(setting) == "auto":
         return auto_weight_bits()
-    bits = int(setting)
-    if bits not in (7, 8):
-        raise UserError(f"--int8-weight-bits {setting}: expected auto, 7 or 8")
-    return bits, f"{bits}-bit weights (--int8-weight-bits {bits})"
+    return int(setting), f"{int(setting)}-bit weights (--int8-weight-bits {setting})"
 
 
 STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}
