@@ -25,6 +25,24 @@ def test_train_then_eval_agree(tmp_path, tiny_folder, cli):
     assert cm.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_auto_batch_size_rule():
+    from edgecv.training.loop import auto_batch_size
+    assert auto_batch_size(10_000) == 64 and auto_batch_size(640) == 64  # >= 10 steps at 64: the default
+    assert auto_batch_size(245) == 16  # hymenoptera: 3 steps at 64, 15 at 16
+    assert auto_batch_size(245, world=2) == 8 and auto_batch_size(20) == 8  # never below 8
+    assert auto_batch_size(1_300, world=2) == 64 and auto_batch_size(1_200, world=2) == 32
+
+
+def test_train_default_batch_follows_dataset_size(tmp_path, tiny_folder, cli):
+    out = tmp_path / "t.pt"
+    p = cli("train", "--data", str(tiny_folder), "--arch", "resnet18", "--epochs", "1", "--img-size", "16",
+            "--out", str(out), "--json", check=True)
+    assert json.loads(p.stdout)["effective_batch"] == 8  # a few dozen images: the smallest auto batch
+    assert "batch size 8 per process (auto:" in p.stderr
+    ck = torch.load(out, map_location="cpu", weights_only=True)
+    assert ck["meta"]["train_config"]["batch_size"] == 8  # the resolved value is what the checkpoint records
+
+
 @pytest.mark.parametrize("args,needle", [
     (["train", "--data", "/definitely/not/here"], "no such directory"),
     (["train", "--arch", "nope"], "unknown arch"),

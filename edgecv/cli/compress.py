@@ -51,7 +51,8 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--epochs-qat", default=None, type=click.IntRange(0), help="QAT epochs [default: 3].")
 @click.option("--img-size", default=None, type=click.IntRange(8, 4096),
               help="Student input size [default: the teacher's, else the data default].")
-@click.option("--batch-size", default=None, type=click.IntRange(1), help="Per process [default: 64].")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Per process [default: 64, halved for a small dataset until an epoch has >= 10 steps, min 8].")
 @click.option("--lr", default=None, type=click.FloatRange(0, min_open=True),
               help="Learning rate (QAT uses lr x 0.1) [default: 2e-3].")
 @click.option("--seed", default=None, type=int, help="[default: 0]")

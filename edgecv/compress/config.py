@@ -29,7 +29,7 @@ class CompressConfig:
     epochs_prune: int = 6
     epochs_qat: int = 3
     img_size: int | None = None  # default: the teacher's input size, else the data default
-    batch_size: int = 64
+    batch_size: int | None = None  # per process; None = auto_batch_size of the training set (64 unless it is small)
     lr: float = 2e-3
     weight_decay: float = 0.05
     seed: int = 0
@@ -155,7 +155,7 @@ RULES: dict[str, tuple] = {
     "student_init_weights": (str,), "select_only": (bool,),
     "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
 }
-OPTIONAL = {"teacher", "teacher_arch", "img_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
+OPTIONAL = {"teacher", "teacher_arch", "img_size", "batch_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
             "probe_epochs", "probe_images", "probe_val_images", "candidates", "min_time", "student_init_weights"}
 
 

@@ -23,7 +23,7 @@ from edgecv.models.pretrained import starting_model, weights_preprocess
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.finetune import apply_policy, parse_freeze
-from edgecv.training.loop import FitResult, TrainConfig, fit
+from edgecv.training.loop import FitResult, TrainConfig, auto_batch_size, fit
 from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
 
@@ -104,6 +104,10 @@ def train_classifier(
     pre = weights_preprocess(bundle.preprocess, source, img_size)
     pre = bundle.preprocess = pre.with_augment(resolve_preset(cfg.augment, pre.input_size))
     cfg = replace(cfg, augment=pre.augment)  # the loop adds MixUp/CutMix for "strong"; recorded in the meta
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=auto_batch_size(len(bundle.train), D.world_size()))
+        if log:
+            log(f"batch size {cfg.batch_size} per process (auto: {len(bundle.train)} training images)")
     if log:
         log(f"augmentation: {pre.augment} at {pre.input_size}px; balance {cfg.balance}; loss {cfg.loss}")
     cache_rec = attach_decode_cache(bundle, decode_cache, log)  # after the final preprocessing
@@ -189,7 +193,7 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
     kind, root = resolve_data(cfg.data)
     key_src = {"v": 1, "data": cfg.data if kind == "builtin" else str(Path(root).resolve()),
                "arch": AUTO_TEACHER_ARCH, "epochs": cfg.teacher_epochs, "img_size": cfg.img_size,
-               "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+               "batch_size": cfg.batch_size if cfg.batch_size is not None else "auto", "lr": cfg.lr, "seed": cfg.seed}
     # augmentation / balance / loss: in the key only when not the default, so existing cached teachers stay valid
     key_src.update({k: getattr(cfg, k) for k, d in (("augment", "auto"), ("balance", "none"), ("loss", "ce"))
                     if getattr(cfg, k, d) != d})
@@ -204,7 +208,8 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
     tmp = path.with_name(path.stem + ".partial.pt")
     tcfg = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                        workers=cfg.workers, device=cfg.device, desc="teacher", augment=getattr(cfg, "augment", "auto"),
-                       balance=getattr(cfg, "balance", "none"), loss=getattr(cfg, "loss", "ce"))
+                       balance=getattr(cfg, "balance", "none"), loss=getattr(cfg, "loss", "ce"),
+                       channels_last_cpu=getattr(cfg, "channels_last", True))
     train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
                      resume=D.broadcast_object(tmp.with_name(tmp.name + ".state").is_file() if D.is_main() else None),
                      log=log)
