@@ -149,7 +149,8 @@ def build(samples: ImageSamples, pre: Preprocess, teacher_logits, num_classes: i
     idx = torch.zeros(n, views, topk, dtype=torch.int16 if num_classes < 2**15 else torch.int32)
     logits = torch.zeros(n, views, topk, dtype=torch.float16)
     labels = torch.zeros(n, dtype=torch.int64)
-    per = max(1, batch_size // views)
+    # inference only: a teacher batch of >= 64 views whatever the (possibly small) training batch
+    per = max(1, max(batch_size, 64) // views)
     loader = DataLoader(_ViewsOf(samples, pre, views), batch_size=per, shuffle=False, num_workers=workers)
     i0 = 0
     for ps, xs, ys in progress(loader, desc=f"teacher soft labels (K={views})"):
