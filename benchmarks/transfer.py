@@ -40,6 +40,30 @@ def balanced_accuracy(ev: dict) -> float | None:
     return 100.0 * sum(recalls) / len(recalls) if recalls else None
 
 
+def mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+def target_row(a, common: list[str], seeds: list[int], out: Path, i: int, label: str, freeze: str,
+               extra: list[str]) -> dict:
+    """One target configuration, trained once per seed and evaluated on the target's val split."""
+    row = {"run": label, "val_top1": [], "balanced": [], "best_epoch": [], "wall_s": [], "seeds": seeds}
+    for seed in seeds:
+        ck = out / f"target-{i}-{freeze.replace(':', '_')}{'-init' if extra else ''}-s{seed}.pt"
+        r = edgecv("train", "--data", a.target, *common, "--seed", str(seed), "--img-size", str(a.size),
+                   "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--freeze", freeze, *extra,
+                   "--out", str(ck))
+        ev = edgecv("eval", str(ck), "--data", a.target)
+        ft = r.get("finetune") or {}
+        row["val_top1"].append(ev.get("top1", r["best_val_top1"]))
+        row["balanced"].append(balanced_accuracy(ev))
+        row["best_epoch"].append(r["best_epoch"])
+        row["wall_s"].append(r["wall_s"])
+        row["trainable"], row["lr_scale"] = ft.get("trainable_params"), ft.get("backbone_lr_scale")
+        print(f"{label} seed {seed}: top-1 {row['val_top1'][-1]:.2f}", file=sys.stderr)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=str(Path.home() / ".cache/edgecv/cifar10-mini"))
@@ -50,6 +74,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: every target row once per seed [0]")
     ap.add_argument("--out", default=str(REPO / "runs" / "transfer"))
     ap.add_argument("--source-checkpoint", default=None,
                     help="reuse this source checkpoint (a previous run's OUT/source.pt) instead of training it")
@@ -60,7 +85,8 @@ def main() -> None:
     from edgecv.training.finetune import last_blocks
 
     last = last_blocks(a.arch, create_model(a.arch, 2))
-    common = ["--arch", a.arch, "--seed", "0", "--device", "cpu"]
+    common = ["--arch", a.arch, "--device", "cpu"]
+    seeds = [int(v) for v in a.seeds.split(",")]
     src = Path(a.source_checkpoint) if a.source_checkpoint else out / "source.pt"
     t0 = time.perf_counter()
     if a.source_checkpoint:
@@ -71,7 +97,7 @@ def main() -> None:
         s = {"best_val_top1": ck["metrics"]["val_top1"], "wall_s": sum(h["epoch_s"] for h in hist)}
         a.source_size, a.source_epochs = ck["preprocess"]["input_size"], len(hist)
     else:
-        s = edgecv("train", "--data", a.source, *common, "--img-size", str(a.source_size), "--epochs",
+        s = edgecv("train", "--data", a.source, *common, "--seed", "0", "--img-size", str(a.source_size), "--epochs",
                    str(a.source_epochs), "--batch-size", "64", "--out", str(src))
     print(f"source: {a.arch} on {a.source} at {a.source_size} px, {a.source_epochs} epochs: val top-1 "
           f"{s['best_val_top1']:.2f}% in {s['wall_s']:.0f} s", file=sys.stderr)
@@ -80,27 +106,20 @@ def main() -> None:
             ("--init-weights, --freeze none", "none", ["--init-weights", str(src), "--backbone-lr-scale", "1"]),
             ("--init-weights, --freeze backbone", "backbone", ["--init-weights", str(src)]),
             (f"--init-weights, --freeze until:{last}", f"until:{last}", ["--init-weights", str(src)])]
-    rows = []
-    for label, freeze, extra in runs:
-        ck = out / f"target-{len(rows)}-{freeze.replace(':', '_')}{'-init' if extra else ''}.pt"
-        r = edgecv("train", "--data", a.target, *common, "--img-size", str(a.size), "--epochs", str(a.epochs),
-                   "--batch-size", str(a.batch_size), "--freeze", freeze, *extra, "--out", str(ck))
-        ev = edgecv("eval", str(ck), "--data", a.target)
-        ft = r.get("finetune") or {}
-        rows.append({"run": label, "val_top1": ev.get("top1", r["best_val_top1"]), "balanced": balanced_accuracy(ev),
-                     "best_epoch": r["best_epoch"], "trainable": ft.get("trainable_params"),
-                     "lr_scale": ft.get("backbone_lr_scale"), "wall_s": r["wall_s"]})
-        print(f"{label}: {rows[-1]}", file=sys.stderr)
+    rows = [target_row(a, common, seeds, out, i, label, freeze, extra) for i, (label, freeze, extra) in enumerate(runs)]
     print(f"\nsource{' (reused: ' + str(src) + ')' if a.source_checkpoint else ''}: `{a.arch}` on cifar10-mini at {a.source_size} px, {a.source_epochs} epochs, val top-1 "
           f"{s['best_val_top1']:.2f}% ({s['wall_s']:.0f} s); target: hymenoptera at {a.size} px, {a.epochs} epochs "
-          f"each, batch {a.batch_size}, seed 0; total {time.perf_counter() - t0:.0f} s on {platform.processor() or 'cpu'}"
+          f"each, batch {a.batch_size}, seeds {a.seeds}; total {time.perf_counter() - t0:.0f} s on {platform.processor() or 'cpu'}"
           "\n")
-    print("| start | freeze | backbone lr x | trainable params | val top-1 % | balanced acc % | best epoch | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| start | freeze | backbone lr x | trainable params | val top-1 % (mean) | per seed | balanced acc % (mean) "
+          "| best epoch | train s (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (label, freeze, _), r in zip(runs, rows, strict=True):
-        bal = f"{r['balanced']:.2f}" if r["balanced"] is not None else "-"
-        print(f"| {label.split(',')[0]} | {freeze} | {r['lr_scale']:g} | {r['trainable']:,} | {r['val_top1']:.2f} | "
-              f"{bal} | {r['best_epoch']} | {r['wall_s']:.1f} |")
+        bal = [x for x in r["balanced"] if x is not None]
+        bal_s = f"{sum(bal) / len(bal):.2f}" if bal else "-"
+        print(f"| {label.split(',')[0]} | {freeze} | {r['lr_scale']:g} | {r['trainable']:,} | {mean(r['val_top1']):.2f} | "
+              f"{', '.join(f'{v:.2f}' for v in r['val_top1'])} | {bal_s} | {', '.join(map(str, r['best_epoch']))} | "
+              f"{mean(r['wall_s']):.1f} |")
     (out / "transfer.json").write_text(json.dumps({"args": vars(a), "source": s, "rows": rows}, indent=1))
 
 
