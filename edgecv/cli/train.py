@@ -42,7 +42,7 @@ from edgecv.utils import check_writable
               help="ce = cross-entropy; focal = focal loss (gamma 2), with --label-smoothing and --balance weights.")
 @click.option("--channels-last/--no-channels-last", "channels_last", default=True, show_default=True,
               help="The training step in channels_last memory format on the CPU too (on CUDA always): measured "
-                   "1.07-1.5x faster per step here (benchmarks/RESULTS.md, decode cache section).")
+                   "faster here (benchmarks/RESULTS.md).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run.")
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard scalars here.")
 @click.option("--pretrained", is_flag=True,
