@@ -21,9 +21,15 @@ CLASSES = ["red", "green", "blue"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+def _default_sigint() -> None:
+    # a shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: the child gets the default disposition, as when a user starts edgecv in a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgecv", *args], env=ENV, cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(p: subprocess.Popen, path: Path, timeout: float = 300) -> None:
