@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--student", default="mobilenet_v3_small")
     ap.add_argument("--epochs", default="10,6,3", help="KD,prune,QAT epochs [10,6,3: the defaults]")
-    ap.add_argument("--batch-size", type=int, default=None, help="compress --batch-size [its default, 64]")
+    ap.add_argument("--batch-size", type=int, default=None, help="compress --batch-size [compress's default: 64, smaller for a small dataset]")
     ap.add_argument("--teacher-cache", default="auto", help="the cached variants' --teacher-cache [auto]")
     ap.add_argument("--variants", default="live,cached,reused")
     ap.add_argument("--subset", default=None, help="a class-stratified subset of the data: TRAIN,VAL images per class")

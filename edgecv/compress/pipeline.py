@@ -35,7 +35,7 @@ from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.balance import class_weights, labels_of
-from edgecv.training.loop import TrainConfig, auto_batch_size, evaluate_top1
+from edgecv.training.loop import TrainConfig, evaluate_top1, resolve_batch_size
 from edgecv.training.losses import ClassificationLoss
 from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
 from edgecv.utils import resolve_device, sha256_file, write_text_atomic
@@ -263,9 +263,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     t_all = time.perf_counter()
     bundle, teacher_path, teacher, img_size = _load_inputs(cfg, log)
     decode_rec = attach_decode_cache(bundle, cfg.decode_cache, log)  # after the final preprocessing
-    if cfg.batch_size is None:
-        cfg = replace(cfg, batch_size=auto_batch_size(len(bundle.train), D.world_size()))
-        log(f"batch size {cfg.batch_size} per process (auto: {len(bundle.train)} training images)")
+    cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, len(bundle.train), log))
     reuse = prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages))
     selection, run_cfg = None, cfg
     if cfg.auto_student:

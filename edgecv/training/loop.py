@@ -95,6 +95,16 @@ def auto_batch_size(n_train: int, world: int = 1, default: int = DEFAULT_BATCH, 
     return b
 
 
+def resolve_batch_size(batch_size: int | None, n_train: int, log: Callable[[str], None] | None = None) -> int:
+    """``batch_size`` as given, or (None) :func:`auto_batch_size` of this run's training set, logged."""
+    if batch_size is not None:
+        return batch_size
+    b = auto_batch_size(n_train, D.world_size())
+    if log:
+        log(f"batch size {b} per process (auto: {n_train} training images)")
+    return b
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """Seed of (epoch, rank): augmentation differs per rank and per epoch, and a resumed run replays exactly."""
     return (seed * 1_000_003 + epoch * 100_003 + rank) % (2**63)

@@ -23,7 +23,7 @@ from edgecv.models.pretrained import starting_model, weights_preprocess
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.finetune import apply_policy, parse_freeze
-from edgecv.training.loop import FitResult, TrainConfig, auto_batch_size, fit
+from edgecv.training.loop import FitResult, TrainConfig, fit, resolve_batch_size
 from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
 
@@ -104,10 +104,7 @@ def train_classifier(
     pre = weights_preprocess(bundle.preprocess, source, img_size)
     pre = bundle.preprocess = pre.with_augment(resolve_preset(cfg.augment, pre.input_size))
     cfg = replace(cfg, augment=pre.augment)  # the loop adds MixUp/CutMix for "strong"; recorded in the meta
-    if cfg.batch_size is None:
-        cfg = replace(cfg, batch_size=auto_batch_size(len(bundle.train), D.world_size()))
-        if log:
-            log(f"batch size {cfg.batch_size} per process (auto: {len(bundle.train)} training images)")
+    cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, len(bundle.train), log))
     if log:
         log(f"augmentation: {pre.augment} at {pre.input_size}px; balance {cfg.balance}; loss {cfg.loss}")
     cache_rec = attach_decode_cache(bundle, decode_cache, log)  # after the final preprocessing
