@@ -99,3 +99,20 @@ def test_calibration_sample_is_stratified(tiny_folder):
     b = load_train_val(str(tiny_folder), img_size=16)
     cal = sample_calibration(b.train, 9, seed=0)
     assert len(cal) == 9 and sorted(np.bincount(cal.targets).tolist()) == [3, 3, 3]
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_normalise_table_is_bit_identical_to_the_arithmetic(order):
+    """The lookup-table path of ``to_array`` gives exactly ``(v / 255 - mean) / std`` in float32 for every 8-bit
+    level of every channel (both channel orders), and a non-default mean/std gets its own table."""
+    for mean, std in [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.25, 0.1), (0.3, 0.7, 1.9))]:
+        pre = Preprocess(input_size=16, mean=mean, std=std, channel_order=order)
+        levels = np.arange(256, dtype=np.uint8)
+        a = np.stack([levels, levels[::-1], np.roll(levels, 7)], axis=1).reshape(16, 16, 3)
+        got = pre.to_array(Image.fromarray(a))
+        f = a.astype(np.float32) / np.float32(255.0)
+        if order == "BGR":
+            f = f[..., ::-1]
+        want = ((f - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1)
+        assert got.dtype == np.float32 and got.shape == (3, 16, 16) and got.flags["C_CONTIGUOUS"]
+        assert np.array_equal(got, want)

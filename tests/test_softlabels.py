@@ -124,6 +124,13 @@ def test_replayed_view_is_exactly_the_input_the_teacher_saw(data, preset, t_size
     assert torch.equal(ds[1][0], x0) and ds[1][1] == y0 and torch.equal(ds[1][2]["t_val"], ex0["t_val"])
     ds.set_epoch(5)
     assert torch.equal(ds.view, picks5)
+    # any K consecutive epochs of one cycle use each stored view of an image exactly once
+    for cycle in range(2):
+        used = []
+        for e in range(cycle * views, (cycle + 1) * views):
+            ds.set_epoch(e)
+            used.append(ds.view.clone())
+        assert torch.equal(torch.stack(used, 1).sort(1).values, torch.arange(views).expand(len(b.train), views))
 
 
 def test_stored_kd_equals_the_live_term_with_every_class_and_ignores_the_rest_with_top_k():

@@ -111,3 +111,14 @@ def test_digits_default_reaches_95(tmp_path, cli):
     rep = json.loads(cli("eval", str(out), "--data", "digits", "--json", check=True).stdout)
     # the training JSON rounds to 3 decimals; one image of 359 is 0.28 pt, so 0.01 means "the same images"
     assert abs(rep["top1"] - res["best_val_top1"]) < 0.01
+
+
+def test_trainer_uses_fused_adamw_on_the_cpu():
+    """The loop's AdamW runs its fused kernel for floating CPU parameters (measured faster, RESULTS.md)."""
+    from edgecv.training.loop import _Trainer, fused_ok
+
+    model = create_model("mobilenet_v3_small", 3)
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
+    tr = _Trainer(model, ds, TrainConfig(epochs=1, batch_size=4, device="cpu"), None, lambda s: None)
+    assert all(g["fused"] for g in tr.opt.param_groups)
+    assert not fused_ok([]) and not fused_ok([torch.zeros(2, dtype=torch.int64)])

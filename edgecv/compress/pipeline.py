@@ -75,8 +75,11 @@ class Context:
     def out(self) -> Path:
         return self.run.out
 
-    def train_cfg(self, epochs: int, desc: str, lr: float | None = None) -> TrainConfig:
-        return train_config(self.cfg, epochs, desc, lr, self.bundle.preprocess.augment_preset)
+    def train_cfg(self, epochs: int, desc: str, lr: float | None = None, epoch_base: int = 0) -> TrainConfig:
+        """``epoch_base``: the stage's first epoch in the whole run (distill 0, then the prune rounds, then QAT),
+        so every stage draws new shuffles, augmentations and stored views (TrainConfig.epoch_base)."""
+        return replace(train_config(self.cfg, epochs, desc, lr, self.bundle.preprocess.augment_preset),
+                       epoch_base=epoch_base)
 
     def datasets(self):
         pre = self.bundle.preprocess

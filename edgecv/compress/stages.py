@@ -162,8 +162,9 @@ class _PruneRounds:
 
     def finetune(self, r: int, epochs: int, train, val) -> None:
         ctx = self.ctx
-        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}"), self.state,
-                      ctx.resume or not self.finetuned)
+        base = ctx.cfg.epochs_kd + sum(finetune_schedule(ctx.cfg.epochs_prune, ctx.cfg.prune_steps)[:r])
+        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=base),
+                      self.state, ctx.resume or not self.finetuned)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
         last.update(res.best_metrics)  # balanced accuracy / macro-F1 after the fine-tune (None without epochs)
@@ -263,7 +264,7 @@ def stage_quantize(ctx: Context) -> dict:
             set_observers(m, False)
 
     state = ctx.out / "quantize.state"
-    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale), state, ctx.resume,
+    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=c.epochs_kd + c.epochs_prune), state, ctx.resume,
                   on_epoch_start=on_epoch_start)
     if E > 0:
         # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed

@@ -7,6 +7,7 @@ Runtime, OpenVINO, ExecuTorch and PyTorch see bit-identical inputs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,6 +21,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+@functools.lru_cache(maxsize=16)
+def _levels(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(3, 256) float32``: channel ``c``'s normalised value of every 8-bit level, ``(v / 255 - mean) / std`` in
+    float32 (the same operations, in the same order, as the per-pixel path)."""
+    v = np.arange(256, dtype=np.float32)[None, :] / 255.0
+    t = (v - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    t.setflags(write=False)
+    return t
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,18 @@ class Preprocess:
         return centre_crop(self.train_base(img), self.input_size)
 
     def _normalize_array(self, img: Image.Image) -> np.ndarray:
-        a = np.asarray(img, dtype=np.float32) / 255.0
+        a = np.asarray(img)
         if self.channel_order == "BGR":
             a = a[..., ::-1]
-        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
+            # one table lookup per pixel: the table holds this very arithmetic for each of the 256 levels, so
+            # the result is bit-identical to the float path below, at ~4x its speed (tests/test_preprocess.py)
+            lut = _levels(self.mean, self.std)
+            out = np.empty((3, *a.shape[:2]), np.float32)
+            for c in range(3):
+                np.take(lut[c], a[..., c], out=out[c])
+            return out
+        a = (a.astype(np.float32) / 255.0 - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(a.transpose(2, 0, 1))
 
     def to_array(self, img: Image.Image) -> np.ndarray:
