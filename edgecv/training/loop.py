@@ -110,8 +110,8 @@ def resolve_batch_size(batch_size: int | None, n_train: int, log: Callable[[str]
 
 
 def fused_ok(params: list) -> bool:
-    """AdamW's fused kernel (one pass over all parameters instead of a dozen ops per tensor): measured 15 -> 3 ms
-    a step for mobilenet_v3_small and 67 -> 14 ms for resnet18 on this 2-core CPU (benchmarks/RESULTS.md).
+    """AdamW's fused kernel (one pass over all parameters instead of a dozen ops per tensor): measured 19.3 -> 3.6 ms
+    a step for mobilenet_v3_small and 68.8 -> 13.5 ms for resnet18 on this 2-core CPU (benchmarks/step_parts.py).
     Only for floating parameters on the CPU or CUDA (the kernel's domain); anything else keeps the default."""
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
