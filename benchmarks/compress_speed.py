@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--step-probe", action="store_true")
     ap.add_argument("--probe-steps", type=int, default=10)
     ap.add_argument("--probe-student-compile", action="store_true", help="also torch.compile the student (~2 min)")
+    ap.add_argument("--seed", type=int, default=0, help="compress --seed of every variant [0]")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--table-from", default=None, help="print the table of a --json-out file and exit")
     args = ap.parse_args()
@@ -213,7 +214,7 @@ def main() -> None:
     ekd, epr, eqat = (int(v) for v in args.epochs.split(","))
     base = {"teacher": str(Path(args.teacher).expanduser()), "data": data, "student": args.student,
             "img_size": args.img_size, "epochs_kd": ekd, "epochs_prune": epr, "epochs_qat": eqat,
-            "teacher_cache": args.teacher_cache, "seed": 0}
+            "teacher_cache": args.teacher_cache, "seed": args.seed}
     if args.batch_size:
         base["batch_size"] = args.batch_size
     recs, cache = [], None
