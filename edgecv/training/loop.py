@@ -52,10 +52,8 @@ class TrainConfig:
     augment: str = "auto"
     balance: str = "none"  # none | sampler | weights (edgecv.training.balance)
     loss: str = "ce"  # ce | focal (edgecv.training.losses; gamma 2)
-    # where this fit's epochs sit in a longer schedule (compress: distill, then each prune round, then QAT):
-    # epoch e draws the shuffle, augmentation and stored-view choice of epoch epoch_base + e, so a later stage
-    # sees new ones instead of replaying the first stage's first epochs
-    epoch_base: int = 0
+    # this fit's first epoch in a longer schedule (compress: distill, prune rounds, QAT): epoch e draws the shuffle,
+    epoch_base: int = 0  # augmentation and stored views of epoch_base + e, not the first stage's again
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +108,8 @@ def resolve_batch_size(batch_size: int | None, n_train: int, log: Callable[[str]
 
 
 def fused_ok(params: list) -> bool:
-    """AdamW's fused kernel (one pass over all parameters instead of a dozen ops per tensor): measured 19.3 -> 3.6 ms
-    a step for mobilenet_v3_small and 68.8 -> 13.5 ms for resnet18 on this 2-core CPU (benchmarks/step_parts.py).
-    Only for floating parameters on the CPU or CUDA (the kernel's domain); anything else keeps the default."""
+    """AdamW's fused kernel, for floating CPU/CUDA parameters (its domain): 19.3 -> 3.6 ms a step for
+    mobilenet_v3_small, 68.8 -> 13.5 ms for resnet18 on this 2-core CPU (benchmarks/step_parts.py)."""
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
@@ -128,8 +125,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
     worker processes' augmentation RNG, differs per rank. Reseed ``loader.generator`` per epoch
     (:func:`epoch_seed`) for replayable epochs. ``balance``: a class-balanced :class:`BalancedSampler` instead
     (the same draw on every rank, each taking its own slice)."""
-    sampler = None
-    n = len(ds)
+    sampler, n = None, len(ds)
     if balance:
         sampler = BalancedSampler(labels_of(ds), seed, D.rank(), D.world_size())
         n = len(sampler)
@@ -140,8 +136,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
             raise UserError(f"{len(ds)} training samples cannot be split over {D.world_size()} processes")
         sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=drop_last)
         n = len(sampler)
-    g = torch.Generator()
-    g.manual_seed(epoch_seed(seed, 0, D.rank()))
+    g = torch.Generator().manual_seed(epoch_seed(seed, 0, D.rank()))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, drop_last=drop_last and n > batch_size, generator=g,
                       # not persistent: workers are re-forked each epoch and seeded from the per-epoch generator,
