@@ -122,3 +122,30 @@ def test_trainer_uses_fused_adamw_on_the_cpu():
     tr = _Trainer(model, ds, TrainConfig(epochs=1, batch_size=4, device="cpu"), None, lambda s: None)
     assert all(g["fused"] for g in tr.opt.param_groups)
     assert not fused_ok([]) and not fused_ok([torch.zeros(2, dtype=torch.int64)])
+
+
+def test_epoch_base_moves_the_epoch_the_data_sees():
+    """``epoch_base`` (compress's later stages): the dataset's ``set_epoch`` and the shuffle follow
+    ``epoch_base + epoch``, so a fit with base 3 draws what epochs 3.. of one long fit draw, not epoch 0's."""
+
+    class Recording(torch.utils.data.TensorDataset):
+        def __init__(self):
+            super().__init__(torch.randn(12, 3, 8, 8), torch.arange(12) % 2)
+            self.epochs, self.order = [], []
+
+        def set_epoch(self, e):
+            self.epochs.append(e)
+
+        def __getitem__(self, i):
+            self.order.append(i)
+            return super().__getitem__(i)
+
+    runs = {}
+    for base, epochs in ((0, 5), (3, 2)):
+        ds = Recording()
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+        fit(model, ds, torch.utils.data.TensorDataset(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])),
+            TrainConfig(epochs=epochs, batch_size=4, device="cpu", epoch_base=base))
+        runs[base] = ds
+    assert runs[0].epochs == [0, 1, 2, 3, 4] and runs[3].epochs == [3, 4]
+    assert runs[3].order == runs[0].order[36:]  # epochs 3 and 4 of the long fit: the same shuffles

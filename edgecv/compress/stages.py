@@ -264,8 +264,8 @@ def stage_quantize(ctx: Context) -> dict:
             set_observers(m, False)
 
     state = ctx.out / "quantize.state"
-    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=c.epochs_kd + c.epochs_prune), state, ctx.resume,
-                  on_epoch_start=on_epoch_start)
+    cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=c.epochs_kd + c.epochs_prune)
+    res = _kd_fit(ctx, model, train, val, cfg, state, ctx.resume, on_epoch_start=on_epoch_start)
     if E > 0:
         # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed
         freeze_bn(model)
