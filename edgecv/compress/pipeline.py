@@ -78,8 +78,7 @@ class Context:
     def train_cfg(self, epochs: int, desc: str, lr: float | None = None, epoch_base: int = 0) -> TrainConfig:
         """``epoch_base``: the stage's first epoch in the whole run (distill 0, then the prune rounds, then QAT),
         so every stage draws new shuffles, augmentations and stored views (TrainConfig.epoch_base)."""
-        return replace(train_config(self.cfg, epochs, desc, lr, self.bundle.preprocess.augment_preset),
-                       epoch_base=epoch_base)
+        return train_config(self.cfg, epochs, desc, lr, self.bundle.preprocess.augment_preset, epoch_base)
 
     def datasets(self):
         pre = self.bundle.preprocess
@@ -133,13 +132,13 @@ class Context:
 
 
 def train_config(c: CompressConfig, epochs: int, desc: str, lr: float | None = None,
-                 augment: str = "auto") -> TrainConfig:
+                 augment: str = "auto", epoch_base: int = 0) -> TrainConfig:
     """The fit settings of every compress training (stages and the --student auto probes); ``augment``: the
     resolved preset of the data ("strong": MixUp/CutMix per batch)."""
     return TrainConfig(epochs=epochs, batch_size=c.batch_size, lr=lr if lr is not None else c.lr,
                        weight_decay=c.weight_decay, label_smoothing=0.0, workers=c.workers, seed=c.seed,
                        device=c.device, desc=desc, augment=augment, balance=c.balance, loss=c.loss,
-                       channels_last_cpu=c.channels_last)
+                       channels_last_cpu=c.channels_last, epoch_base=epoch_base)
 
 
 # ---------------------------------------------------------------------------------------------- driver

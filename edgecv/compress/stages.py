@@ -160,10 +160,9 @@ class _PruneRounds:
         self.save_partial(r, False)
         return dt
 
-    def finetune(self, r: int, epochs: int, train, val) -> None:
+    def finetune(self, r: int, epochs: int, train, val, epoch_base: int) -> None:
         ctx = self.ctx
-        base = ctx.cfg.epochs_kd + sum(finetune_schedule(ctx.cfg.epochs_prune, ctx.cfg.prune_steps)[:r])
-        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=base),
+        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
                       self.state, ctx.resume or not self.finetuned)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
@@ -199,7 +198,7 @@ def stage_prune(ctx: Context) -> dict:
     for r in range(pr.start, c.prune_steps):
         if pr.finetuned:
             t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn)
-        pr.finetune(r, sched[r], train, val)
+        pr.finetune(r, sched[r], train, val, epoch_base=c.epochs_kd + sum(sched[:r]))
     model, rounds = pr.model, pr.rounds
     problems = check_se_consistency(model)
     if problems:
