@@ -52,8 +52,8 @@ class TrainConfig:
     augment: str = "auto"
     balance: str = "none"  # none | sampler | weights (edgecv.training.balance)
     loss: str = "ce"  # ce | focal (edgecv.training.losses; gamma 2)
-    # this fit's first epoch in a longer schedule (compress: distill, prune rounds, QAT): epoch e draws the shuffle,
-    epoch_base: int = 0  # augmentation and stored views of epoch_base + e, not the first stage's again
+    # where this fit starts in a longer schedule (compress's stages): epoch e draws epoch_base + e's shuffle/views
+    epoch_base: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
