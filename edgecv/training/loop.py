@@ -52,7 +52,7 @@ class TrainConfig:
     augment: str = "auto"
     balance: str = "none"  # none | sampler | weights (edgecv.training.balance)
     loss: str = "ce"  # ce | focal (edgecv.training.losses; gamma 2)
-    # where this fit starts in a longer schedule (compress's stages): epoch e draws epoch_base + e's shuffle/views
+    # this fit's start in a longer schedule (compress's stages): epoch e draws epoch_base + e's shuffle/views
     epoch_base: int = 0
 
     def to_dict(self) -> dict:
