@@ -59,9 +59,9 @@ def child(args: argparse.Namespace) -> None:
                                  for s in STAGES}}))
 
 
-# today's behaviour (live teacher, contiguous, decode every epoch) and each option switched on
+# today's behaviour (live fp32 teacher, contiguous, decode every epoch) and each option switched on
 VARIANTS = {
-    "live": {"teacher_cache": "off", "channels_last": False, "decode_cache": "off"},
+    "live": {"teacher_cache": "off", "channels_last": False, "decode_cache": "off", "teacher_precision": "fp32"},
     "live+decode": {"teacher_cache": "off", "channels_last": False},
     "live+cl": {"teacher_cache": "off", "channels_last": True, "decode_cache": "off"},
     "cached-contig": {"channels_last": False},
@@ -111,19 +111,23 @@ def step_probe(arch: str, teacher_path: str, size: int, batch: int, steps: int, 
     rows = []
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 2, (batch,))
-    for opt in ("eager", "channels_last") + (("compile",) if student_compile else ()):
+    bf16, why = cpu_bf16()
+    bf16_opts = ("bf16", "channels_last+bf16") if bf16 else ()
+    for opt in ("eager", "channels_last") + (("compile",) if student_compile else ()) + bf16_opts:
         torch.manual_seed(0)
         m = create_model(arch, 2).train()
         xin = x
-        if opt == "channels_last":
+        if "channels_last" in opt:
             m = m.to(memory_format=torch.channels_last)
             xin = x.contiguous(memory_format=torch.channels_last)
         fwd = torch.compile(m) if opt == "compile" else m
-        o = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        o = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True)  # as training.loop builds it
 
-        def step(fwd=fwd, o=o, xin=xin):
+        def step(fwd=fwd, o=o, xin=xin, opt=opt):
             o.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(fwd(xin), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in opt):
+                out = fwd(xin)
+            torch.nn.functional.cross_entropy(out.float(), y).backward()
             o.step()
 
         t0 = time.perf_counter()
@@ -132,18 +136,19 @@ def step_probe(arch: str, teacher_path: str, size: int, batch: int, steps: int, 
         per = timeit(step, steps)
         rows.append({"what": f"student {arch} step", "option": opt, "ms_per_batch": per * 1e3,
                      "first_call_s": first, "images_s": batch / per})
-    bf16, why = cpu_bf16()
-    opts = ["eager", "channels_last", "compile", "channels_last+compile"] + (["bf16"] if bf16 else [])
+    opts = ["eager", "channels_last", "compile", "channels_last+compile"] + list(bf16_opts)
     for opt in opts:
         teacher = load_checkpoint(teacher_path).build().eval()
+        xt = x
         if "channels_last" in opt:
             teacher = teacher.to(memory_format=torch.channels_last)
+            xt = x.contiguous(memory_format=torch.channels_last)
         fwd = torch.compile(teacher) if "compile" in opt else teacher
 
         @torch.no_grad()
-        def tf(fwd=fwd, opt=opt):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opt == "bf16"):
-                fwd(x)
+        def tf(fwd=fwd, opt=opt, xt=xt):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in opt):
+                fwd(xt)
 
         t0 = time.perf_counter()
         tf()

@@ -39,11 +39,11 @@ def _tiny(n=3):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n)).eval()
 
 
-def _key(data: Path, teacher_sha="t" * 64, size=16, preset="standard", views=2, t_size=16):
+def _key(data: Path, teacher_sha="t" * 64, size=16, preset="standard", views=2, t_size=16, bf16=False):
     b = load_train_val(str(data))
     pre = Preprocess(input_size=size, augment=preset)
     return SL.cache_key(teacher_sha, SL.data_fingerprint(b.train, b.val), pre, Preprocess(input_size=t_size),
-                        views, 3)
+                        views, 3, bf16)
 
 
 def test_teacher_cache_values():
@@ -60,7 +60,7 @@ def test_key_changes_with_teacher_data_augmentation_size_and_views(data):
     k0 = _key(data)
     assert _key(data) == k0  # stable
     changed = [_key(data, teacher_sha="u" * 64), _key(data, size=20), _key(data, t_size=32),
-               _key(data, preset="light"), _key(data, views=3)]
+               _key(data, preset="light"), _key(data, views=3), _key(data, bf16=True)]
     img = next((data / "train" / "red").iterdir())
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the same file list, one newer file
@@ -69,6 +69,25 @@ def test_key_changes_with_teacher_data_augmentation_size_and_views(data):
     changed.append(_key(data))
     digests = {SL.key_digest(k) for k in [k0, *changed]}
     assert len(digests) == len(changed) + 1
+
+
+def test_teacher_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(SL, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    assert SL.teacher_bf16(cpu, "auto")[0] and not SL.teacher_bf16(cpu, "fp32")[0]
+    assert SL.live_teacher_path(cpu, True, "fp32")["autocast"] == "off"  # the baseline: the teacher as trained
+    assert SL.live_teacher_path(cpu, True, "auto")["autocast"] == "bf16"
+    monkeypatch.setattr(SL, "cpu_flags", lambda: {"avx2"})
+    assert not SL.teacher_bf16(cpu, "auto")[0]
+    on, why = SL.teacher_bf16(cpu, "bf16")  # forced: emulated, and the reason says so
+    assert on and "AVX2" in why
+    assert not SL.teacher_bf16(torch.device("cuda"), "bf16")[0]  # CUDA: fp16 autocast, as before
+    with pytest.raises(UserError, match="--teacher-precision"):
+        SL.teacher_bf16(cpu, "fp16")
+    from edgecv.compress.config import CompressConfig
+
+    with pytest.raises(UserError, match="--teacher-precision"):
+        CompressConfig(teacher_precision="fp16").validate()
 
 
 def test_obtain_builds_once_then_reuses_and_rebuilds_on_a_key_change(cache, data):

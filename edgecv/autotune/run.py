@@ -88,7 +88,7 @@ def hooks(cfg: CompressConfig, log: Log, on_selection: Callable[[dict], None] | 
             probe = ProbeSpec(bundle, teacher, KDConfig(c.temperature, c.alpha, c.feature_kd),
                               lambda e, desc: train_config(c, e, desc), device, epochs,
                               auto_opt(c, "probe_images"), auto_opt(c, "probe_val_images"), c.seed,
-                              c.teacher_cache)
+                              c.teacher_cache, c.teacher_precision)
             measurer = make_measurer(c, bundle, log)
             try:  # SelectionFailed: nothing written yet
                 sel = select_student(parse_candidates(c.candidates), bundle.num_classes, measurer, budget,

@@ -62,6 +62,7 @@ class ProbeSpec:
     val_images: int
     seed: int = 0
     teacher_cache: str = "auto"  # off | auto | views=K: the probes replay the teacher's stored soft labels
+    teacher_precision: str = "auto"  # the teacher's CPU forward (compress --teacher-precision)
 
 
 PROBE_BATCH = 16
@@ -84,13 +85,15 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     if SL.off_reason(spec.teacher_cache, spec.kd.alpha, spec.kd.beta, pre) is None:  # built once, every probe reads
         views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(spec.epochs)
         soft, _ = SL.soft_labels(train_s, val_s, b.num_classes, pre, spec.teacher, views, 64, cfg.workers,
-                                 spec.device, log, channels_last=cfg.channels_last_cpu)
+                                 spec.device, log, channels_last=cfg.channels_last_cpu,
+                                 precision=spec.teacher_precision)
         train = SL.SoftLabelDataset(train_s, pre, soft, spec.seed)
     else:
         train = train_s.with_transform(pre.train_transform())
     seed_everything(spec.seed)
     model = create_model(arch, b.num_classes)
     kd = KDLoss(spec.teacher.model, spec.kd, pre, spec.teacher.preprocess, student=model, device=spec.device)
+    kd.cpu_bf16 = SL.teacher_bf16(spec.device, spec.teacher_precision)[0]  # the live teacher, as compress runs it
     kd.teacher_channels_last(cfg.channels_last_cpu)
     t0 = time.perf_counter()
     # a probe is short: small batches give it enough optimizer steps to move off chance (1 000 images at batch 64

@@ -40,6 +40,7 @@ class CompressConfig:
     alpha: float = 0.8
     feature_kd: float = 0.0  # weight of feature-map KD (0 = off)
     teacher_cache: str = "auto"  # off | auto | views=K: the teacher's soft labels stored once (compress/softlabels)
+    teacher_precision: str = "auto"  # auto (bf16 where the CPU has AVX512-BF16/AMX) | fp32 | bf16: the teacher's CPU forward
     channels_last: bool = True  # the student's (and the live teacher's) CPU step in channels_last (measured faster)
     decode_cache: str = "auto"  # auto | off: every image decoded + resized once, memory-mapped (data/cache)
     # training data / loss of every stage (and of the on-the-fly teacher)
@@ -115,6 +116,11 @@ class CompressConfig:
         from edgecv.compress.softlabels import parse_teacher_cache
 
         parse_teacher_cache(self.teacher_cache)
+        from edgecv.compress.softlabels import TEACHER_PRECISIONS
+
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, "
+                            f"got '{self.teacher_precision}'")
         from edgecv.data.cache import check_mode
 
         check_mode(self.decode_cache)
@@ -141,6 +147,7 @@ class CompressConfig:
 RULES: dict[str, tuple] = {
     "teacher": (str,), "teacher_arch": (str,), "data": (str,), "student": (str,), "device": (str,),
     "importance": (str,), "out": (str,), "target": (str,), "teacher_cache": (str,),
+    "teacher_precision": (str,),
     "augment": (str,), "balance": (str,), "loss": (str,),
     "decode_cache": (str,),
     "epochs_kd": (int, 0), "epochs_prune": (int, 0), "epochs_qat": (int, 0), "teacher_epochs": (int, 0),

@@ -23,7 +23,7 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
-from edgecv.compress.softlabels import SoftLabelDataset, SoftLabels, live_teacher_path, student_step_path
+from edgecv.compress.softlabels import SoftLabelDataset, SoftLabels, live_teacher_path, student_step_path, teacher_bf16
 from edgecv.compress.softlabels import prepare as prepare_soft_labels
 from edgecv.compress.stages import STAGE_FN
 from edgecv.contracts.rundir import SCHEMA, STAGE_INPUT, STAGES, Run
@@ -93,7 +93,7 @@ class Context:
         kd = KDLoss(self.teacher.model, KDConfig(c.temperature, c.alpha, c.feature_kd),
                     self.bundle.preprocess, self.teacher.preprocess, student=student.to(self.device),
                     device=self.device)
-        kd.cpu_bf16 = live_teacher_path(self.device).get("autocast") == "bf16"
+        kd.cpu_bf16 = teacher_bf16(self.device, c.teacher_precision)[0]
         kd.teacher_channels_last(c.channels_last)
         if c.balance == "weights" or c.loss != "ce":  # the hard-label term, class-weighted and/or focal
             weight = class_weights(labels_of(self.bundle.train), self.bundle.num_classes) \
@@ -276,7 +276,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     run = _open_run(cfg, run_cfg, prev, reuse, teacher, teacher_path, bundle, img_size, selection)
     ctx = Context(run_cfg, run, bundle, teacher, img_size, device, resume, log, hooks)
     ctx.soft, run.data["teacher_cache"] = prepare_soft_labels(ctx, log) if stages else (None, {"used": False})
-    run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last)
+    run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last, run_cfg.teacher_precision)
     run.data["student_step"] = student_step_path(device, run_cfg.channels_last)
     run.data["decode_cache"] = decode_rec
     _record_teacher(ctx, teacher_path)

@@ -85,9 +85,10 @@ def data_fingerprint(*splits: ImageSamples) -> str:
 
 
 def cache_key(teacher_sha: str, data_fp: str, s_pre: Preprocess, t_pre: Preprocess | None, views: int,
-              topk: int) -> dict:
+              topk: int, teacher_bf16: bool = False) -> dict:
+    """``teacher_bf16``: the teacher ran under bf16 autocast (its logits differ from fp32's in the 2nd-3rd digit)."""
     aug = augment_of(s_pre)
-    return {"v": CACHE_VERSION, "teacher": teacher_sha, "data": data_fp,
+    return {"v": CACHE_VERSION, "teacher": teacher_sha, "data": data_fp, "teacher_bf16": bool(teacher_bf16),
             "augment": {"preset": aug.preset, "input_size": aug.input_size, "hflip": aug.hflip,
                         "n_params": Augment.N_PARAMS},
             "student_pre": s_pre.to_dict(), "teacher_pre": t_pre.to_dict() if t_pre else None,
@@ -256,12 +257,32 @@ def cpu_bf16() -> tuple[bool, str]:
     return False, f"skipped: this CPU has no AVX512-BF16/AMX ({isa}); bf16 would be emulated, slower than fp32"
 
 
-def live_teacher_path(device: torch.device, channels_last: bool = True) -> dict:
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def teacher_bf16(device: torch.device, precision: str = "auto") -> tuple[bool, str]:
+    """Whether the frozen teacher's CPU forward runs under bf16 autocast (``--teacher-precision``), and why.
+    auto: where the CPU has AVX512-BF16/AMX (resnet18 at 64 px, batch 64, on such a host: 4.3x the fp32
+    channels_last forward, 2.4x the fp32 contiguous one; docs/compress-speed.md); fp32: never (the teacher as it
+    was trained); bf16: always (emulated, slower, on a CPU without those units)."""
+    if precision not in TEACHER_PRECISIONS:
+        raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, got {precision!r}")
+    if device.type != "cpu":
+        return False, "not the CPU"
+    if precision == "fp32":
+        return False, "off: --teacher-precision fp32"
+    ok, why = cpu_bf16()
+    if precision == "bf16":
+        return True, "on: --teacher-precision bf16" + ("" if ok else f" ({why.removeprefix('skipped: ')})")
+    return ok, why
+
+
+def live_teacher_path(device: torch.device, channels_last: bool = True, precision: str = "auto") -> dict:
     """How the teacher runs (live, and while building the cache). The choice follows the measurements in
     docs/compress-speed.md (benchmarks/compress_speed.py --step-probe)."""
     if device.type != "cpu":
         return {"path": "eager", "autocast": "fp16" if device.type == "cuda" else "off"}
-    bf16, why = cpu_bf16()
+    bf16, why = teacher_bf16(device, precision)
     return {"path": "eager", "memory_format": "channels_last" if channels_last else "contiguous",
             "autocast": "bf16" if bf16 else "off", "bf16": why, "compile": "off: " + MEASURED["teacher_compile"],
             "onnxruntime": "off: " + MEASURED["teacher_ort"]}
@@ -273,7 +294,7 @@ def student_step_path(device: torch.device, channels_last: bool = True) -> dict:
         return {"path": "eager", "autocast": "fp16", "memory_format": "channels_last"}
     bf16, why = cpu_bf16()
     return {"path": "eager", "memory_format": "channels_last" if channels_last else "contiguous",
-            "autocast": "off", "bf16": why if not bf16 else "not used: not measured on such a CPU",
+            "autocast": "off", "bf16": why if not bf16 else "not used: " + MEASURED["student_bf16"],
             "compile": "off: " + MEASURED["student_compile"]}
 
 
@@ -283,6 +304,9 @@ MEASURED = {
                        "every new batch shape: no net gain once the teacher runs K times per image",
     "teacher_ort": "compress may not import runtimes/export (docs/architecture.md)",
     "student_compile": "no faster than eager (1.03x slower) after a 125 s compile",
+    # the AMX host (Xeon with AVX512-BF16/AMX, 2 cores): mobilenet_v3_small at 64 px, batch 64
+    "student_bf16": "measured 2.1x slower than the fp32 step on an AMX CPU (mobilenet_v3_small, 64 px: "
+                    "156 vs 74 ms a batch of 64 in channels_last)",
 }
 
 
@@ -302,7 +326,7 @@ def off_reason(teacher_cache: str, alpha: float, feature_kd: float, pre: Preproc
 
 def soft_labels(train: ImageSamples, val: ImageSamples, n: int, pre: Preprocess, teacher, views: int,
                 batch_size: int, workers: int | None, device: torch.device, log,
-                evaluate=None, channels_last: bool = True) -> tuple[SoftLabels, dict]:
+                evaluate=None, channels_last: bool = True, precision: str = "auto") -> tuple[SoftLabels, dict]:
     """The stored soft labels of ``teacher`` (a ``training.teacher.Teacher`` with ``n`` outputs) on ``train``,
     built if needed.
 
@@ -311,11 +335,12 @@ def soft_labels(train: ImageSamples, val: ImageSamples, n: int, pre: Preprocess,
     from edgecv.training.loop import default_workers
 
     topk = n if n <= DENSE_MAX_CLASSES else TOPK
-    key = cache_key(teacher.sha256, data_fingerprint(train, val), pre, teacher.preprocess, views, topk)
+    bf16 = teacher_bf16(device, precision)[0]
+    key = cache_key(teacher.sha256, data_fingerprint(train, val), pre, teacher.preprocess, views, topk, bf16)
 
     def build_fn() -> SoftLabels:
         kd = KDLoss(teacher.model, KDConfig(), pre, teacher.preprocess, device=device)
-        kd.cpu_bf16 = live_teacher_path(device).get("autocast") == "bf16"
+        kd.cpu_bf16 = bf16
         kd.teacher_channels_last(channels_last)
         sl = build(train, pre, kd.teacher_logits, n, views, topk, batch_size,
                    default_workers() if workers is None else workers, device)
@@ -340,4 +365,5 @@ def prepare(ctx, log) -> tuple[SoftLabels | None, dict]:
         return None, {"used": False, "reason": why}
     views = parse_teacher_cache(c.teacher_cache) or default_views(c.epochs_kd + c.epochs_prune + c.epochs_qat)
     return soft_labels(b.train, b.val, b.num_classes, b.preprocess, ctx.teacher, views, c.batch_size, c.workers, ctx.device, log,
-                       evaluate=lambda m: ctx.evaluate(m, "teacher val"), channels_last=c.channels_last)
+                       evaluate=lambda m: ctx.evaluate(m, "teacher val"), channels_last=c.channels_last,
+                       precision=c.teacher_precision)
