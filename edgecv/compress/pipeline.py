@@ -23,7 +23,13 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
-from edgecv.compress.softlabels import SoftLabelDataset, SoftLabels, live_teacher_path, student_step_path, teacher_bf16
+from edgecv.compress.softlabels import (
+    SoftLabelDataset,
+    SoftLabels,
+    live_teacher_path,
+    student_step_path,
+    teacher_bf16,
+)
 from edgecv.compress.softlabels import prepare as prepare_soft_labels
 from edgecv.compress.stages import STAGE_FN
 from edgecv.contracts.rundir import SCHEMA, STAGE_INPUT, STAGES, Run
