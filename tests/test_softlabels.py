@@ -54,6 +54,7 @@ def test_teacher_cache_values():
         with pytest.raises(UserError, match="--teacher-cache"):
             SL.parse_teacher_cache(bad)
     assert [SL.default_views(e) for e in (3, 19, 100)] == [2, 5, 8]
+    assert [SL.default_views(e, teacher_bf16=True) for e in (3, 19, 100)] == [2, 10, 16]  # half-cost views
 
 
 def test_key_changes_with_teacher_data_augmentation_size_and_views(data):

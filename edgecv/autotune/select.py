@@ -83,7 +83,8 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     val = val_s.with_transform(pre.eval_transform())
     cfg = dataclasses.replace(spec.train_cfg(spec.epochs, f"probe {arch}"), batch_size=PROBE_BATCH)
     if SL.off_reason(spec.teacher_cache, spec.kd.alpha, spec.kd.beta, pre) is None:  # built once, every probe reads
-        views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(spec.epochs)
+        views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(
+            spec.epochs, SL.teacher_bf16(spec.device, spec.teacher_precision)[0])
         soft, _ = SL.soft_labels(train_s, val_s, b.num_classes, pre, spec.teacher, views, 64, cfg.workers,
                                  spec.device, log, channels_last=cfg.channels_last_cpu,
                                  precision=spec.teacher_precision)

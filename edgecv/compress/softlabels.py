@@ -41,7 +41,11 @@ DENSE_MAX_CLASSES = 20  # up to this many classes every logit is stored (the KD 
 TOPK = 10  # above it: the teacher's top-10 logits of each view
 BUILD_SEED = 20_221_016  # the views' RNG: seeded per image index, independent of the run's --seed
 TEACHER_BATCH_PIXELS = 256 * 64 * 64  # views x pixels of one build forward: 256 views at 64 px, 64 from 128 px
-EPOCHS_PER_VIEW = 4  # default K = total KD epochs / 4, in [2, 8] (docs/compress-speed.md: measured)
+EPOCHS_PER_VIEW = 4  # default K = total KD epochs / 4, in [2, 8], for an fp32 teacher (docs/compress-speed.md)
+# a bf16 teacher's view costs about half an fp32 one (resnet18, 64 px, on the AMX host: 40 vs 79 ms a batch of 64),
+# so the same build time holds twice the views: K = total epochs / 2, in [2, 16] (measured: cifar10-mini, three
+# seeds, K=10 vs K=5 +0.70 pt QAT top-1, 0.52x vs 0.47x the live run; benchmarks/RESULTS.md)
+BF16_VIEWS = 2
 
 
 def parse_teacher_cache(value: str) -> int | None:
@@ -61,8 +65,10 @@ def parse_teacher_cache(value: str) -> int | None:
     raise UserError(f"--teacher-cache must be off, auto or views=K (K >= 1), got {value!r}")
 
 
-def default_views(total_epochs: int) -> int:
-    return max(2, min(8, math.ceil(total_epochs / EPOCHS_PER_VIEW)))
+def default_views(total_epochs: int, teacher_bf16: bool = False) -> int:
+    """K of ``--teacher-cache auto``: a quarter of the epochs in [2, 8], twice that for a bf16 teacher."""
+    f = BF16_VIEWS if teacher_bf16 else 1
+    return max(2, min(8 * f, math.ceil(total_epochs * f / EPOCHS_PER_VIEW)))
 
 
 def augment_of(pre: Preprocess) -> Augment:
@@ -363,7 +369,8 @@ def prepare(ctx, log) -> tuple[SoftLabels | None, dict]:
     if why is not None:
         log(f"teacher soft labels: off ({why}); live teacher")
         return None, {"used": False, "reason": why}
-    views = parse_teacher_cache(c.teacher_cache) or default_views(c.epochs_kd + c.epochs_prune + c.epochs_qat)
+    views = parse_teacher_cache(c.teacher_cache) or default_views(
+        c.epochs_kd + c.epochs_prune + c.epochs_qat, teacher_bf16(ctx.device, c.teacher_precision)[0])
     return soft_labels(b.train, b.val, b.num_classes, b.preprocess, ctx.teacher, views, c.batch_size, c.workers, ctx.device, log,
                        evaluate=lambda m: ctx.evaluate(m, "teacher val"), channels_last=c.channels_last,
                        precision=c.teacher_precision)
