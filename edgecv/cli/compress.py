@@ -71,7 +71,8 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--teacher-cache", default=None, metavar="off|auto|views=K",
               help="Teacher soft labels: K augmented views per training image and the teacher's logits, computed "
                    "once, cached and replayed by every KD stage, --resume and later runs (off: the live teacher "
-                   "every batch; auto: K = total epochs / 4, in [2, 8]) [default: auto].")
+                   "every batch; auto: K = total epochs / 4, in [2, 8], or / 2, in [2, 16], where the teacher runs "
+                   "in bf16) [default: auto].")
 @click.option("--teacher-precision", default=None, type=click.Choice(["auto", "fp32", "bf16"]),
               help="The frozen teacher's CPU forward (live, or building the soft labels): auto = bf16 autocast "
                    "where the CPU has AVX512-BF16/AMX (measured 2.4x faster there), else fp32 [default: auto].")
