@@ -75,7 +75,7 @@ from edgecv.utils import check_writable, stderr_console
                    "in bf16) [default: auto].")
 @click.option("--teacher-precision", default=None, type=click.Choice(["auto", "fp32", "bf16"]),
               help="The frozen teacher's CPU forward (live, or building the soft labels): auto = bf16 autocast "
-                   "where the CPU has AVX512-BF16/AMX (measured 2.4x faster there), else fp32 [default: auto].")
+                   "where the CPU has AVX512-BF16/AMX (measured 1.95x faster there), else fp32 [default: auto].")
 @click.option("--augment", default=None, type=click.Choice(["auto", "none", "light", "standard", "strong"]),
               help="Augmentation preset of the KD, prune fine-tune and QAT stages (see 'edgecv train --help'); auto: "
                    "the one the teacher checkpoint was trained with, else by input size [default: auto].")

@@ -268,9 +268,9 @@ TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
 
 def teacher_bf16(device: torch.device, precision: str = "auto") -> tuple[bool, str]:
     """Whether the frozen teacher's CPU forward runs under bf16 autocast (``--teacher-precision``), and why.
-    auto: where the CPU has AVX512-BF16/AMX (resnet18 at 64 px, batch 64, on such a host: 4.3x the fp32
-    channels_last forward, 2.4x the fp32 contiguous one; docs/compress-speed.md); fp32: never (the teacher as it
-    was trained); bf16: always (emulated, slower, on a CPU without those units)."""
+    auto: where the CPU has AVX512-BF16/AMX (resnet18 at 64 px, batch 64, on such a host: bf16 + channels_last
+    1.95x the fastest fp32 forward; docs/compress-speed.md); fp32: never (the teacher as it was trained); bf16:
+    always (emulated, slower, on a CPU without those units)."""
     if precision not in TEACHER_PRECISIONS:
         raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, got {precision!r}")
     if device.type != "cpu":
