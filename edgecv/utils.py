@@ -49,18 +49,22 @@ def _rank() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    The temporary file is removed whatever happens. A failure to write (an :class:`OSError`, or torch's
-    ``RuntimeError`` from a full disk) becomes one :class:`~edgecv.errors.OutputError` naming ``path``.
+    The temporary file is removed whatever happens, except when the process is killed outright (SIGKILL, power
+    loss): ``path`` itself is then never half-written, and the orphan (named ``.<name>.<pid>.<random>.tmp``) is
+    removed by the next successful write of ``path`` once its process is gone. A failure to write (an
+    :class:`OSError`, or torch's ``RuntimeError`` from a full disk) becomes one
+    :class:`~edgecv.errors.OutputError` naming ``path``.
     """
     path = Path(path)
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+        _remove_orphans(path)
     except OutputError:
         raise
     except OSError as e:
@@ -72,6 +76,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path is not None:
             _remove_quietly(tmp_path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user's process
+        return True
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """The temporary files of earlier writes of ``path`` whose process no longer runs (killed mid-write)."""
+    head = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for f in path.parent.iterdir():
+            pid = f.name[len(head):].split(".", 1)[0] if f.name.startswith(head) and f.name.endswith(".tmp") else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove_quietly(f)
 
 
 def _remove_quietly(p: Path) -> None:

@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -103,6 +104,22 @@ def test_atomic_path_maps_failures_and_leaves_no_temp_file(tmp_path):
             raise ValueError("not about writing")
     assert os.listdir(tmp_path / "d") == []
     assert isinstance(OutputError("p", "r"), OSError) and OutputError("p", "r").exit_code == 2
+
+
+def test_atomic_path_removes_the_orphans_of_a_killed_writer(tmp_path):
+    """A writer killed outright (SIGKILL) leaves its temporary file; the next write of that path removes it, but
+    not a live process's temporary file, nor another file's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    out = tmp_path / "m.pt"
+    orphan = tmp_path / f".m.pt.{dead.pid}.abc123.tmp"
+    live = tmp_path / f".m.pt.{os.getppid()}.def456.tmp"  # the test runner's parent: alive
+    other = tmp_path / f".m.pt.state.{dead.pid}.ghi789.tmp"  # another file's (m.pt.state), not m.pt's
+    for f in (orphan, live, other):
+        f.write_bytes(b"half")
+    write_text_atomic(out, "whole")
+    assert out.read_text() == "whole"
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["m.pt", live.name, other.name])
 
 
 def test_check_writable(tmp_path):
