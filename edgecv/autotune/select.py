@@ -82,9 +82,9 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     train_s, val_s = sample_calibration(b.train, spec.images, spec.seed), sample_calibration(b.val, spec.val_images, spec.seed)
     val = val_s.with_transform(pre.eval_transform())
     cfg = dataclasses.replace(spec.train_cfg(spec.epochs, f"probe {arch}"), batch_size=PROBE_BATCH)
+    bf16 = SL.teacher_bf16(spec.device, spec.teacher_precision)[0]  # the teacher's forward, as compress runs it
     if SL.off_reason(spec.teacher_cache, spec.kd.alpha, spec.kd.beta, pre) is None:  # built once, every probe reads
-        views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(
-            spec.epochs, SL.teacher_bf16(spec.device, spec.teacher_precision)[0])
+        views = SL.parse_teacher_cache(spec.teacher_cache) or SL.default_views(spec.epochs, bf16)
         soft, _ = SL.soft_labels(train_s, val_s, b.num_classes, pre, spec.teacher, views, 64, cfg.workers,
                                  spec.device, log, channels_last=cfg.channels_last_cpu,
                                  precision=spec.teacher_precision)
@@ -94,7 +94,7 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     seed_everything(spec.seed)
     model = create_model(arch, b.num_classes)
     kd = KDLoss(spec.teacher.model, spec.kd, pre, spec.teacher.preprocess, student=model, device=spec.device)
-    kd.cpu_bf16 = SL.teacher_bf16(spec.device, spec.teacher_precision)[0]  # the live teacher, as compress runs it
+    kd.cpu_bf16 = bf16
     kd.teacher_channels_last(cfg.channels_last_cpu)
     t0 = time.perf_counter()
     # a probe is short: small batches give it enough optimizer steps to move off chance (1 000 images at batch 64

@@ -113,14 +113,10 @@ class CompressConfig:
                 raise UserError(f"--target-macs must be a fraction in (0, 1] or 'auto', got '{self.target_macs}'") from None
         if not self.auto_macs:
             check_value("target_macs", self.target_macs, float, 0, 1, True)
-        from edgecv.compress.softlabels import parse_teacher_cache
+        from edgecv.compress.softlabels import check_teacher_precision, parse_teacher_cache
 
         parse_teacher_cache(self.teacher_cache)
-        from edgecv.compress.softlabels import TEACHER_PRECISIONS
-
-        if self.teacher_precision not in TEACHER_PRECISIONS:
-            raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, "
-                            f"got '{self.teacher_precision}'")
+        check_teacher_precision(self.teacher_precision)
         from edgecv.data.cache import check_mode
 
         check_mode(self.decode_cache)

@@ -266,13 +266,17 @@ def cpu_bf16() -> tuple[bool, str]:
 TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_teacher_precision(precision: str) -> None:
+    if precision not in TEACHER_PRECISIONS:
+        raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, got {precision!r}")
+
+
 def teacher_bf16(device: torch.device, precision: str = "auto") -> tuple[bool, str]:
     """Whether the frozen teacher's CPU forward runs under bf16 autocast (``--teacher-precision``), and why.
     auto: where the CPU has AVX512-BF16/AMX (resnet18 at 64 px, batch 64, on such a host: bf16 + channels_last
     1.95x the fastest fp32 forward; docs/compress-speed.md); fp32: never (the teacher as it was trained); bf16:
     always (emulated, slower, on a CPU without those units)."""
-    if precision not in TEACHER_PRECISIONS:
-        raise UserError(f"--teacher-precision must be one of {', '.join(TEACHER_PRECISIONS)}, got {precision!r}")
+    check_teacher_precision(precision)
     if device.type != "cpu":
         return False, "not the CPU"
     if precision == "fp32":
