@@ -14,6 +14,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "datasets" / "cifar10-mini.tar.gz"
+HYMENOPTERA_TARBALL = REPO.parent / "shared" / "datasets" / "hymenoptera.tar.gz"
 
 os.environ.setdefault("EDGECV_CACHE", str(REPO / ".cache" / "test-cache"))
 
@@ -46,18 +47,27 @@ def tiny_folder_session(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny") / "data")
 
 
-@pytest.fixture(scope="session")
-def cifar10_mini() -> Path:
-    """The real cifar10-mini ImageFolder (extracted once into the cache); skips when the tarball is absent."""
-    if not CIFAR_TARBALL.is_file():
-        pytest.skip(f"real data not found: {CIFAR_TARBALL}")
+def real_dataset(tarball: Path, name: str) -> Path:
+    """A real ImageFolder from shared/datasets (extracted once into the cache); skips when the tarball is absent."""
+    if not tarball.is_file():
+        pytest.skip(f"real data not found: {tarball}")
     cache = Path(os.environ.get("EDGECV_CIFAR_CACHE", Path.home() / ".cache" / "edgecv"))
-    root = cache / "cifar10-mini"
+    root = cache / name
     if not (root / "val").is_dir():
         cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(CIFAR_TARBALL) as t:
+        with tarfile.open(tarball) as t:
             t.extractall(cache, filter="data")
     return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_mini() -> Path:
+    return real_dataset(CIFAR_TARBALL, "cifar10-mini")
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    return real_dataset(HYMENOPTERA_TARBALL, "hymenoptera")
 
 
 def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
