@@ -11,6 +11,8 @@ from torchvision.ops.misc import SqueezeExcitation
 from edgecv.compress.prune import (
     check_se_consistency,
     finetune_schedule,
+    plan_rounds,
+    recalibrate_bn,
     milestones,
     prune_substep,
     prune_to_macs,
@@ -90,3 +92,32 @@ def test_schedules():
     assert finetune_schedule(6, 4) == [1, 1, 1, 3]
     assert finetune_schedule(0, 3) == [0, 0, 0]
     assert sum(finetune_schedule(10, 4)) == 10
+
+
+def test_plan_rounds_never_cuts_without_recovery():
+    assert plan_rounds(6, 4) == (4, [1, 1, 1, 3], None)  # the defaults: as finetune_schedule
+    assert plan_rounds(4, 4) == (4, [1, 1, 1, 1], None)  # finetune_schedule would give [0, 0, 0, 4]
+    assert plan_rounds(5, 2)[:2] == (2, [1, 4])
+    rounds, sched, note = plan_rounds(3, 4)  # the real-photo run's [0, 0, 0, 3]
+    assert (rounds, sched) == (3, [1, 1, 1]) and "--prune-steps 4 with --epochs-prune 3" in note
+    rounds, sched, note = plan_rounds(0, 4)
+    assert (rounds, sched) == (1, [0]) and "one cut without fine-tune" in note
+    assert plan_rounds(0, 1) == (1, [0], None)
+    for total in range(0, 12):
+        for steps in range(1, 7):
+            r, s, _ = plan_rounds(total, steps)
+            assert len(s) == r <= steps and sum(s) == total and (total == 0 or min(s) >= 1)
+
+
+def test_recalibrate_bn_matches_the_data_and_keeps_weights():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Dropout(0.5))
+    m.eval()
+    x = torch.randn(64, 3, 8, 8) * 3 + 1
+    w = m[0].weight.clone()
+    seen = recalibrate_bn(m, [(x[:32], None), (x[32:], None)])
+    assert seen == 64 and not m.training and m[1].momentum == 0.1  # mode and momentum restored
+    feats = m[0](x)
+    torch.testing.assert_close(m[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert torch.equal(m[0].weight, w)
+    assert int(m[1].num_batches_tracked) == 2

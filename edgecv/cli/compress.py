@@ -60,7 +60,11 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto].")
 @click.option("--importance", default=None, type=click.Choice(["magnitude", "taylor"]),
               help="Channel importance for pruning [default: magnitude].")
-@click.option("--prune-steps", default=None, type=click.IntRange(1), help="Pruning rounds [default: 4].")
+@click.option("--prune-steps", default=None, type=click.IntRange(1),
+              help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch].")
+@click.option("--prune-bn-batches", default=None, type=click.IntRange(0),
+              help="Re-estimate BatchNorm statistics on this many training batches after each prune cut, "
+                   "0 = off [default: 32].")
 @click.option("--temperature", default=None, type=click.FloatRange(0, min_open=True), help="KD temperature [default: 4].")
 @click.option("--alpha", default=None, type=click.FloatRange(0, 1), help="Weight of the KD term [default: 0.8].")
 @click.option("--feature-kd", default=None, type=click.FloatRange(0),

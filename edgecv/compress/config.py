@@ -50,6 +50,7 @@ class CompressConfig:
     # pruning
     importance: str = "magnitude"
     prune_steps: int = 4
+    prune_bn_batches: int = 32  # BatchNorm statistics re-estimated on this many training batches after each cut
     round_to: int = 8
     min_channels: int = 16
     # quantization
@@ -148,7 +149,7 @@ RULES: dict[str, tuple] = {
     "decode_cache": (str,),
     "epochs_kd": (int, 0), "epochs_prune": (int, 0), "epochs_qat": (int, 0), "teacher_epochs": (int, 0),
     "img_size": (int, 8, 4096), "batch_size": (int, 1), "seed": (int,), "workers": (int, 0),
-    "prune_steps": (int, 1), "round_to": (int, 1), "min_channels": (int, 1), "calib_size": (int, 1),
+    "prune_steps": (int, 1), "prune_bn_batches": (int, 0), "round_to": (int, 1), "min_channels": (int, 1), "calib_size": (int, 1),
     "deploy_size": (int, 8, 4096), "probe_epochs": (int, 0), "probe_images": (int, 1), "probe_val_images": (int, 1),
     "lr": (float, 0, None, True), "weight_decay": (float, 0), "temperature": (float, 0, None, True),
     "alpha": (float, 0, 1), "feature_kd": (float, 0), "qat_lr_scale": (float, 0, None, True),

@@ -18,10 +18,11 @@ from edgecv import distributed as D
 from edgecv.compress.distill import KDConfig, KDLoss
 from edgecv.compress.prune import (
     check_se_consistency,
-    finetune_schedule,
     milestones,
+    plan_rounds,
     prune_to_macs,
     pruned_copy_synced,
+    recalibrate_bn,
 )
 from edgecv.data.datasets import sample_calibration
 from edgecv.errors import UserError
@@ -72,17 +73,23 @@ def stage_distill(ctx: Context) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- prune
+def _train_batches(ctx: Context, train, n: int):
+    """The first ``n`` batches of a seeded shuffle of the training set (its items: ``x, y, *extra``)."""
+    loader = torch.utils.data.DataLoader(train, batch_size=ctx.cfg.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(ctx.cfg.seed))
+    for i, b in enumerate(loader):
+        if i >= n:
+            return
+        yield b
+
+
 def _taylor_grads(ctx: Context, train):
     """Taylor importance: gradients of the KD loss on a few batches."""
 
     def grad_fn(m: nn.Module) -> None:
         kd = ctx.kd_loss(m)
-        loader = torch.utils.data.DataLoader(train, batch_size=ctx.cfg.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(ctx.cfg.seed))
         m.train()
-        for i, (x, y, *extra) in enumerate(loader):  # extra: the stored soft labels of these views, if any
-            if i >= 8:
-                break
+        for x, y, *extra in _train_batches(ctx, train, 8):  # extra: the stored soft labels of these views, if any
             x, y = x.to(ctx.device), y.to(ctx.device)
             ex = {k: v.to(ctx.device) for k, v in extra[0].items()} if extra else None
             kd(m(x), y, x, ex).backward()
@@ -116,8 +123,8 @@ def _prune_fraction(ctx: Context, base: nn.Module, grad_fn) -> tuple[float, dict
 class _PruneRounds:
     """The prune rounds' progress: the model, the round records and ``prune.partial.pt`` (resumable mid-round)."""
 
-    def __init__(self, ctx: Context, base: nn.Module):
-        self.ctx, self.model, self.rounds = ctx, base, []
+    def __init__(self, ctx: Context, base: nn.Module, steps: int):
+        self.ctx, self.model, self.rounds, self.steps = ctx, base, [], steps
         self.partial, self.state = ctx.out / "prune.partial.pt", ctx.out / "prune.state"
         self.start, self.finetuned = 0, True
         if ctx.resume and self.partial.is_file():
@@ -127,7 +134,7 @@ class _PruneRounds:
             self.rounds = list(ck.meta.get("rounds", []))
             if self.finetuned:
                 self.start += 1  # that round is complete
-            ctx.log(f"prune: resuming at round {self.start + 1}/{ctx.cfg.prune_steps}")
+            ctx.log(f"prune: resuming at round {self.start + 1}/{steps}")
         elif D.is_main():
             self.state.unlink(missing_ok=True)
 
@@ -139,8 +146,9 @@ class _PruneRounds:
                                   "rounds": self.rounds})
         D.barrier()
 
-    def prune(self, r: int, mark: int, base_macs: int, grad_fn) -> float:
-        """Round ``r + 1``: prune to its milestone on rank 0, broadcast, record. Returns the seconds it took."""
+    def prune(self, r: int, mark: int, base_macs: int, grad_fn, train) -> float:
+        """Round ``r + 1``: prune to its milestone on rank 0 and re-estimate its BatchNorm statistics
+        (``--prune-bn-batches``), broadcast, record. Returns the seconds it took."""
         ctx, c = self.ctx, self.ctx.cfg
         n = ctx.bundle.num_classes
         t0 = time.perf_counter()
@@ -150,13 +158,24 @@ class _PruneRounds:
                           min_channels=c.min_channels, grad_fn=grad_fn)
             self.model.to("cpu")
         self.model = pruned_copy_synced(self.model if D.is_main() else None, c.student, n)
+        rec = {"round": r + 1, "macs": count_macs(self.model, ctx.img_size), "milestone": mark}
+        if c.prune_bn_batches:
+            rec["top1_after_cut"] = ctx.evaluate(self.model, f"prune {r + 1} val (cut)")
+            if D.is_main():
+                self.model.to(ctx.device)
+                rec["bn_images"] = recalibrate_bn(self.model, _train_batches(ctx, train, c.prune_bn_batches),
+                                                  ctx.device)
+                self.model.to("cpu")
+            self.model = pruned_copy_synced(self.model if D.is_main() else None, c.student, n)
+            rec["bn_images"] = D.broadcast_object(rec.get("bn_images"))
         dt = time.perf_counter() - t0
-        rec = {"round": r + 1, "macs": count_macs(self.model, ctx.img_size), "milestone": mark,
-               "top1_after_prune": ctx.evaluate(self.model, f"prune {r + 1} val")}
+        rec["top1_after_prune"] = ctx.evaluate(self.model, f"prune {r + 1} val")
         self.rounds.append(rec)
-        ctx.log(f"prune round {r + 1}/{c.prune_steps}: {rec['macs']:,} MACs "
+        cut = (f" (cut {rec['top1_after_cut']:.2f}%, BatchNorm re-estimated on {rec['bn_images']} images)"
+               if "bn_images" in rec else "")
+        ctx.log(f"prune round {r + 1}/{self.steps}: {rec['macs']:,} MACs "
                 f"({100 * rec['macs'] / base_macs:.1f}% of unpruned), "
-                f"val top-1 before fine-tune {rec['top1_after_prune']:.2f}%")
+                f"val top-1 before fine-tune {rec['top1_after_prune']:.2f}%{cut}")
         self.save_partial(r, False)
         return dt
 
@@ -191,13 +210,15 @@ def stage_prune(ctx: Context) -> dict:
     grad_fn = _taylor_grads(ctx, train)
     fraction, search = _prune_fraction(ctx, base, grad_fn)
     target = int(fraction * base_stats["macs"])
-    marks = milestones(base_stats["macs"], fraction, c.prune_steps)
-    sched = finetune_schedule(c.epochs_prune, c.prune_steps)
-    pr = _PruneRounds(ctx, base)
+    steps, sched, note = plan_rounds(c.epochs_prune, c.prune_steps)
+    if note:
+        ctx.log(f"prune: {note}")
+    marks = milestones(base_stats["macs"], fraction, steps)
+    pr = _PruneRounds(ctx, base, steps)
     t_prune = 0.0
-    for r in range(pr.start, c.prune_steps):
+    for r in range(pr.start, steps):
         if pr.finetuned:
-            t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn)
+            t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn, train)
         pr.finetune(r, sched[r], train, val, epoch_base=c.epochs_kd + sum(sched[:r]))
     model, rounds = pr.model, pr.rounds
     problems = check_se_consistency(model)
@@ -215,7 +236,8 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "epochs": c.epochs_prune, "rounds": rounds,
+            "importance": c.importance, "epochs": c.epochs_prune, "schedule": sched, "schedule_note": note,
+            "bn_batches": c.prune_bn_batches, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
 
 
