@@ -64,11 +64,11 @@ def rekey(src: dict, target: dict) -> dict:
     t = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
     if len(s) != len(t):
         raise SystemExit(f"error: {len(s)} tensors in the file vs {len(t)} in timm's {ARCH}: not the same network")
-    bad = [f"{sk} {tuple(sv.shape)} -> {tk} {tuple(tv.shape)}" for (sk, sv), (tk, tv) in zip(s, t)
+    bad = [f"{sk} {tuple(sv.shape)} -> {tk} {tuple(tv.shape)}" for (sk, sv), (tk, tv) in zip(s, t, strict=True)
            if sv.shape != tv.shape]
     if bad:
         raise SystemExit(f"error: {len(bad)} shape mismatch(es) mapping by order, first: {bad[0]}")
-    return {tk: sv.clone() for (_, sv), (tk, _) in zip(s, t)}
+    return {tk: sv.clone() for (_, sv), (tk, _) in zip(s, t, strict=True)}
 
 
 def convert(install: bool = False, out: Path | None = None) -> Path:

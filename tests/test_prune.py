@@ -11,11 +11,11 @@ from torchvision.ops.misc import SqueezeExcitation
 from edgecv.compress.prune import (
     check_se_consistency,
     finetune_schedule,
-    plan_rounds,
-    recalibrate_bn,
     milestones,
+    plan_rounds,
     prune_substep,
     prune_to_macs,
+    recalibrate_bn,
 )
 from edgecv.models.registry import create_model
 from edgecv.nn.graph import count_macs
