@@ -58,6 +58,10 @@ def test_run_json_contract(full_run):
     assert run["schema"] == SCHEMA
     assert run["completed"] == ["distill", "prune", "quantize"]
     assert run["student"] == "mobilenet_v3_small" and run["img_size"] == 16
+    assert run["stages"]["distill"]["backbone_lr_scale"] == 1.0  # from scratch: one rate for every parameter
+    pr = run["stages"]["prune"]  # --epochs-prune 1 --prune-steps 2: one round with its epoch, said so
+    assert pr["schedule"] == [1] and "would leave rounds without a fine-tune epoch" in pr["schedule_note"]
+    assert all(r["bn_images"] > 0 and "top1_after_cut" in r for r in pr["rounds"])
     assert run["class_names"] == sorted(CLASSES)  # ImageFolder order
     assert set(run["teacher"]) >= {"path", "sha256", "arch", "val_top1"}
     for name in ("distill", "prune", "quantize"):

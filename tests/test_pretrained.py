@@ -222,6 +222,8 @@ def test_compress_student_init_weights(tmp_path, photos):
     ck_sd, _ = _trained(run / "distill.pt")
     _assert_trunk_equal(sd, ck_sd, "features.")  # no KD epoch: the distill stage's student is the file's
     assert ck_sd["classifier.3.weight"].shape == (2, 1024)
+    # a pretrained student's backbone distils at lr x 0.1 (the head at lr), as `edgecv train` fine-tunes
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["backbone_lr_scale"] == 0.1
     p = run_cli("compress", "--teacher", str(teacher), "--data", str(photos), "--student-pretrained",
                 "--student-init-weights", str(f), "--out", str(tmp_path / "r2"))
     assert p.returncode == 2 and "either --student-pretrained or --student-init-weights" in one_line(p.stderr)

@@ -24,6 +24,9 @@ class CompressConfig:
     student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
     student_pretrained: bool = False  # the student starts from its published weights (edgecv.models.pretrained)
     student_init_weights: str | None = None  # ... or from a local weights file
+    # a pretrained student's backbone lr = lr x this in the distill stage (head at lr); None: 0.1 with
+    # --student-pretrained / --student-init-weights, 1 from scratch (training.finetune.DEFAULT_PRETRAINED_LR_SCALE)
+    student_backbone_lr_scale: float | None = None
     target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
     epochs_kd: int = 10
     epochs_prune: int = 6
@@ -151,7 +154,7 @@ RULES: dict[str, tuple] = {
     "img_size": (int, 8, 4096), "batch_size": (int, 1), "seed": (int,), "workers": (int, 0),
     "prune_steps": (int, 1), "prune_bn_batches": (int, 0), "round_to": (int, 1), "min_channels": (int, 1), "calib_size": (int, 1),
     "deploy_size": (int, 8, 4096), "probe_epochs": (int, 0), "probe_images": (int, 1), "probe_val_images": (int, 1),
-    "lr": (float, 0, None, True), "weight_decay": (float, 0), "temperature": (float, 0, None, True),
+    "lr": (float, 0, None, True), "student_backbone_lr_scale": (float, 0, None, True), "weight_decay": (float, 0), "temperature": (float, 0, None, True),
     "alpha": (float, 0, 1), "feature_kd": (float, 0), "qat_lr_scale": (float, 0, None, True),
     "freeze_bn_at": (float, 0, 1), "freeze_observers_at": (float, 0, 1),
     "budget_ms": (float, 0, None, True), "budget_fps": (float, 0, None, True), "min_time": (float, 0, None, True),
@@ -159,7 +162,7 @@ RULES: dict[str, tuple] = {
     "student_init_weights": (str,), "select_only": (bool,),
     "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
 }
-OPTIONAL = {"teacher", "teacher_arch", "img_size", "batch_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
+OPTIONAL = {"student_backbone_lr_scale", "teacher", "teacher_arch", "img_size", "batch_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
             "probe_epochs", "probe_images", "probe_val_images", "candidates", "min_time", "student_init_weights"}
 
 

@@ -31,6 +31,7 @@ from edgecv.models.pretrained import starting_model
 from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
 from edgecv.quant import QuantConfig, auto_weight_bits, calibrate, freeze_bn, prepare_qat, set_observers
+from edgecv.training.finetune import apply_policy
 from edgecv.training.loop import fit
 from edgecv.utils import seed_everything
 
@@ -42,14 +43,25 @@ def _fit_params(model: nn.Module, kd: KDLoss) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad] + kd.extra_params()
 
 
-def _kd_fit(ctx: Context, model: nn.Module, train, val, tcfg, state, resume: bool, **kw):
-    """``fit`` with the KD loss of ``model`` (its adapter parameters trained too)."""
+def _kd_fit(ctx: Context, model: nn.Module, train, val, tcfg, state, resume: bool, groups=None, **kw):
+    """``fit`` with the KD loss of ``model`` (its adapter parameters trained too); ``groups``: the student's
+    optimizer param groups (a pretrained student's backbone at a lower rate), else every parameter at the one rate."""
     kd = ctx.kd_loss(model)
+    params = _fit_params(model, kd) if groups is None else \
+        groups + ([{"params": kd.extra_params(), "lr_scale": 1.0, "name": "kd"}] if kd.extra_params() else [])
     try:
         return fit(model, train, val, tcfg, loss_fn=kd, state_path=state, resume=resume,
-                   params=_fit_params(model, kd), log=ctx.log, **kw)
+                   params=params, log=ctx.log, **kw)
     finally:
         kd.close()
+
+
+def _student_groups(ctx: Context, model: nn.Module, weights: dict | None, log=None):
+    """(policy, param groups) of the student: a pretrained one trains everything, its backbone at lr x
+    ``--student-backbone-lr-scale`` in the distill and prune fine-tune stages (as `edgecv train` fine-tunes a
+    pretrained teacher: docs/finetune.md); from scratch every parameter at the one rate (groups None)."""
+    c = ctx.cfg
+    return apply_policy(model, c.student, "none", len(ctx.bundle.train), weights, c.student_backbone_lr_scale, log)
 
 
 def stage_distill(ctx: Context) -> dict:
@@ -58,13 +70,14 @@ def stage_distill(ctx: Context) -> dict:
     seed_everything(c.seed)
     # --student-pretrained / --student-init-weights: the student's starting weights (the run keeps its own
     # preprocessing: teacher and student see the same images)
-    model, _ = starting_model(c.student, ctx.bundle.num_classes, c.student_pretrained, c.student_init_weights,
-                              ctx.bundle.class_names, c.trust_pickle, ctx.log)
+    model, source = starting_model(c.student, ctx.bundle.num_classes, c.student_pretrained, c.student_init_weights,
+                                   ctx.bundle.class_names, c.trust_pickle, ctx.log)
+    policy, groups = _student_groups(ctx, model, source and source.to_dict(), ctx.log)
     state = ctx.out / "distill.state"
-    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), state, ctx.resume)
+    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), state, ctx.resume, groups)
     top1 = res.best_top1 if res.history else ctx.evaluate(model, "distill val")
     info = {**ctx.model_stats(model), "val_top1": top1, **res.best_metrics, "epochs": c.epochs_kd,
-            "history": res.history,
+            "history": res.history, "backbone_lr_scale": policy.backbone_lr_scale,
             "kd": KDConfig(c.temperature, c.alpha, c.feature_kd).to_dict()}
     ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
     if D.is_main():
@@ -181,8 +194,12 @@ class _PruneRounds:
 
     def finetune(self, r: int, epochs: int, train, val, epoch_base: int) -> None:
         ctx = self.ctx
+        c = ctx.cfg
+        start = {"student_pretrained": True} if c.student_pretrained else \
+            {"student_init_weights": c.student_init_weights} if c.student_init_weights else None
+        _, groups = _student_groups(ctx, self.model, start)
         res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
-                      self.state, ctx.resume or not self.finetuned)
+                      self.state, ctx.resume or not self.finetuned, groups)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
         last.update(res.best_metrics)  # balanced accuracy / macro-F1 after the fine-tune (None without epochs)
