@@ -91,6 +91,10 @@ def test_the_paired_test_decides_not_the_percentages():
 def test_a_real_but_small_drop_is_within_tolerance_and_a_gain_is_better():
     p = S.compare(*outcomes(10_000, 9_000, 30, 0), 1.0)
     assert p.verdict == "within tolerance" and p.keeps and "within the 1-pt tolerance" in p.text("x")
+    # a real 0.8-pt drop whose interval reaches past the tolerance: the measured drop decides, it keeps
+    p = S.compare(*outcomes(2_000, 1_800, 22, 6), 1.0)
+    assert p.verdict == "within tolerance" and p.keeps and -p.lo > 1.0
+    assert "a real drop, below the 1-pt tolerance (its interval reaches past it)" in p.text("x")
     p = S.compare(*outcomes(10_000, 9_000, 0, 60), 1.0)
     assert p.verdict == "better" and p.keeps and p.lo > 0
 
@@ -222,7 +226,7 @@ def test_gate_accuracy_check(n, both, base_only, cand_only, verdict, call):
     if verdict == "regression":
         assert acc["label"].startswith("worse than the baseline by 0.50 pt on 10000 images (95 % CI 0.")
         lo, hi = acc["call"]["ci_pt"]
-        assert lo < -0.5 < hi < 0  # a real drop whose interval reaches past the tolerance
+        assert lo < -0.5 < hi < 0 and acc["label"].endswith("a real drop at the 0.5-pt tolerance")
     if call == "not distinguishable":
         assert acc["label"].startswith("not distinguishable from the baseline on 200 images")
     # without predictions (a stored edgecv.bench/1 baseline) the old fixed margin decides

@@ -16,7 +16,7 @@ from edgecv.utils import check_writable
               help="Allowed slowdown as a fraction (0.10 = candidate may be up to 10 % slower).")
 @click.option("--max-accuracy-drop", default=0.5, show_default=True, type=click.FloatRange(0),
               help="Top-1 points the candidate may lose: it fails only where a paired test on the same images shows "
-                   "it worse and the interval reaches past this (needs --data).")
+                   "it worse, by at least this (needs --data).")
 @click.option("--metric", type=click.Choice(["p50", "p90"]), default="p50", show_default=True,
               help="Per-round latency statistic compared.")
 @click.option("--rounds", default=20, show_default=True, type=click.IntRange(2),

@@ -16,7 +16,7 @@ The rule (:func:`clearly_faster`): one figure beats another only when it is belo
 "Keeps accuracy" (:func:`judge_accuracy`) is non-inferiority against the most accurate artifact of the target,
 decided on the same images: where both rows carry per-image predictions, the paired comparison of
 :mod:`edgecv.targets.stats` (exact McNemar on the discordant images, the interval of the top-1 difference) refuses
-an artifact only where the test shows it worse and the interval reaches past the tolerance; on 360 images a
+an artifact only where the test shows it worse and the measured drop reaches the tolerance; on 360 images a
 1-pt gap is "not distinguishable". Rows without per-image predictions (bench files of schema ``edgecv.bench/1``,
 export-validation figures) fall back to the unpaired rule: top-1 within the tolerance of the best.
 

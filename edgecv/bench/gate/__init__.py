@@ -36,8 +36,8 @@ Latency decision (per matched artifact pair)
 
 Accuracy decision: top-1 of both artifacts through the same runtime on the same ``--data`` images, compared
 image by image with the bench rule (:func:`edgecv.targets.policy.call_against`): regression iff the exact
-McNemar test on the images only one of them gets right shows the candidate worse *and* the interval of the drop
-reaches past ``max_accuracy_drop`` points. On 200 images a 0.5-pt drop (one image) is "not distinguishable" and
+McNemar test on the images only one of them gets right shows the candidate worse *and* the measured drop
+reaches ``max_accuracy_drop`` points (the interval of the drop is reported with it). On 200 images a 0.5-pt drop (one image) is "not distinguishable" and
 passes; on 10,000 a real 0.5-pt drop fails with its interval. A stored baseline is compared paired when its bench
 JSON holds predictions of the same images, else unpaired (drop > ``max_accuracy_drop``). Without ``--data`` the
 accuracy check is skipped with a note.
