@@ -178,6 +178,7 @@ def test_reports_show_interval_sample_size_and_the_call(tmp_path):
     table = {r["artifact"].rstrip(" *"): r for r in rows_for_table(res)}
     assert table["onnx-int8"]["top1"] == top1_cell(rows[1]["accuracy"]) == "96.94 [94.6-98.3]"
     assert table["onnx-int8"]["vs_best"] == "reference"
+    assert res["artifacts"][1]["accuracy_decision"]["verdict"] == "reference"
     assert table["onnx-fp32"]["vs_best"].startswith("not distinguishable (-1.11 pt [")
     md = to_markdown(res)
     assert "top-1 on 360 images of digits, [95 % Wilson interval]" in md and "96.94 [94.6-98.3]" in md
@@ -248,8 +249,8 @@ def test_probe_ranking_uses_the_paired_rule():
     ranked, key = _rank_probes(rows, {"big": big, "small": small}, 1.0)
     win = _rank(ranked, key, "within the budget")
     assert win["arch"] == "small" and rows[1]["probe_vs_best"]["verdict"] == "not distinguishable"
-    assert win["reason"].startswith("fastest of the 2 whose probe top-1 is not shown worse than the best by more "
-                                    "than 1 pt, out of 2 candidates within the budget")
+    assert win["reason"].startswith("fastest of the 2 whose probe top-1 is not shown worse than the best by at least "
+                                    "1 pt, out of 2 candidates within the budget")
     # 2 pt apart on 10,000 images, all one way: the more accurate wins
     big, small = outcomes(10_000, 8_800, 200, 0)
     rows = live()

@@ -9,7 +9,7 @@
    same seed for all, scored on the same validation images): every probe is compared with the best probe image
    by image, by the bench rule (:func:`edgecv.targets.stats.compare`: exact McNemar and the interval of the
    top-1 difference, tolerance :data:`~edgecv.targets.policy.ACCURACY_TOLERANCE`). The candidates not shown
-   worse than the best by more than the tolerance count as equally accurate, and the fastest of them wins; on a
+   worse than the best by at least the tolerance count as equally accurate, and the fastest of them wins; on a
    few hundred probe images a 2-pt gap is usually noise, and speed is measured reliably.
 """
 
@@ -193,7 +193,7 @@ def _rank(live: list[dict], key: str, within: str) -> dict:
 
 
 def _rank_probes(live: list[dict], correct: dict[str, object], tolerance: float) -> tuple[list[dict], str]:
-    """The probed candidates in rank order: those not shown worse than the best probe by more than ``tolerance``
+    """The probed candidates in rank order: those not shown worse than the best probe by at least ``tolerance``
     (paired on the same validation images), fastest first, then the rest by probe top-1."""
     from edgecv.targets.stats import compare
 
@@ -207,7 +207,7 @@ def _rank_probes(live: list[dict], correct: dict[str, object], tolerance: float)
     kept = sorted([r for r in live if r["probe_vs_best"] is None or r["probe_vs_best"]["keeps"]],
                   key=lambda r: r["deploy_p50_ms"])
     refused = sorted([r for r in live if r not in kept], key=lambda r: -r["probe_top1"])
-    key = (f"fastest of the {len(kept)} whose probe top-1 is not shown worse than the best by more than "
+    key = (f"fastest of the {len(kept)} whose probe top-1 is not shown worse than the best by at least "
            f"{tolerance:g} pt, out" if len(kept) > 1 else "best probe top-1")
     return kept + refused, key
 

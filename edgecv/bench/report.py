@@ -73,8 +73,8 @@ def _vs_best(a: dict) -> str:
     d = a.get("accuracy_decision")
     if not d or not a.get("accuracy"):
         return "-"
-    if d["verdict"] is None:
-        return "reference" if d["reference"] == a["name"] else ("keeps" if d["keeps"] else "refused") + " (unpaired)"
+    if d["verdict"] in (None, "reference"):
+        return d["verdict"] or ("keeps" if d["keeps"] else "refused") + " (unpaired)"
     lo, hi = d["ci_pt"]
     return f"{d['verdict']} ({d['diff_pt']:+.2f} pt [{lo:+.2f}, {hi:+.2f}])" if d["verdict"] != "equal" else "equal"
 

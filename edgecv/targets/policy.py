@@ -33,7 +33,7 @@ import numpy as np
 
 from edgecv.targets.stats import CONFIDENCE, Paired, compare, unpack
 
-ACCURACY_TOLERANCE = 1.0  # default top-1 points an artifact may be shown to lose against the best and still qualify
+ACCURACY_TOLERANCE = 1.0  # default top-1 points: an artifact shown to lose this much against the best is refused
 NOISE_MARGIN = 0.95  # a figure must be >= 5 % lower than another to count as lower
 INT8_NOT_FASTER = NOISE_MARGIN  # INT8 must be >= 5 % faster than FP32 (p50) to count as faster
 
@@ -92,14 +92,16 @@ class AccuracyCall:
     """One artifact's top-1 judged against the most accurate artifact of its target (:func:`judge_accuracy`)."""
 
     reference: str | None  # the most accurate artifact (None: accuracy not measured)
-    keeps: bool  # not shown worse than the reference by more than the tolerance
-    clause: str  # what reason lines say, after "<artifact> is" / "<artifact>:"
+    keeps: bool  # not shown worse than the reference by at least the tolerance
+    clause: str  # what reason lines say, after "<artifact> is"
     paired: Paired | None = None  # the paired comparison (None: the reference itself, or no per-image predictions)
+    is_reference: bool = False
 
     def to_dict(self) -> dict:
+        verdict = "reference" if self.is_reference else None
         return {"reference": self.reference, "keeps": self.keeps, "text": self.clause,
                 "paired": self.paired is not None,
-                **(self.paired.to_dict() if self.paired else {"verdict": None})}
+                **(self.paired.to_dict() if self.paired else {"verdict": verdict})}
 
 
 def correct_per_image(r: dict, labels) -> np.ndarray | None:
@@ -145,7 +147,7 @@ def judge_accuracy(rs: list[dict], tolerance: float, labels=None) -> dict[str, A
         if not r.get("accuracy"):
             out[r["name"]] = AccuracyCall(best["name"], False, "without an accuracy measurement")
         elif r is best:
-            out[r["name"]] = AccuracyCall(best["name"], True, f"the most accurate: {_top1_text(r)}")
+            out[r["name"]] = AccuracyCall(best["name"], True, f"the most accurate: {_top1_text(r)}", is_reference=True)
         else:
             out[r["name"]] = call_against(best, r, tolerance, labels)
     return out
@@ -153,7 +155,7 @@ def judge_accuracy(rs: list[dict], tolerance: float, labels=None) -> dict[str, A
 
 def qualifying(rs: list[dict], tolerance: float, labels=None) -> tuple[list[dict], dict[str, AccuracyCall]]:
     """The artifacts of one target that keep accuracy (:func:`judge_accuracy`: not shown worse than the most
-    accurate by more than ``tolerance`` points) and pass the budget (or have none); also every row's call."""
+    accurate by at least ``tolerance`` points) and pass the budget (or have none); also every row's call."""
     calls = judge_accuracy(rs, tolerance, labels)
     keep = [r for r in rs if not calls or calls[r["name"]].keeps]
     return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], calls
@@ -327,7 +329,7 @@ def recommend(rows: list[dict], profile, tolerance: float = ACCURACY_TOLERANCE, 
 
     ``slower``: artifacts the precision rule does not deploy (:func:`not_deployed`); they are not recommended
     while their precision twin qualifies. "Keeps accuracy" = not shown worse than the most accurate artifact of
-    that target by more than ``tolerance`` top-1 points (:func:`judge_accuracy`: paired on the images of
+    that target by at least ``tolerance`` top-1 points (:func:`judge_accuracy`: paired on the images of
     ``labels`` where the rows carry per-image predictions). "Fastest" = lowest p90 for a p90 budget, highest fps
     for an fps budget, lowest p50 without a budget; artifacts within noise of the fastest are equally fast (the
     more accurate, then the smaller one wins). Returns ``{target: {"name", "reason"} | None}``.

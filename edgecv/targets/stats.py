@@ -153,7 +153,7 @@ class Paired:
 
     @property
     def keeps(self) -> bool:
-        """Not shown worse than the reference by more than the tolerance."""
+        """Not shown worse than the reference by at least the tolerance."""
         return self.verdict != "worse"
 
     def text(self, ref: str) -> str:
