@@ -181,7 +181,7 @@ def test_reports_show_interval_sample_size_and_the_call(tmp_path):
     assert res["artifacts"][1]["accuracy_decision"]["verdict"] == "reference"
     assert table["onnx-fp32"]["vs_best"].startswith("not distinguishable (-1.11 pt [")
     md = to_markdown(res)
-    assert "top-1 on 360 images of digits, [95 % Wilson interval]" in md and "96.94 [94.6-98.3]" in md
+    assert "top-1 % [95 % Wilson interval] on 360 images of digits" in md and "96.94 [94.6-98.3]" in md
     dec = res["artifacts"][0]["accuracy_decision"]
     assert dec["verdict"] == "not distinguishable" and dec["n"] == 360 and dec["ref_only"] == 4 and dec["keeps"]
     # written, read back: the current schema loads without a note

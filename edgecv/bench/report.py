@@ -85,8 +85,8 @@ def accuracy_line(result: dict) -> str | None:
     if not s:
         return None
     tol = result["settings"].get("accuracy_tolerance")
-    return (f"top-1 on {s['n']} images of {s['data']}, [{s['confidence'] * 100:g} % Wilson interval]; vs best: paired "
-            f"on the same images against the most accurate artifact (exact McNemar, interval of the difference)"
+    return (f"top-1 % [{s['confidence'] * 100:g} % Wilson interval] on {s['n']} images of {s['data']}; vs best: "
+            f"paired on the same images against the most accurate artifact (exact McNemar, interval of the difference)"
             + (f", tolerance {tol:g} pt" if tol is not None else ""))
 
 
