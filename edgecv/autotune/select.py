@@ -26,7 +26,7 @@ from edgecv.autotune.measure import Measurer, deploy_figures, meets
 from edgecv.errors import CheckFailed, UserError
 from edgecv.targets.budget import budget_text
 from edgecv.targets.policy import ACCURACY_TOLERANCE
-from edgecv.targets.stats import top1_interval
+from edgecv.targets.stats import compare, top1_interval
 
 DEFAULT_CANDIDATES = ("mobilenet_v3_small", "mobilenet_v3_large", "tf_mobilenetv3_small_minimal_100",
                       "tf_mobilenetv3_large_minimal_100", "efficientnet_lite0", "efficientnet_lite1")
@@ -195,8 +195,6 @@ def _rank(live: list[dict], key: str, within: str) -> dict:
 def _rank_probes(live: list[dict], correct: dict[str, object], tolerance: float) -> tuple[list[dict], str]:
     """The probed candidates in rank order: those not shown worse than the best probe by at least ``tolerance``
     (paired on the same validation images), fastest first, then the rest by probe top-1."""
-    from edgecv.targets.stats import compare
-
     best = max(live, key=lambda r: (r["probe_top1"], -r["deploy_p50_ms"]))
     for r in live:
         if r is best:
