@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
-VERDICTS = ("equal", "not distinguishable", "better", "within tolerance", "worse")
 
 
 # ------------------------------------------------------------------------------------------------ one top-1
