@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgecv.bench.report import top1_cell
 from edgecv.targets.budget import budget_text
+from edgecv.targets.stats import CONFIDENCE
 
 
 def print_selection(sel: dict, console=None) -> None:
@@ -41,6 +42,7 @@ def print_selection(sel: dict, console=None) -> None:
     if sel.get("probe"):
         p = sel["probe"]
         con.print(f"probe: {p['epochs']} KD epoch(s) on {p['images']} training images at {p['img_size']}px, "
-                  f"top-1 [95 % Wilson interval] on the same {p['val_images']} val images, compared image by image")
+                  f"top-1 [{CONFIDENCE * 100:g} % Wilson interval] on the same {p['val_images']} val images, compared "
+                  "image by image")
     if sel.get("chosen"):
         con.print(f"chosen: [bold]{escape(sel['chosen'])}[/]")
