@@ -48,7 +48,7 @@ def _consistent(result: dict) -> None:
 
 def _result(rows, tolerance=1.0):
     d = deploy_report(rows, get_target("android"), tolerance)
-    return {"schema": "edgecv.bench/1", "bundle": "b", "target": "android", "settings": {
+    return {"schema": "edgecv.bench/2", "bundle": "b", "target": "android", "settings": {
         "threads": [4], "batches": [1], "min_runs": 5, "min_time_s": 1, "rounds": 1, "warmup": 1, "data": "d"},
         "budget": rows[0]["verdict"]["budget"], "artifacts": rows, **d, "notes": d["notes"]}
 
@@ -79,8 +79,9 @@ def test_int8_faster_but_less_accurate_is_not_deployed():
     res = _result(rows)
     c = res["precision_comparison"][0]
     assert c["faster"] == "int8" and c["deploy"] == "pte-fp32"
-    assert c["deploy_reason"] == "pte-int8 top-1 78.50% is more than 1 pt below the best (80.00%)"
-    assert ", but pte-int8 top-1 78.50%" in _cmp_text(c) and "deploy pte-fp32 on this runtime" in _cmp_text(c)
+    assert c["deploy_reason"] == ("pte-int8 is more than 1 pt below pte-fp32's top-1 (78.50% vs 80.00%, unpaired: "
+                                  "no per-image predictions)")
+    assert ", but pte-int8 is more than 1 pt" in _cmp_text(c) and "deploy pte-fp32 on this runtime" in _cmp_text(c)
     assert res["recommended"]["android"]["name"] == "pte-fp32"
     _consistent(res)
     from edgecv.bench.report import validate
@@ -90,12 +91,12 @@ def test_int8_faster_but_less_accurate_is_not_deployed():
 
 def _bench_skeleton() -> dict:
     """A schema-valid bench result with no artifacts (to validate the precision_comparison items alone)."""
-    return {"schema": "edgecv.bench/1", "edgecv_version": "0", "created": "2026-01-01T00:00:00+00:00",
+    return {"schema": "edgecv.bench/2", "edgecv_version": "0", "created": "2026-01-01T00:00:00+00:00",
             "bundle": "b", "bundle_target": None, "source": None, "target": None, "target_hardware": None,
             "host": "h", "machine": "x86_64",
             "settings": {"threads": [1], "batches": [1], "min_time_s": 1.0, "min_runs": 1, "warmup": 0, "rounds": 1,
                          "data": None, "accuracy": False, "max_images": None, "device": "cpu", "adb": None},
-            "budget": None, "artifacts": [], "recommended": {}, "precision_comparison": [],
+            "budget": None, "accuracy_set": None, "artifacts": [], "recommended": {}, "precision_comparison": [],
             "int8_vs_onnx_fp32": None, "notes": []}
 
 

@@ -154,7 +154,8 @@ def test_gate_accuracy_regression_and_single_artifacts(tmp_path, cli):
     _validate(d)
     acc = d["artifacts"][0]["accuracy"]
     assert acc["baseline_top1"] == 100.0 and acc["candidate_top1"] == 0.0 and acc["verdict"] == "regression"
-    assert "top-1 -100.00 pt" in p.stderr
+    assert acc["call"]["paired"] and acc["call"]["verdict"] == "worse" and acc["call"]["ref_only"] == acc["n"]
+    assert "top-1 -100.00 pt (candidate is worse than the baseline by 100.00 pt on" in p.stderr
     # single .onnx artifacts: no manifest -> accuracy skipped with a note, latency still gated
     f1 = export_onnx(ColourNet(), tmp_path / "a.onnx", 32)
     f2 = export_onnx(ColourNet(), tmp_path / "b.onnx", 32)
@@ -178,6 +179,15 @@ def test_gate_stored_bench_json_baseline(bundles, cli, tmp_path):
     lat = d["artifacts"][0]["latency"]
     assert lat["limit"] == pytest.approx(1.10 * 1.5) and "low reliability" in lat["label"]
     assert any("less reliable" in n.lower() for n in d["notes"])
+    # a bench file of the older schema still loads as a baseline, with a note that its decisions were unpaired
+    from edgecv.bench.gate import GateConfig
+    from edgecv.bench.gate.run import _plan
+
+    old = json.loads(bj.read_text())
+    old["schema"] = "edgecv.bench/1"
+    bj.write_text(json.dumps(old))
+    notes = _plan(str(bj), str(same), GateConfig()).notes
+    assert sum("edgecv.bench/1 file" in n and "unpaired" in n for n in notes) == 1
 
 
 def test_gate_bad_input_exit_2(bundles, cli, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from edgecv.bench.report import top1_cell
 from edgecv.targets.budget import budget_text
+from edgecv.targets.stats import CONFIDENCE
 
 
 def print_selection(sel: dict, console=None) -> None:
@@ -26,7 +28,8 @@ def print_selection(sel: dict, console=None) -> None:
     for r in sel["candidates"]:
         t.add_row(escape(r["arch"]), f(r["fp32"], "p50_ms"), f(r["fp32"], "p90_ms"), f(r["int8"], "p50_ms"),
                   f(r["int8"], "p90_ms"), (r["deploy_precision"] or "-").upper(),
-                  f"{r['probe_top1']:.2f}" if r.get("probe_top1") is not None else "-",
+                  top1_cell({"top1": r["probe_top1"], "top1_ci": r.get("probe_top1_ci")})
+                  if r.get("probe_top1") is not None else "-",
                   escape(r.get("status") or "-"), escape(r.get("reason") or ""))
     con.print(t)
     hosts = sorted({r["measured_on"] for r in sel["candidates"] if r.get("measured_on")})
@@ -39,6 +42,7 @@ def print_selection(sel: dict, console=None) -> None:
     if sel.get("probe"):
         p = sel["probe"]
         con.print(f"probe: {p['epochs']} KD epoch(s) on {p['images']} training images at {p['img_size']}px, "
-                  f"top-1 on {p['val_images']} val images")
+                  f"top-1 [{CONFIDENCE * 100:g} % Wilson interval] on the same {p['val_images']} val images, compared "
+                  "image by image")
     if sel.get("chosen"):
         con.print(f"chosen: [bold]{escape(sel['chosen'])}[/]")

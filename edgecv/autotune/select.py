@@ -6,7 +6,11 @@
 2. the deploy precision of a candidate follows the measurement (the bench rule). Candidates whose
    deploy-precision latency misses the budget (p90 ms or fps, as in ``edgecv bench``) are dropped;
 3. the rest are ranked by a short KD probe (a few epochs on a class-balanced subset of the user's training data,
-   same seed for all); the best probe top-1 wins (ties: the faster one).
+   same seed for all, scored on the same validation images): every probe is compared with the best probe image
+   by image, by the bench rule (:func:`edgecv.targets.stats.compare`: exact McNemar and the interval of the
+   top-1 difference, tolerance :data:`~edgecv.targets.policy.ACCURACY_TOLERANCE`). The candidates not shown
+   worse than the best by at least the tolerance count as equally accurate, and the fastest of them wins; on a
+   few hundred probe images a 2-pt gap is usually noise, and speed is measured reliably.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 from edgecv.autotune.measure import Measurer, deploy_figures, meets
 from edgecv.errors import CheckFailed, UserError
 from edgecv.targets.budget import budget_text
+from edgecv.targets.policy import ACCURACY_TOLERANCE
+from edgecv.targets.stats import compare, top1_interval
 
 DEFAULT_CANDIDATES = ("mobilenet_v3_small", "mobilenet_v3_large", "tf_mobilenetv3_small_minimal_100",
                       "tf_mobilenetv3_large_minimal_100", "efficientnet_lite0", "efficientnet_lite1")
@@ -75,6 +81,7 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     from edgecv.data.datasets import sample_calibration
     from edgecv.models.registry import create_model
     from edgecv.training.loop import fit
+    from edgecv.training.metrics import predict_logits
     from edgecv.utils import seed_everything
 
     b = spec.bundle
@@ -102,8 +109,9 @@ def probe_accuracy(arch: str, spec: ProbeSpec, log: Callable[[str], None]) -> di
     res = fit(model, train, val, cfg, loss_fn=kd,
               params=[p for p in model.parameters() if p.requires_grad] + kd.extra_params(), log=log)
     kd.close()
-    return {"top1": res.best_top1, "epochs": spec.epochs, "train_images": len(train), "val_images": len(val),
-            "wall_s": round(time.perf_counter() - t0, 2)}
+    logits, labels = predict_logits(model, val, 64, "cpu", desc=f"probe {arch} predictions")  # the best weights
+    return {"top1": res.best_top1, "correct": logits.argmax(1) == labels, "epochs": spec.epochs,
+            "train_images": len(train), "val_images": len(val), "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def _measure_candidates(candidates: list[str], num_classes: int, measurer: Measurer, budget,
@@ -158,27 +166,48 @@ def _no_candidate(rows: list[dict], measurer: Measurer, budget, sel: dict) -> Se
                            f"p90 {best['deploy_p90_ms']:.3f} ms)", sel)
 
 
-def _rank(live: list[dict], key: str, within: str, tied: bool) -> dict:
+def _lat(r: dict) -> str:
+    return f"{r['deploy_precision'].upper()} p50 {r['deploy_p50_ms']:.3f} ms"
+
+
+def _acc(r: dict) -> str | None:
+    return f"probe top-1 {r['probe_top1']:.2f}%" if r["probe_top1"] is not None else None
+
+
+def _rank(live: list[dict], key: str, within: str) -> dict:
     """Status and reason of every in-budget candidate (``live`` is sorted best first); returns the winner."""
     win = live[0]
     for i, r in enumerate(live):
         r["rank"] = i + 1
-        lat = f"{r['deploy_precision'].upper()} p50 {r['deploy_p50_ms']:.3f} ms"
-        acc = f"probe top-1 {r['probe_top1']:.2f}%" if r["probe_top1"] is not None else None
-        if r is win and len(live) == 1:
+        figs = ", ".join(x for x in (_acc(r), _lat(r)) if x)
+        call = f"; {r['probe_call']}" if r.get("probe_call") else ""
+        if r is win:
             r["status"] = "chosen"
-            r["reason"] = f"the only candidate {within}: " + ", ".join(x for x in (acc, lat) if x)
-        elif r is win:
-            r["status"] = "chosen"
-            r["reason"] = f"best {key} among {len(live)} candidates {within}: " + ", ".join(x for x in (acc, lat) if x) \
-                + ("; tied on probe top-1, the faster wins" if tied else "")
+            r["reason"] = (f"the only candidate {within}: {figs}" if len(live) == 1 else
+                           f"{key} of {len(live)} candidates {within}: {figs}{call}")
         else:
             r["status"] = "ranked lower"
-            wa = f"probe top-1 {win['probe_top1']:.2f}%" if win["probe_top1"] is not None else \
-                f"p50 {win['deploy_p50_ms']:.3f} ms"
-            r["reason"] = f"rank {i + 1} by {key}: " + ", ".join(x for x in (acc, lat) if x) + \
-                f" (winner {win['arch']}: {wa})"
+            wa = _acc(win) or f"p50 {win['deploy_p50_ms']:.3f} ms"
+            r["reason"] = f"rank {i + 1}: {figs} (winner {win['arch']}: {wa}){call}"
     return win
+
+
+def _rank_probes(live: list[dict], correct: dict[str, object], tolerance: float) -> tuple[list[dict], str]:
+    """The probed candidates in rank order: those not shown worse than the best probe by at least ``tolerance``
+    (paired on the same validation images), fastest first, then the rest by probe top-1."""
+    best = max(live, key=lambda r: (r["probe_top1"], -r["deploy_p50_ms"]))
+    for r in live:
+        if r is best:
+            r["probe_vs_best"], r["probe_call"] = None, "the best probe"
+            continue
+        p = compare(correct[best["arch"]], correct[r["arch"]], tolerance)
+        r["probe_vs_best"], r["probe_call"] = p.to_dict(), f"probe {p.text(best['arch'])}"
+    kept = sorted([r for r in live if r["probe_vs_best"] is None or r["probe_vs_best"]["keeps"]],
+                  key=lambda r: r["deploy_p50_ms"])
+    refused = sorted([r for r in live if r not in kept], key=lambda r: -r["probe_top1"])
+    key = (f"fastest of the {len(kept)} whose probe top-1 is not shown worse than the best by at least "
+           f"{tolerance:g} pt, out" if len(kept) > 1 else "best probe top-1")
+    return kept + refused, key
 
 
 def select_student(candidates: list[str], num_classes: int, measurer: Measurer, budget, probe: ProbeSpec | None,
@@ -199,18 +228,21 @@ def select_student(candidates: list[str], num_classes: int, measurer: Measurer, 
     if probe is not None and len(live) > 1:
         sel["probe"] = {"epochs": probe.epochs, "images": probe.images, "val_images": probe.val_images,
                         "img_size": probe.bundle.preprocess.input_size, "seed": probe.seed}
+        correct = {}
         for r in live:
             log(f"auto: KD probe of {r['arch']} ({probe.epochs} epoch(s), {probe.images} images)")
             p = probe_accuracy(r["arch"], probe, log)
-            r["probe_top1"], r["probe_wall_s"] = p["top1"], p["wall_s"]
+            r["probe_top1"], r["probe_wall_s"], correct[r["arch"]] = p["top1"], p["wall_s"], p["correct"]
+            r["probe_top1_ci"] = list(top1_interval(int(p["correct"].sum()), len(p["correct"])))
             sel["probe"].update(images=p["train_images"], val_images=p["val_images"])
-        ranked = sorted(live, key=lambda r: (-r["probe_top1"], r["deploy_p50_ms"]))
-        key = "probe top-1"
+        ranked, key = _rank_probes(live, correct, ACCURACY_TOLERANCE)
+        sel["probe"]["tolerance_pt"] = ACCURACY_TOLERANCE
     else:
         ranked = sorted(live, key=lambda r: r["deploy_p50_ms"])
-        key = "deploy latency"
-    tied = probe is not None and len(ranked) > 1 and ranked[1]["probe_top1"] == ranked[0]["probe_top1"]
-    win = _rank(ranked, key, "within the budget" if budget else "measured (no budget given)", tied)
+        key = "fastest"
+    win = _rank(ranked, key, "within the budget" if budget else "measured (no budget given)")
+    for r in live:
+        r.pop("probe_call", None)
     sel["chosen"], sel["reason"] = win["arch"], win["reason"]
     sel["wall_s"] = round(time.perf_counter() - t0, 2)
     return sel

@@ -17,6 +17,7 @@ from edgecv.data.datasets import load_eval_dataset
 from edgecv.data.metrics import logits_summary
 from edgecv.data.preprocess import Preprocess
 from edgecv.runtimes.base import predict_all
+from edgecv.targets.stats import CONFIDENCE, pack, top1_interval
 
 
 @dataclass
@@ -42,10 +43,19 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
 
 
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:
+    """Top-1 (with its Wilson interval and the count right), top-5, balanced accuracy and macro-F1, and the
+    per-image top-1 predictions (packed: :func:`edgecv.targets.stats.pack`) that paired comparisons need."""
     logits = predict_all(runner, ev.x, batch_size, desc)
     n = len(ev.y)
     s = logits_summary(logits, ev.y)
-    return {"top1": 100.0 * topk_correct(logits, ev.y, 1) / max(n, 1),
+    right = topk_correct(logits, ev.y, 1)
+    return {"top1": 100.0 * right / max(n, 1), "top1_ci": list(top1_interval(right, n)), "correct": int(right),
             "top5": 100.0 * topk_correct(logits, ev.y, 5) / max(n, 1),
             "balanced_acc": s["balanced_acc"], "macro_f1": s["macro_f1"],
-            "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size)}
+            "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size),
+            "predictions": pack(np.asarray(logits).argmax(1))}
+
+
+def accuracy_set(ev: EvalSet) -> dict:
+    """The bench JSON's record of the evaluation images: their labels, in the order every row's predictions are."""
+    return {"data": ev.data, "n": int(len(ev.y)), "labels": pack(ev.y), "confidence": CONFIDENCE}

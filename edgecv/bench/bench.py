@@ -4,9 +4,10 @@ Every selected artifact's sha256 is checked against the manifest first: a modifi
 input (:class:`~edgecv.errors.UserError`, exit 2) and nothing is measured. For each artifact: load it with :func:`edgecv.runtimes.base.load_runner`
 (a runtime that cannot run here -> ``skipped: <reason>``), measure latency per (threads, batch) with the
 interleaved method of :mod:`edgecv.runtimes.latency`, top-1/top-5 through the same runtime on ``--data``, and the
-budget verdict of :mod:`edgecv.targets.budget`. The result is a dict following the ``edgecv.bench/1`` JSON
-Schema (``edgecv/bench/schemas/bench.schema.json``); the recommendation, precision lines and exit code come from
-:mod:`edgecv.targets.policy`.
+budget verdict of :mod:`edgecv.targets.budget`. The result is a dict following the ``edgecv.bench/2`` JSON
+Schema (``edgecv/bench/schemas/bench.schema.json``); the recommendation, precision lines, accuracy calls and exit
+code come from :mod:`edgecv.targets.policy`. Every artifact's per-image top-1 predictions on the accuracy set are
+kept (packed) beside the set's labels, so its accuracy is compared with the others' on the same images (paired).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgecv import __version__
+from edgecv.bench.accuracy import accuracy_set
 from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
@@ -27,9 +29,9 @@ from edgecv.runtimes.introspect import measured_on
 from edgecv.runtimes.latency import LatencyStats, measure_interleaved
 from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
-from edgecv.targets.policy import deploy_report
+from edgecv.targets.policy import ACCURACY_TOLERANCE, deploy_report
 
-SCHEMA = "edgecv.bench/1"
+SCHEMA = "edgecv.bench/2"
 CONTENDED = 1.15  # wall / CPU time above this at 1 thread: the host was busy, say so
 
 
@@ -48,7 +50,7 @@ class BenchConfig:
     artifacts: list[str] | None = None
     accuracy: bool = True
     max_images: int | None = None
-    accuracy_tolerance: float = 1.0  # points of top-1 an artifact may lose and still be recommended
+    accuracy_tolerance: float = ACCURACY_TOLERANCE  # top-1 points an artifact may be shown to lose vs the best
     device: str = "cpu"
     adb: str | None = None
     adb_runner: str | None = None
@@ -59,6 +61,7 @@ class BenchConfig:
         return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
                 "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
                 "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
+                "accuracy_tolerance": self.accuracy_tolerance,
                 "device": self.device, "adb": self.adb}
 
 
@@ -67,7 +70,8 @@ def _skip_row(res: Resolved, status: str, reason: str) -> dict:
     return {"name": res.name, "file": e.file, "format": e.format, "precision": e.precision, "runtime": e.runtime,
             "size_bytes": e.size_bytes, "sha256": e.sha256, "status": status, "reason": reason,
             "measured_on": None, "device": None, "host_proxy": None, "profile": None, "latency": [],
-            "primary": None, "throughput": None, "accuracy": None, "verdict": None, "notes": []}
+            "primary": None, "throughput": None, "accuracy": None, "accuracy_decision": None, "verdict": None,
+            "notes": []}
 
 
 Log = Callable[[str], None]
@@ -318,7 +322,9 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
         if row["status"] == "ok":
             _summarize(row, cfg, profile, (threads[0], batches[0]))
     arts = [rows[n] for n in order]
-    deploy = deploy_report(arts, profile, cfg.accuracy_tolerance)
+    deploy = deploy_report(arts, profile, cfg.accuracy_tolerance, labels=ev.y if ev is not None else None)
+    for r in arts:
+        r["accuracy_decision"] = deploy["accuracy"].get(r["name"])
     budget = B.budget_from(profile, cfg.budget_ms, cfg.budget_fps)
     return {
         "schema": SCHEMA,
@@ -333,6 +339,7 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
         "machine": platform.machine(),
         "settings": {**cfg.settings(), "threads": threads, "batches": batches},
         "budget": budget.to_dict() if budget else None,
+        "accuracy_set": accuracy_set(ev) if ev is not None else None,
         "artifacts": arts,
         "recommended": deploy["recommended"],
         "precision_comparison": deploy["precision_comparison"],

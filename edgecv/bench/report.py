@@ -1,4 +1,6 @@
-"""Bench output: rich table, JSON (schema ``edgecv.bench/1``, validated), Markdown, Pareto PNG."""
+"""Bench output: rich table, JSON (schema ``edgecv.bench/2``, validated), Markdown, Pareto PNG; reading a bench JSON
+back (:func:`load_bench`, which also reads ``edgecv.bench/1`` files, with a note that their decisions were
+unpaired)."""
 
 from __future__ import annotations
 
@@ -29,12 +31,63 @@ def validate(result: dict, name: str = "bench") -> None:
     jsonschema.validate(result, load_schema(name))
 
 
+SCHEMAS = ("edgecv.bench/2", "edgecv.bench/1")  # current first; older ones still load
+
+
+def load_bench(path: str | Path, what: str = "bench JSON") -> tuple[dict, list[str]]:
+    """A bench result written by ``edgecv bench --json`` (any schema of :data:`SCHEMAS`) and its notes: one line
+    when it predates paired accuracy decisions. Bad input: :class:`~edgecv.errors.UserError` (exit 2)."""
+    from edgecv.errors import UserError
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path}: not readable JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("schema") not in SCHEMAS:
+        raise UserError(f"{what} {path}: not an edgecv bench JSON (schema {' or '.join(SCHEMAS)})")
+    notes = []
+    if d["schema"] == "edgecv.bench/1":
+        notes.append(f"{path.name} is an edgecv.bench/1 file: its accuracy decisions were unpaired (top-1 percentages "
+                     "against a fixed margin, no per-image predictions); re-run edgecv bench for paired ones")
+    return d, notes
+
+
 def _mb(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n else "-"
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
+
+
+def top1_cell(acc: dict | None) -> str:
+    """Top-1 with its interval (``96.94 [94.6-98.3]``); a result without intervals shows the figure alone."""
+    if not acc:
+        return "-"
+    ci = acc.get("top1_ci")
+    return f"{acc['top1']:.2f}" + (f" [{ci[0]:.1f}-{ci[1]:.1f}]" if ci else "")
+
+
+def _vs_best(a: dict) -> str:
+    d = a.get("accuracy_decision")
+    if not d or not a.get("accuracy"):
+        return "-"
+    if d["verdict"] in (None, "reference"):
+        return d["verdict"] or ("keeps" if d["keeps"] else "refused") + " (unpaired)"
+    lo, hi = d["ci_pt"]
+    return f"{d['verdict']} ({d['diff_pt']:+.2f} pt [{lo:+.2f}, {hi:+.2f}])" if d["verdict"] != "equal" else "equal"
+
+
+def accuracy_line(result: dict) -> str | None:
+    """What the top-1 figures are of: the images, the interval, and the rule of the "vs best" column."""
+    s = result.get("accuracy_set")
+    if not s:
+        return None
+    tol = result["settings"].get("accuracy_tolerance")
+    return (f"top-1 % [{s['confidence'] * 100:g} % Wilson interval] on {s['n']} images of {s['data']}; vs best: "
+            f"paired on the same images against the most accurate artifact (exact McNemar, interval of the difference)"
+            + (f", tolerance {tol:g} pt" if tol is not None else ""))
 
 
 def rows_for_table(result: dict) -> list[dict]:
@@ -51,7 +104,7 @@ def rows_for_table(result: dict) -> list[dict]:
             "artifact": a["name"] + (" *" if rec else ""),
             "format": a["format"], "precision": a["precision"], "runtime": a["runtime"] or "-",
             "size": _mb(a["size_bytes"]),
-            "top1": _f(acc["top1"]) if acc else "-",
+            "top1": top1_cell(acc), "vs_best": _vs_best(a),
             # balanced accuracy (mean per-class recall) / macro-F1; absent in results written before they existed
             "bal_f1": f"{_f(acc.get('balanced_acc'))} / {_f(acc.get('macro_f1'))}" if acc else "-",
             "p50": _f(p.get("p50_ms"), "{:.3f}"), "p90": _f(p.get("p90_ms"), "{:.3f}"),
@@ -63,7 +116,7 @@ def rows_for_table(result: dict) -> list[dict]:
 
 
 COLUMNS = [("artifact", "artifact"), ("format", "format"), ("precision", "precision"), ("runtime", "runtime"),
-           ("size", "size"), ("top1", "top-1 %"), ("bal_f1", "bal. acc / macro-F1 %"), ("p50", "p50 ms"), ("p90", "p90 ms"), ("fps", "fps"),
+           ("size", "size"), ("top1", "top-1 % [CI]"), ("vs_best", "vs best"), ("bal_f1", "bal. acc / macro-F1 %"), ("p50", "p50 ms"), ("p90", "p90 ms"), ("fps", "fps"),
            ("thr_fps", "throughput"), ("verdict", "budget")]
 
 
@@ -101,7 +154,7 @@ def print_table(result: dict, console=None) -> None:
     t = Table(title=f"edgecv bench: {result['bundle']}  target={result['target'] or '-'}  "
                     f"budget: {_budget_text(result)}", title_justify="left")
     for _, head in COLUMNS:
-        t.add_column(head, justify="right" if head in ("size", "top-1 %", "bal. acc / macro-F1 %", "p50 ms", "p90 ms",
+        t.add_column(head, justify="right" if head in ("size", "top-1 % [CI]", "bal. acc / macro-F1 %", "p50 ms", "p90 ms",
                                                       "fps") else "left",
                      overflow="fold")
     for r in rows_for_table(result):
@@ -113,6 +166,8 @@ def print_table(result: dict, console=None) -> None:
         for n in a.get("notes", []):
             if not n.startswith(("INT8 is not faster", "latency is a host proxy")):  # shown once below / in labels
                 con.print(f"{escape(a['name'])}: {escape(n)}")
+    if accuracy_line(result):
+        con.print(escape(accuracy_line(result)))
     con.print(f"latency at threads={s['threads'][0]}, batch={s['batches'][0]}; "
               f">= {s['min_runs']} runs and >= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds")
     for m in _measured_on(result):
@@ -135,6 +190,8 @@ def to_markdown(result: dict) -> str:
              f"- settings: threads {s['threads']}, batches {s['batches']}, >= {s['min_runs']} runs and "
              f">= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds, warm-up {s['warmup']}",
              f"- accuracy data: {s.get('data') or 'not measured'}"]
+    if accuracy_line(result):
+        lines.append(f"- {accuracy_line(result)}")
     for m in _measured_on(result):
         lines.append(f"- measured on: {m}")
     lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",

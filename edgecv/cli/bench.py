@@ -27,7 +27,8 @@ from edgecv.utils import check_writable
 @click.option("--no-accuracy", is_flag=True, help="Latency only.")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Evaluate on a class-balanced subset of this many images.")
 @click.option("--accuracy-tolerance", default=1.0, show_default=True, type=click.FloatRange(0),
-              help="Top-1 points an artifact may lose vs the best and still be recommended.")
+              help="Top-1 points an artifact may lose vs the most accurate and still be recommended: refused only "
+                   "where a paired test on the same images shows it worse, by at least this.")
 @click.option("--device", default="cpu", show_default=True, help="Runner device: cpu, cuda:0, GPU (OpenVINO)...")
 @click.option("--adb", "adb_serial", default=None, help="Run .pte artifacts on this Android device (adb serial). Untested on hardware.")
 @click.option("--adb-runner", default=None, type=click.Path(dir_okay=False),

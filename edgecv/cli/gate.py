@@ -15,7 +15,8 @@ from edgecv.utils import check_writable
 @click.option("--max-latency-regression", default=0.10, show_default=True, type=click.FloatRange(0),
               help="Allowed slowdown as a fraction (0.10 = candidate may be up to 10 % slower).")
 @click.option("--max-accuracy-drop", default=0.5, show_default=True, type=click.FloatRange(0),
-              help="Allowed top-1 drop in percentage points (needs --data).")
+              help="Top-1 points the candidate may lose: it fails only where a paired test on the same images shows "
+                   "it worse, by at least this (needs --data).")
 @click.option("--metric", type=click.Choice(["p50", "p90"]), default="p50", show_default=True,
               help="Per-round latency statistic compared.")
 @click.option("--rounds", default=20, show_default=True, type=click.IntRange(2),
@@ -86,7 +87,9 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
                 parts.append(f"{r['name']} latency {lat['ratio']:.3f}x [{lat['ci_low']:.3f}, {lat['ci_high']:.3f}] "
                              f"> {lat['limit']:.3f}")
             if r.get("accuracy") and r["accuracy"].get("verdict") == "regression":
-                parts.append(f"{r['name']} top-1 -{r['accuracy']['drop']:.2f} pt")
+                acc = r["accuracy"]
+                parts.append(f"{r['name']} top-1 -{acc['drop']:.2f} pt"
+                             + (f" (candidate is {acc['label']})" if acc.get("label") else ""))
             if r["status"] != "ok":
                 parts.append(f"{r['name']} {r['status']}: {r['reason']}")
         raise CheckFailed("regression: " + "; ".join(parts))

@@ -13,12 +13,27 @@ The rule (:func:`clearly_faster`): one figure beats another only when it is belo
   twin qualifies; artifacts within noise of the fastest count as equally fast and the more accurate, then the
   smaller one is preferred (the reason says so).
 
+"Keeps accuracy" (:func:`judge_accuracy`) is non-inferiority against the most accurate artifact of the target,
+decided on the same images: where both rows carry per-image predictions, the paired comparison of
+:mod:`edgecv.targets.stats` (exact McNemar on the discordant images, the interval of the top-1 difference) refuses
+an artifact only where the test shows it worse and the measured drop reaches the tolerance; on 360 images a
+1-pt gap is "not distinguishable". Rows without per-image predictions (bench files of schema ``edgecv.bench/1``,
+export-validation figures) fall back to the unpaired rule: top-1 within the tolerance of the best.
+
 :func:`deploy_report` applies it once to a bench's rows: every line of the report (precision comparison, INT8
-notes, recommendation) comes from the same decision. :func:`exit_code` is the bench's exit code.
+notes, recommendation, accuracy calls) comes from the same decision, and :func:`reason` writes each
+recommendation's reason from the :class:`Choice` that was made. :func:`exit_code` is the bench's exit code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecv.targets.stats import CONFIDENCE, Paired, compare, unpack
+
+ACCURACY_TOLERANCE = 1.0  # default top-1 points: an artifact shown to lose this much against the best is refused
 NOISE_MARGIN = 0.95  # a figure must be >= 5 % lower than another to count as lower
 INT8_NOT_FASTER = NOISE_MARGIN  # INT8 must be >= 5 % faster than FP32 (p50) to count as faster
 
@@ -71,26 +86,96 @@ def _groups(rows: list[dict], default: str = "host") -> dict[str, list[dict]]:
     return groups
 
 
-def qualifying(rs: list[dict], tolerance: float) -> tuple[list[dict], float | None]:
-    """The artifacts of one target that keep accuracy (top-1 within ``tolerance`` points of the best measured)
-    and pass the budget (or have none); also the best top-1 (None when accuracy was not measured)."""
-    accs = [r["accuracy"]["top1"] for r in rs if r["accuracy"]]
-    best = max(accs) if accs else None
-    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
-    return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], best
+# ------------------------------------------------------------------------------------------------ accuracy
+@dataclass(frozen=True)
+class AccuracyCall:
+    """One artifact's top-1 judged against the most accurate artifact of its target (:func:`judge_accuracy`)."""
+
+    reference: str | None  # the most accurate artifact (None: accuracy not measured)
+    keeps: bool  # not shown worse than the reference by at least the tolerance
+    clause: str  # what reason lines say, after "<artifact> is"
+    paired: Paired | None = None  # the paired comparison (None: the reference itself, or no per-image predictions)
+    is_reference: bool = False
+
+    def to_dict(self) -> dict:
+        verdict = "reference" if self.is_reference else None
+        return {"reference": self.reference, "keeps": self.keeps, "text": self.clause,
+                "paired": self.paired is not None,
+                **(self.paired.to_dict() if self.paired else {"verdict": verdict})}
 
 
-def _why_not(r: dict, best: float | None, tolerance: float) -> str:
+def correct_per_image(r: dict, labels) -> np.ndarray | None:
+    """Which evaluation images ``r`` gets right, from its stored predictions (None: none stored)."""
+    acc = r.get("accuracy")
+    if labels is None or not acc or not acc.get("predictions"):
+        return None
+    pred = unpack(acc["predictions"])
+    return pred == labels if pred.shape == np.shape(labels) else None
+
+
+def _top1_text(r: dict) -> str:
+    acc = r["accuracy"]
+    ci = acc.get("top1_ci")
+    return (f"top-1 {acc['top1']:.2f}%" + (f" ({CONFIDENCE * 100:g} % CI {ci[0]:.2f}-{ci[1]:.2f}, "
+                                            f"{acc['n']} images)" if ci else ""))
+
+
+def call_against(ref: dict, r: dict, tolerance: float, labels=None) -> AccuracyCall:
+    """Row ``r``'s top-1 against row ``ref``'s (rows with ``name`` and ``accuracy``): paired (exact McNemar and
+    the interval of the difference, :func:`edgecv.targets.stats.compare`) where both carry per-image predictions
+    of ``labels``, else unpaired (top-1 within ``tolerance`` points). Used by bench (against the most accurate
+    artifact) and the gate (the candidate against the baseline)."""
+    a, b = correct_per_image(ref, labels), correct_per_image(r, labels)
+    if a is not None and b is not None:
+        p = compare(a, b, tolerance)
+        return AccuracyCall(ref["name"], p.keeps, p.text(ref["name"]), p)
+    keeps = _top1(r) >= _top1(ref) - tolerance
+    how = f"within {tolerance:g} pt of" if keeps else f"more than {tolerance:g} pt below"
+    return AccuracyCall(ref["name"], keeps, f"{how} {ref['name']}'s top-1 ({_top1(r):.2f}% vs {_top1(ref):.2f}%, "
+                        "unpaired: no per-image predictions)")
+
+
+def judge_accuracy(rs: list[dict], tolerance: float, labels=None) -> dict[str, AccuracyCall]:
+    """Every row of one target against the most accurate one (:func:`call_against`). Empty when no accuracy
+    was measured; a row without accuracy among rows with it does not keep accuracy."""
+    with_acc = [r for r in rs if r.get("accuracy")]
+    if not with_acc:
+        return {}
+    best = max(with_acc, key=_top1)
+    out = {}
+    for r in rs:
+        if not r.get("accuracy"):
+            out[r["name"]] = AccuracyCall(best["name"], False, "without an accuracy measurement")
+        elif r is best:
+            out[r["name"]] = AccuracyCall(best["name"], True, f"the most accurate: {_top1_text(r)}", is_reference=True)
+        else:
+            out[r["name"]] = call_against(best, r, tolerance, labels)
+    return out
+
+
+def qualifying(rs: list[dict], tolerance: float, labels=None) -> tuple[list[dict], dict[str, AccuracyCall]]:
+    """The artifacts of one target that keep accuracy (:func:`judge_accuracy`: not shown worse than the most
+    accurate by at least ``tolerance`` points) and pass the budget (or have none); also every row's call."""
+    calls = judge_accuracy(rs, tolerance, labels)
+    keep = [r for r in rs if not calls or calls[r["name"]].keeps]
+    return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], calls
+
+
+def _why_not(r: dict, call: AccuracyCall | None, slower: set[str] | None = None, who: str | None = None) -> str:
+    """Why ``r`` is not chosen (the first reason that applies); ``who`` names it (default: its name)."""
+    who = who or r["name"]
     if any(n.startswith("export validation failed") for n in r["notes"]):
-        return f"{r['name']} failed its export validation"
+        return f"{who} failed its export validation"
     if r["verdict"] and r["verdict"]["verdict"] == "fail":
-        return f"{r['name']} misses the budget"
-    if best is not None and r["accuracy"]:
-        return f"{r['name']} top-1 {r['accuracy']['top1']:.2f}% is more than {tolerance:g} pt below the best ({best:.2f}%)"
-    return f"{r['name']} does not qualify"
+        return f"{who} misses the budget"
+    if call is not None and not call.keeps:
+        return f"{who} is {call.clause}"
+    if slower and r["name"] in slower:
+        return f"{who} is the precision not deployed on {r['runtime']}"
+    return f"{who} does not qualify"
 
 
-def precision_comparison(rows: list[dict], tolerance: float | None = None) -> list[dict]:
+def precision_comparison(rows: list[dict], tolerance: float | None = None, labels=None) -> list[dict]:
     """Per runtime holding FP32 and INT8 of the model: which is faster (p50; INT8 needs >= 5 %), and the one to
     deploy there. The deploy precision follows the measurement, not a rule of thumb.
 
@@ -98,12 +183,12 @@ def precision_comparison(rows: list[dict], tolerance: float | None = None) -> li
     when only one twin qualifies (:func:`qualifying`: budget passed, accuracy kept, export validated) it is
     deployed whatever the speed, and ``deploy_reason`` says why the other is not. Without it: speed only."""
     qual: set[str] = set()
-    best: dict[str, float | None] = {}
+    calls: dict[str, AccuracyCall] = {}
     if tolerance is not None:
         for rs in _groups(rows).values():
-            ok, b = qualifying(rs, tolerance)
+            ok, cs = qualifying(rs, tolerance, labels)
             qual |= {r["name"] for r in ok}
-            best.update({r["name"]: b for r in rs})
+            calls.update(cs)
     out = []
     for r8, r32 in twins(rows):
         a, b = r8["primary"]["p50_ms"], r32["primary"]["p50_ms"]
@@ -116,7 +201,7 @@ def precision_comparison(rows: list[dict], tolerance: float | None = None) -> li
             keep, drop = (r8, r32) if q8 else (r32, r8)
             c["deploy"] = keep["name"]
             if keep["precision"] != faster:
-                c["deploy_reason"] = _why_not(drop, best.get(drop["name"]), tolerance)
+                c["deploy_reason"] = _why_not(drop, calls.get(drop["name"]))
         out.append(c)
     return out
 
@@ -163,16 +248,17 @@ def _cost(r: dict, metric: str) -> float:
     return p["p90_ms"] if metric == "p90_ms" else p["p50_ms"]
 
 
-def _candidates(rs: list[dict], tolerance: float, slower: set[str] | None) -> tuple[list[dict], float | None]:
+def _candidates(rs: list[dict], tolerance: float, slower: set[str] | None,
+                labels) -> tuple[list[dict], dict[str, AccuracyCall]]:
     """:func:`qualifying`, less a non-deployed precision twin while its deployed twin qualifies."""
-    passing, best = qualifying(rs, tolerance)
+    passing, calls = qualifying(rs, tolerance, labels)
     if slower:
         twin = {}
         for r8, r32 in twins(rs):
             twin[r8["name"]], twin[r32["name"]] = r32["name"], r8["name"]
         names = {r["name"] for r in passing}
         passing = [r for r in passing if not (r["name"] in slower and twin.get(r["name"]) in names)]
-    return passing, best
+    return passing, calls
 
 
 def _pick(passing: list[dict], metric: str) -> tuple[dict, list[dict]]:
@@ -183,54 +269,96 @@ def _pick(passing: list[dict], metric: str) -> tuple[dict, list[dict]]:
     return pick, [r for r in tied if r is not pick]
 
 
-def _why(pick: dict, tied: list[dict], bud: dict | None, metric: str, best: float | None, tolerance: float) -> str:
-    why = [f"fastest artifact that {'passes the budget' if bud else 'was measured'}"]
-    if tied:
-        label = {"fps": "fps", "p90_ms": "p90"}.get(metric, "p50")
-        figs = ", ".join(f"{r['name']} {label} {r['primary']['fps' if metric == 'fps' else label + '_ms']:.3f}"
-                         for r in [pick, *tied])
-        why[0] += (f", within noise (< 5 % apart) of {', '.join(r['name'] for r in tied)} ({figs}): "
-                   "the more accurate, then the smaller one is preferred")
-    if best is not None:
-        why.append(f"top-1 {pick['accuracy']['top1']:.2f}% within {tolerance:g} pt of the best ({best:.2f}%)")
+@dataclass
+class Choice:
+    """The recommendation for one target, as decided: the reason line is written from this (:func:`reason`)."""
+
+    pick: dict
+    tied: list[dict]  # within noise of the pick's speed (the pick won on accuracy, then size)
+    passed_over: list[tuple[dict, str]]  # clearly faster artifacts that were not chosen, and why
+    budget: dict | None
+    metric: str
+    accuracy: AccuracyCall | None  # the pick's accuracy call (None: not measured)
+
+
+def _label(metric: str) -> str:
+    return {"fps": "fps", "p90_ms": "p90"}.get(metric, "p50")
+
+
+def _fig(r: dict, metric: str, name: bool = True) -> str:
+    label = _label(metric)
+    fig = f"{label} {r['primary']['fps' if metric == 'fps' else label + '_ms']:.3f}"
+    return f"{r['name']} {fig}" if name else fig
+
+
+def reason(c: Choice) -> str:
+    """The one reason line of a recommendation, from the decision taken: "fastest" only where nothing faster was
+    measured, else which faster artifacts were passed over and why; the accuracy call names its test's outcome."""
+    if not c.passed_over:
+        why = ["fastest artifact measured" + (", within the budget" if c.budget else "")]
     else:
-        why.append("accuracy not measured")
-    if pick["host_proxy"]:
+        why = ["fastest artifact that " + ("passes the budget and " if c.budget else "") + "keeps accuracy: "
+               + "; ".join(w for _, w in c.passed_over)]
+    if c.tied:
+        figs = ", ".join(_fig(r, c.metric) for r in [c.pick, *c.tied])
+        why[0] += (f"; within noise (< 5 % apart) of {', '.join(r['name'] for r in c.tied)} ({figs}): "
+                   "the more accurate, then the smaller one is preferred")
+    why.append(f"{c.pick['name']} is {c.accuracy.clause}" if c.accuracy else "accuracy not measured")
+    if c.pick["host_proxy"]:
         why.append("host-proxy latency: confirm on the target hardware")
     return "; ".join(why)
 
 
-def recommend(rows: list[dict], profile, tolerance: float = 1.0, slower: set[str] | None = None) -> dict:
+def _choose(rs: list[dict], tolerance: float, slower: set[str] | None, labels) -> Choice | None:
+    passing, calls = _candidates(rs, tolerance, slower, labels)
+    if not passing:
+        return None
+    bud = passing[0]["verdict"]["budget"] if passing[0]["verdict"] else None
+    metric = (bud["metric"] if bud["metric"] == "fps" else "p90_ms") if bud else "p50_ms"
+    pick, tied = _pick(passing, metric)
+    unit = "" if metric == "fps" else " ms"
+    faster = [r for r in rs if r not in passing and clearly_faster(_cost(r, metric), _cost(pick, metric))]
+    over = [(r, _why_not(r, calls.get(r["name"]), slower, f"the faster {r['name']} ({_fig(r, metric, False)}{unit})"))
+            for r in faster]
+    return Choice(pick, tied, over, bud, metric, calls.get(pick["name"]))
+
+
+def recommend(rows: list[dict], profile, tolerance: float = ACCURACY_TOLERANCE, slower: set[str] | None = None,
+              labels=None) -> dict:
     """Per target: the fastest artifact that passes its budget and keeps accuracy.
 
     ``slower``: artifacts the precision rule does not deploy (:func:`not_deployed`); they are not recommended
-    while their precision twin qualifies. "Keeps accuracy" = top-1 within ``tolerance`` points of the best
-    top-1 measured among that target's artifacts (when accuracy was measured). "Fastest" = lowest p90 for a
-    p90 budget, highest fps for an fps budget, lowest p50 without a budget; artifacts within noise of the
-    fastest are equally fast (the more accurate, then the smaller one wins). Returns
-    ``{target: {"name", "reason"} | None}``.
+    while their precision twin qualifies. "Keeps accuracy" = not shown worse than the most accurate artifact of
+    that target by at least ``tolerance`` top-1 points (:func:`judge_accuracy`: paired on the images of
+    ``labels`` where the rows carry per-image predictions). "Fastest" = lowest p90 for a p90 budget, highest fps
+    for an fps budget, lowest p50 without a budget; artifacts within noise of the fastest are equally fast (the
+    more accurate, then the smaller one wins). Returns ``{target: {"name", "reason"} | None}``.
     """
     out: dict[str, dict | None] = {}
     for tname, rs in _groups(rows, profile.name if profile else "host").items():
-        passing, best = _candidates(rs, tolerance, slower)
-        if not passing:
-            out[tname] = None
-            continue
-        bud = passing[0]["verdict"]["budget"] if passing[0]["verdict"] else None
-        metric = (bud["metric"] if bud["metric"] == "fps" else "p90_ms") if bud else "p50_ms"
-        pick, tied = _pick(passing, metric)
-        out[tname] = {"name": pick["name"], "reason": _why(pick, tied, bud, metric, best, tolerance)}
+        c = _choose(rs, tolerance, slower, labels)
+        out[tname] = {"name": c.pick["name"], "reason": reason(c)} if c else None
     return out
 
 
-def deploy_report(rows: list[dict], profile, tolerance: float = 1.0) -> dict:
-    """The deploy decision for a bench's rows, made once: precision per runtime, its notes, the recommendation
-    and the cross-runtime INT8 line (the keys of the bench JSON they fill), all from the same comparison."""
-    comparison = precision_comparison(rows, tolerance)
-    return {"recommended": recommend(rows, profile, tolerance, slower=not_deployed(comparison)),
+def accuracy_calls(rows: list[dict], tolerance: float = ACCURACY_TOLERANCE, labels=None) -> dict[str, dict]:
+    """Every measured row's accuracy call against the most accurate artifact of its target (JSON form)."""
+    out: dict[str, dict] = {}
+    for rs in _groups(rows).values():
+        out.update({k: v.to_dict() for k, v in judge_accuracy(rs, tolerance, labels).items()})
+    return out
+
+
+def deploy_report(rows: list[dict], profile, tolerance: float = ACCURACY_TOLERANCE, labels=None) -> dict:
+    """The deploy decision for a bench's rows, made once: precision per runtime, its notes, the recommendation,
+    the cross-runtime INT8 line and each artifact's accuracy call (the keys of the bench JSON they fill), all from
+    the same comparison. ``labels``: the evaluation set's labels, which the rows' per-image predictions are of."""
+    comparison = precision_comparison(rows, tolerance, labels)
+    return {"recommended": recommend(rows, profile, tolerance, slower=not_deployed(comparison), labels=labels),
             "precision_comparison": comparison,
             "int8_vs_onnx_fp32": int8_vs_onnx_fp32(rows),
-            "notes": int8_notes(rows, comparison)}
+            "notes": int8_notes(rows, comparison),
+            "accuracy": accuracy_calls(rows, tolerance, labels)}
 
 
 def exit_code(result: dict) -> int:

@@ -34,8 +34,12 @@ Latency decision (per matched artifact pair)
    interleaving gives even on a loaded 2-core machine; a candidate >= ~15 % slower fails. A candidate exactly
    at the limit is a coin flip under any rule, by construction. See benchmarks/RESULTS.md "Gate (issue 6)".
 
-Accuracy decision: top-1 of both artifacts through the same runtime on the same ``--data`` images (exact, no
-noise): regression iff ``baseline_top1 - candidate_top1 > max_accuracy_drop`` points. Without ``--data`` the
+Accuracy decision: top-1 of both artifacts through the same runtime on the same ``--data`` images, compared
+image by image with the bench rule (:func:`edgecv.targets.policy.call_against`): regression iff the exact
+McNemar test on the images only one of them gets right shows the candidate worse *and* the measured drop
+reaches ``max_accuracy_drop`` points (the interval of the drop is reported with it). On 200 images a 0.5-pt drop (one image) is "not distinguishable" and
+passes; on 10,000 a real 0.5-pt drop fails with its interval. A stored baseline is compared paired when its bench
+JSON holds predictions of the same images, else unpaired (drop > ``max_accuracy_drop``). Without ``--data`` the
 accuracy check is skipped with a note.
 
 Stored baseline: ``--baseline bench.json`` (from ``edgecv bench --json``) is accepted but is **less reliable**:

@@ -18,8 +18,11 @@ def _row_cells(r: dict) -> list[str]:
     if lat:
         lv = lat["verdict"] + (" (inconclusive)" if lat["inconclusive"] else "")
     if acc and "drop" in acc:
-        at = f"{acc['baseline_top1']:.2f} -> {acc['candidate_top1']:.2f}"
-        av = f"{acc['verdict']} ({-acc['drop']:+.2f} pt)"
+        at = f"{acc['baseline_top1']:.2f} -> {acc['candidate_top1']:.2f} (n={acc['n']})"
+        call = acc.get("call") or {}
+        how = call.get("verdict") or "unpaired"
+        ci = f" [{call['ci_pt'][0]:+.2f}, {call['ci_pt'][1]:+.2f}]" if call.get("ci_pt") else ""
+        av = f"{acc['verdict']} ({how}: {-acc['drop']:+.2f} pt{ci})"
     else:
         at, av = "-", (acc or {}).get("skipped", "not checked")
     return [escape(r["name"]), f"{lat['baseline_ms']:.3f}" if lat else "-",
@@ -39,7 +42,7 @@ def print_gate(result: dict, console=None) -> None:
     con = console or stderr_console(170)
     s = result["settings"]
     t = Table(title=f"edgecv gate: {s['metric']} latency ratio candidate/baseline (limit +{s['max_latency_regression'] * 100:g}%), "
-                    f"top-1 drop (limit {s['max_accuracy_drop']:g} pt)", title_justify="left")
+                    f"top-1 drop (tolerance {s['max_accuracy_drop']:g} pt, paired)", title_justify="left")
     for h in ("artifact", "baseline ms", "candidate ms", "ratio", f"{s['confidence'] * 100:g}% CI", "rounds",
               "latency", "top-1 base -> cand", "accuracy", "verdict"):
         t.add_column(h, justify="right" if h.endswith(("ms", "ratio", "rounds")) else "left")
@@ -48,6 +51,9 @@ def print_gate(result: dict, console=None) -> None:
     con.print(t)
     con.print(f"measured on: {escape(result['host'])}, {s['threads']} thread(s); baseline: {result['baseline_kind']}"
               f" (reliability {result['reliability']})")
+    for r in result["artifacts"]:
+        if (r.get("accuracy") or {}).get("label"):
+            con.print(f"{escape(r['name'])} top-1: candidate is {escape(r['accuracy']['label'])}")
     for n in result["notes"]:
         con.print(f"note: {escape(n)}")
     con.print("[bold green]gate: PASS[/]" if result["passed"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,20 +14,11 @@ from edgecv.bench.artifacts import Resolved, Source, resolve_source
 from edgecv.bench.gate.compat import check_same_task
 from edgecv.bench.gate.config import SCHEMA, GateConfig
 from edgecv.bench.gate.measure import SessionPairs, paired_rounds, session_plan, stored_rounds
+from edgecv.bench.report import load_bench
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, host_description
 
 Log = Callable[[str], None]
-
-
-def _load_stored(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--baseline {path}: not readable JSON ({e})") from None
-    if not isinstance(d, dict) or d.get("schema") != "edgecv.bench/1":
-        raise UserError(f"--baseline {path}: not an edgecv bench JSON (schema edgecv.bench/1)")
-    return d
 
 
 def match_pairs(base: Source, cand: Source) -> tuple[list[tuple[Resolved, Resolved]], list[dict], list[str]]:
@@ -90,8 +80,8 @@ def _verified(arg: str) -> Source:
     return src
 
 
-def _stored_plan(bpath: Path, cand: Source, stored: dict, cfg: GateConfig) -> _Plan:
-    notes = ["baseline is a stored bench JSON: measured at another time (maybe on another machine), "
+def _stored_plan(bpath: Path, cand: Source, stored: dict, cfg: GateConfig, notes: list[str]) -> _Plan:
+    notes = [*notes, "baseline is a stored bench JSON: measured at another time (maybe on another machine), "
              f"so noise does not cancel; limit widened by x{cfg.stored_noise:g}. Less reliable than a "
              "same-job bundle-vs-bundle gate."]
     if stored.get("host") != host_description():
@@ -102,12 +92,12 @@ def _stored_plan(bpath: Path, cand: Source, stored: dict, cfg: GateConfig) -> _P
 
 def _plan(baseline: str, candidate: str, cfg: GateConfig) -> _Plan:
     bpath = Path(baseline)
-    stored = None
+    stored, notes = None, []
     if bpath.is_file() and bpath.suffix.lower() == ".json" and bpath.name != "manifest.json":
-        stored = _load_stored(bpath)
+        stored, notes = load_bench(bpath, "--baseline")
     cand = _verified(candidate)
     if stored is not None:
-        return _stored_plan(bpath, cand, stored, cfg)
+        return _stored_plan(bpath, cand, stored, cfg, notes)
     base_src = _verified(baseline)
     pairs, missing, notes = match_pairs(base_src, cand)
     check_same_task(base_src, cand, pairs)
@@ -159,30 +149,58 @@ def _gate_latency(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConfi
     return True
 
 
+def _stored_labels(plan: _Plan, ev):
+    """The stored baseline's labels when its predictions are of the images measured now (same labels, same
+    order), else None (the comparison is then unpaired)."""
+    from edgecv.targets.stats import unpack
+
+    s = plan.stored.get("accuracy_set") if plan.stored else None
+    if not s:
+        return None
+    labels = unpack(s["labels"])
+    return labels if labels.shape == ev.y.shape and (labels == ev.y).all() else None
+
+
 def _gate_accuracy(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConfig, ev) -> None:
-    """Top-1 of both through the same runtime on the same images (or the stored figure) into ``row``."""
+    """The candidate's top-1 against the baseline's on the same images (the bench rule,
+    :func:`edgecv.targets.policy.call_against`: paired, non-inferiority within ``max_accuracy_drop``) into ``row``."""
     from edgecv.bench.accuracy import evaluate_runner
 
     name = row["name"]
-    acc_c = evaluate_runner(sessions.cand, ev, desc=f"{name} candidate accuracy")["top1"]
+    cand = evaluate_runner(sessions.cand, ev, desc=f"{name} candidate accuracy")
+    labels = ev.y
     if sessions.base is not None:
-        acc_b = evaluate_runner(sessions.base, ev, desc=f"{name} baseline accuracy")["top1"]
-        basis = "same data, same runtime, same job"
+        base = evaluate_runner(sessions.base, ev, desc=f"{name} baseline accuracy")
+        basis = "same images, same runtime, same job (paired)"
     else:
-        sacc = plan.smap[name].get("accuracy")
-        if not sacc:
+        base = plan.smap[name].get("accuracy")
+        if not base:
             row["accuracy"] = {"skipped": "the stored baseline has no accuracy"}
             return
-        acc_b = sacc["top1"]
-        basis = f"stored baseline accuracy on {sacc.get('data')}"
-        if str(sacc.get("data")) != str(cfg.data):
-            plan.notes.append(f"{name}: stored accuracy was measured on {sacc.get('data')}, not {cfg.data}")
-    drop = acc_b - acc_c
-    av = "regression" if drop > cfg.max_accuracy_drop else "pass"
-    row["accuracy"] = {"baseline_top1": acc_b, "candidate_top1": acc_c, "drop": drop,
-                       "max_drop": cfg.max_accuracy_drop, "verdict": av, "n": len(ev.y), "basis": basis}
-    if av == "regression":
+        labels = _stored_labels(plan, ev)
+        basis = f"stored baseline accuracy on {base.get('data')}" + (" (paired)" if labels is not None else "")
+        if labels is None and base.get("predictions"):
+            plan.notes.append(f"{name}: the stored predictions are of other images than --data's: accuracy "
+                              "compared unpaired")
+        if str(base.get("data")) != str(cfg.data):
+            plan.notes.append(f"{name}: stored accuracy was measured on {base.get('data')}, not {cfg.data}")
+    row["accuracy"] = accuracy_check(base, cand, labels, cfg.max_accuracy_drop, basis)
+    if row["accuracy"]["verdict"] == "regression":
         row["verdict"] = "regression"
+
+
+def accuracy_check(base: dict, cand: dict, labels, max_drop: float, basis: str) -> dict:
+    """The gate's accuracy block: the candidate's accuracy (``evaluate_runner``'s dict) against the baseline's,
+    paired on ``labels``' images where both carry predictions (:func:`edgecv.targets.policy.call_against`)."""
+    from edgecv.targets.policy import call_against
+
+    call = call_against({"name": "the baseline", "accuracy": base}, {"name": "candidate", "accuracy": cand},
+                        max_drop, labels)
+    return {"baseline_top1": base["top1"], "candidate_top1": cand["top1"],
+            "baseline_top1_ci": base.get("top1_ci"), "candidate_top1_ci": cand.get("top1_ci"),
+            "drop": base["top1"] - cand["top1"], "max_drop": max_drop,
+            "verdict": "pass" if call.keeps else "regression", "n": cand["n"], "basis": basis,
+            "label": call.clause, "call": call.to_dict()}
 
 
 def _gate_pair(plan: _Plan, base_art: Resolved | None, cand_art: Resolved, cfg: GateConfig, ev,
