@@ -48,8 +48,18 @@ def _cfg(data, teacher, out, **kw) -> CompressConfig:
 
 @pytest.fixture(scope="module")
 def full_run(data, teacher, tmp_path_factory) -> Path:
+    """The full run, on a copy of the data with what the scan reports: a GIF, a text file, a train/val copy."""
+    import shutil
+
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("cdata2") / "data"
+    shutil.copytree(data, d)
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(d / "train" / "red" / "g.gif")
+    (d / "train" / "red" / "notes.txt").write_text("x")
+    (d / "val" / "red" / "copy.jpg").write_bytes((d / "train" / "red" / "001.jpg").read_bytes())
     out = tmp_path_factory.mktemp("run") / "r"
-    compress(_cfg(data, teacher, out))
+    compress(_cfg(d, teacher, out, allow_duplicates=True))
     return out
 
 
@@ -70,6 +80,10 @@ def test_run_json_contract(full_run):
     assert "ptq_top1" in run["stages"]["quantize"] and "baseline_top1" in run["stages"]["prune"]
     assert run["stages"]["quantize"]["quant"]["float_convs"] == ["features.0.0"]  # float stem by default
     assert (full_run / "config.yaml").is_file()
+    scan = run["data_scan"]  # issue 25: skipped types per class, duplicates kept with --allow-duplicates
+    assert scan["skipped_types"] == {"train/red": {".txt": 1}} and scan["allow_duplicates"] is True
+    assert scan["duplicates"] == 1 and "copy.jpg" in scan["duplicate_pairs"][0][1]
+    assert run["config"]["allow_duplicates"] is True
     assert not list(full_run.glob("*.state")) and not list(full_run.glob("*.partial.pt"))
 
 

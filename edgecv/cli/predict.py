@@ -54,10 +54,10 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
         check_writable(csv_path)  # fail before loading and predicting
     files, scan = list_inputs(list(paths))
     scan.check(skip_bad)  # before loading the model: one line naming what could not be listed or held nothing
-    for line in scan.lines():
-        echo(line)
     if not files:
         raise UserError(f"no image to classify in {' '.join(paths)}")
+    for line in scan.lines():
+        echo(line)
     pred = load_predictor(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
     try:
         d = pred.describe()

@@ -126,9 +126,10 @@ class ScanReport:
         """Human lines: one per class with skipped files, and what ``--skip-bad`` / ``--allow-duplicates`` let by."""
         out = [f"skipped {sum(c.values())} file(s) of a type the decoder does not read in {w}: {self.skipped_line(w)}"
                for w, c in self.skipped_types.items()]
-        out += [f"skipped (--skip-bad): cannot list {u}" for u in self.unlisted]
-        out += [f"skipped (--skip-bad): no image in {e}" for e in self.empty]
-        out += [f"skipped (--skip-bad): unreadable image {b}" for b in self.bad]
+        for what, items in (("cannot list", self.unlisted), ("no image in", self.empty),
+                            ("unreadable image", self.bad)):
+            out += [f"skipped (--skip-bad): {what} {x}" for x in items[:10]]
+            out += [f"skipped (--skip-bad): ... and {len(items) - 10} more ({what})"] if len(items) > 10 else []
         if self.duplicates:
             out.append(f"kept (--allow-duplicates): {len(self.duplicates)} byte-identical pair(s) in two splits or "
                        f"classes, e.g. {' = '.join(self.duplicates[0])}")
