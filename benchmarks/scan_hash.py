@@ -1,6 +1,6 @@
 """What the content hash (duplicate check, issue 25) costs in the data scan of a real folder dataset.
 
-The scan reads every file once; the same bytes are hashed (BLAKE2b-128) and decoded (JPEGs at 1/8 scale). This
+The scan reads every file once; the same bytes are hashed (SHA-256) and decoded (JPEGs at 1/8 scale). This
 times ``load_train_val`` end to end (list + read + hash + decode + checks) and reports the hashing share,
 measured inside the scan (``ScanReport.hash_s``), plus a read-only pass over the same files for scale.
 

@@ -15,9 +15,10 @@ Rules (each checked here, once):
   decoder reads); other files are counted per class and reported (:class:`ScanReport`). A folder that cannot be
   listed, or a folder or pattern named on the command line that yields no image, stops the command with one line
   naming it; ``--skip-bad`` lists it and goes on (a class folder with no image is always an error).
-* Content: every file is read once; the same bytes are hashed (BLAKE2b, 128 bits) and decoded. Byte-identical
-  files under different names in two splits or two classes stop the command with one line naming the first
-  pairs, unless ``--allow-duplicates`` (then they are counted in the report: run.json, the checkpoint).
+* Content: every file is read once; the same bytes are hashed (SHA-256, the fastest hashlib digest on CPUs with
+  SHA instructions: benchmarks/RESULTS.md) and decoded. Byte-identical files under different names in two
+  splits or two classes stop the command with one line naming the first pairs, unless ``--allow-duplicates``
+  (then they are counted in the report: run.json, the checkpoint).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ class Tree:
         except OSError as e:
             return None, f"cannot read: {e.strerror or e}"
         t0 = time.perf_counter()
-        digest = hashlib.blake2b(data, digest_size=16).digest()
+        digest = hashlib.sha256(data).digest()
         self.report.hash_s += time.perf_counter() - t0
         self.report.hashed += 1
         self.hashes.setdefault(digest, []).append((split, label, path))
