@@ -271,7 +271,7 @@ def scan_split(tree: Tree, folder: Path, class_names: list[str] | None, what: st
 
 
 def list_inputs(args: list[str]) -> tuple[list[Path], ScanReport]:
-    """``edgecv predict``'s PATH arguments -> (a sorted, de-duplicated list of files, the report).
+    """``edgecv predict``'s PATH arguments -> (the files, de-duplicated, each folder's sorted; the report).
 
     A file is taken whatever its name; a folder (recursively) or a glob yields its images by the readable
     types. A path that does not exist or a pattern matching nothing raises; a named folder or pattern that
@@ -281,7 +281,7 @@ def list_inputs(args: list[str]) -> tuple[list[Path], ScanReport]:
     out: list[Path] = []
     for a in args:
         p = Path(a)
-        if p.is_dir() or p.exists():
+        if p.exists():
             hits = [p]
         elif glob.has_magic(a):
             hits = [Path(h) for h in sorted(glob.glob(a, recursive=True))]
