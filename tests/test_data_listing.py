@@ -258,3 +258,17 @@ def test_compress_and_eval_cli_duplicates_one_line(tmp_path):
     one_line_error(run_cli("eval", str(ck), "--data", str(root)), 2, "(val/blue)")
     rep = json.loads(run_cli("eval", str(ck), "--data", str(root), "--allow-duplicates", "--json", check=True).stdout)
     assert rep["data_scan"]["duplicates"] == 1 and rep["n"] == 7
+
+
+def test_bench_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locked):
+    root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=1, n_val=2, size=16)
+    sub = root / "val" / "red" / "more"
+    locked.rename(sub)
+    args = ["bench", str(bundle), "--data", str(root), "--min-time", "10ms", "--min-runs", "1", "--warmup", "0",
+            "--rounds", "1", "--json", "-"]
+    line = one_line_error(unprivileged(*args, "-q"), 2, "cannot list 1 folder")
+    assert str(sub) in line
+    p = unprivileged(*args, "--skip-bad")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["artifacts"][0]["accuracy"]["n"] == 6
+    assert f"skipped (--skip-bad): cannot list {sub}" in p.stderr

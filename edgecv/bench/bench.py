@@ -55,12 +55,14 @@ class BenchConfig:
     seed: int = 0
     include_failed: bool = False  # also run artifacts whose export validation failed (labelled, never recommended)
     allow_duplicates: bool = False  # score --data even with byte-identical images in two splits or classes
+    skip_bad: bool = False  # unreadable images / unlistable folders of --data: listed, not fatal
 
     def settings(self) -> dict:
         return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
                 "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
                 "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
-                "device": self.device, "adb": self.adb, "allow_duplicates": self.allow_duplicates}
+                "device": self.device, "adb": self.adb, "allow_duplicates": self.allow_duplicates,
+                "skip_bad": self.skip_bad}
 
 
 def _skip_row(res: Resolved, status: str, reason: str) -> dict:
@@ -97,7 +99,7 @@ def _eval_set(cfg: BenchConfig, man, notes: list[str], log: Log):
 
         log(f"loading evaluation images from {cfg.data} ...")
         return load_eval_arrays(cfg.data, man.class_names, man.preprocess, limit=cfg.max_images,
-                                allow_duplicates=cfg.allow_duplicates)
+                                allow_duplicates=cfg.allow_duplicates, skip_bad=cfg.skip_bad, log=log)
     if cfg.accuracy:
         notes.append("accuracy not measured: no --data given")
     return None
