@@ -174,8 +174,7 @@ def _load_inputs(cfg: CompressConfig, log: Log) -> tuple[DataBundle, str, Teache
     """The data, the teacher and the student's input size (--img-size, else the teacher's, else the data's)."""
     bundle = load_train_val(cfg.data, img_size=cfg.img_size, seed=cfg.seed, skip_bad=cfg.skip_bad,
                             allow_duplicates=cfg.allow_duplicates)
-    for line in bundle.scan.lines():
-        log(f"data: {line}")
+    bundle.scan.log(log)
     teacher_path = cfg.teacher or auto_teacher(cfg, log)
     t_probe = load_checkpoint(teacher_path, arch=cfg.teacher_arch, trust_pickle=cfg.trust_pickle,
                               arch_flag="--teacher-arch")

@@ -136,6 +136,11 @@ class ScanReport:
                        f"classes, e.g. {' = '.join(self.duplicates[0])}")
         return out
 
+    def log(self, log) -> None:
+        """Each of :meth:`lines` through ``log`` (a ``str -> None`` callable; None: nothing)."""
+        for line in self.lines() if log else ():
+            log(f"data: {line}")
+
     def to_dict(self) -> dict:
         return {"skipped_types": self.skipped_types, "unlisted": self.unlisted, "empty": self.empty,
                 "bad": self.bad, "duplicates": len(self.duplicates), "duplicate_pairs": self.duplicates[:20],

@@ -19,8 +19,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 256
         raise UserError(f"{checkpoint}: not an edgecv checkpoint (no class names / preprocessing); "
                         "eval needs one written by 'edgecv train' or 'edgecv compress'")
     ds = load_eval_dataset(data, ck.class_names, skip_bad=skip_bad, allow_duplicates=allow_duplicates)
-    for line in ds.scan.lines() if log and ds.scan is not None else ():
-        log(f"data: {line}")
+    if ds.scan is not None:
+        ds.scan.log(log)
     model = ck.build()
     logits, labels = predict_logits(model, ds.with_transform(ck.preprocess.eval_transform()), batch_size)
     rep = classification_report(logits, labels, ck.class_names)

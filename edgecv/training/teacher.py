@@ -83,11 +83,10 @@ def train_classifier(
     log: Callable[[str], None] | None = None,
     start: StartWeights | None = None,
     decode_cache: str = "auto",
-    allow_duplicates: bool = False,
+    allow_duplicates: bool = False,  # with skip_bad: edgecv.data.scan.ScanReport
 ) -> TrainOutcome:
-    """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the
-    fine-tuning policy (default: from scratch, everything trains); ``decode_cache``: auto | off
-    (:mod:`edgecv.data.cache`); ``skip_bad`` / ``allow_duplicates``: :class:`edgecv.data.scan.ScanReport`."""
+    """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the fine-tuning
+    policy (default: from scratch, everything trains); ``decode_cache``: auto | off (:mod:`edgecv.data.cache`)."""
     arch_info(arch)  # validate early: a bad arch or device is one line before anything is logged
     resolve_device(cfg.device)
     start = start or StartWeights()
@@ -96,10 +95,8 @@ def train_classifier(
     state = out.with_name(out.name + ".state")
     if resume and not D.broadcast_object(state.is_file() if D.is_main() else None):
         raise UserError(f"--resume: no {state} to resume (run without --resume to start from scratch)")
-    bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad,
-                            allow_duplicates=allow_duplicates)
-    for line in bundle.scan.lines() if log else ():
-        log(f"data: {line}")
+    bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad, allow_duplicates=allow_duplicates)
+    bundle.scan.log(log)
     if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
         raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
     # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
