@@ -272,3 +272,22 @@ def test_bench_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locke
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["artifacts"][0]["accuracy"]["n"] == 6
     assert f"skipped (--skip-bad): cannot list {sub}" in p.stderr
+
+
+def test_compress_run_json_records_the_scan(tmp_path):
+    """run.json (and --json) of a compress run carry the scan report: skipped types per class, duplicates kept."""
+    root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=4, n_val=2)
+    _png(root / "train" / "red" / "g.gif", (201, 40, 40), fmt="GIF")
+    (root / "train" / "red" / "notes.txt").write_text("x")
+    _copy(root / "train" / "red" / "001.jpg", root / "val" / "red" / "renamed.jpg")
+    t = save_untrained_teacher(tmp_path / "t.pt", sorted(CLASSES), 16)
+    out = tmp_path / "run"
+    p = run_cli("compress", "--teacher", str(t), "--data", str(root), "--img-size", "16", "--stages", "distill",
+                "--epochs-kd", "0", "--teacher-cache", "off", "--batch-size", "8", "--workers", "0",
+                "--allow-duplicates", "--out", str(out), "--json", check=True)
+    run = json.loads((out / "run.json").read_text())
+    assert json.loads(p.stdout)["data_scan"] == run["data_scan"]
+    scan = run["data_scan"]
+    assert scan["skipped_types"] == {"train/red": {".txt": 1}} and scan["hashed"] == 3 * 6 + 2
+    assert scan["allow_duplicates"] and scan["duplicates"] == 1 and run["config"]["allow_duplicates"]
+    assert "data: skipped 1 file(s) of a type the decoder does not read in train/red: .txt 1" in p.stderr
