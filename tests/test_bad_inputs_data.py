@@ -198,9 +198,9 @@ def test_test_split_kept_out_of_training_and_disjoint(tmp_path):
 
 def test_links_leading_out_of_the_tree_are_fine(tmp_path):
     root = _tree(tmp_path)
-    outside = make_image_folder(tmp_path / "extra", classes=("cat",), n_train=3, n_val=0)
+    outside = make_image_folder(tmp_path / "extra", classes=("cat",), n_train=3, n_val=0, seed=1)
     os.symlink(outside / "train" / "cat", root / "train" / "cat" / "more")  # a directory outside the tree
-    other = make_image_folder(tmp_path / "extra2", classes=("dog",), n_train=1, n_val=0)
+    other = make_image_folder(tmp_path / "extra2", classes=("dog",), n_train=1, n_val=0, seed=2)
     os.symlink(other / "train" / "dog" / "000.png", root / "train" / "dog" / "x.png")  # a file outside
     b = load_train_val(str(root), img_size=16)
     assert len(b.train) == 36 + 3 + 1

@@ -29,9 +29,12 @@ class EvalSet:
 
 
 def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit: int | None = None,
-                     skip_bad: bool = False) -> EvalSet:
-    """Decode + preprocess the evaluation images once (shared by every artifact of a bench run)."""
-    ds = load_eval_dataset(data, class_names, skip_bad=skip_bad)
+                     skip_bad: bool = False, allow_duplicates: bool = False, log=None) -> EvalSet:
+    """Decode + preprocess the evaluation images once (shared by every artifact of a bench run); ``log``
+    receives what the scan skipped (:meth:`edgecv.data.scan.ScanReport.lines`)."""
+    ds = load_eval_dataset(data, class_names, skip_bad=skip_bad, allow_duplicates=allow_duplicates)
+    if ds.scan is not None:
+        ds.scan.log(log)
     pre = Preprocess.from_dict(preprocess)
     n = len(ds) if limit is None else min(limit, len(ds))
     if limit is not None and n < len(ds):  # a deterministic, class-balanced subset

@@ -56,13 +56,16 @@ class BenchConfig:
     adb_runner: str | None = None
     seed: int = 0
     include_failed: bool = False  # also run artifacts whose export validation failed (labelled, never recommended)
+    allow_duplicates: bool = False  # score --data even with byte-identical images in two splits or classes
+    skip_bad: bool = False  # unreadable images / unlistable folders of --data: listed, not fatal
 
     def settings(self) -> dict:
         return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
                 "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
                 "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
                 "accuracy_tolerance": self.accuracy_tolerance,
-                "device": self.device, "adb": self.adb}
+                "device": self.device, "adb": self.adb, "allow_duplicates": self.allow_duplicates,
+                "skip_bad": self.skip_bad}
 
 
 def _skip_row(res: Resolved, status: str, reason: str) -> dict:
@@ -99,7 +102,8 @@ def _eval_set(cfg: BenchConfig, man, notes: list[str], log: Log):
         from edgecv.bench.accuracy import load_eval_arrays
 
         log(f"loading evaluation images from {cfg.data} ...")
-        return load_eval_arrays(cfg.data, man.class_names, man.preprocess, limit=cfg.max_images)
+        return load_eval_arrays(cfg.data, man.class_names, man.preprocess, limit=cfg.max_images,
+                                allow_duplicates=cfg.allow_duplicates, skip_bad=cfg.skip_bad, log=log)
     if cfg.accuracy:
         notes.append("accuracy not measured: no --data given")
     return None

@@ -33,6 +33,10 @@ from edgecv.utils import check_writable
 @click.option("--adb", "adb_serial", default=None, help="Run .pte artifacts on this Android device (adb serial). Untested on hardware.")
 @click.option("--adb-runner", default=None, type=click.Path(dir_okay=False),
               help="ExecuTorch executor_runner built for Android arm64 (or EDGECV_ET_RUNNER).")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and folders of --data that cannot be listed (each listed) instead of stopping.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Score --data even when byte-identical images sit in two of its splits or classes.")
 @click.option("--include-failed", is_flag=True,
               help="Also time artifacts whose export validation failed (labelled in the notes, never recommended).")
 @click.option("--json", "json_out", default=None, metavar="PATH", help="Write the JSON result here ('-' = stdout).")
@@ -40,7 +44,7 @@ from edgecv.utils import check_writable
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a PNG accuracy-vs-latency (Pareto) plot here.")
 @quiet_option
 def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, rounds, budget_ms, budget_fps,
-          artifacts, no_accuracy, max_images, accuracy_tolerance, device, adb_serial, adb_runner, include_failed, json_out,
+          artifacts, no_accuracy, max_images, accuracy_tolerance, device, adb_serial, adb_runner, skip_bad, allow_duplicates, include_failed, json_out,
           markdown, plot):
     """Benchmark every artifact of BUNDLE through its real runtime: latency, accuracy, size, budget.
 
@@ -72,7 +76,8 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
                       min_runs=min_runs, warmup=warmup, rounds=rounds, budget_ms=budget_ms, budget_fps=budget_fps,
                       artifacts=[a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None,
                       accuracy=not no_accuracy, max_images=max_images, accuracy_tolerance=accuracy_tolerance,
-                      device=device, adb=adb_serial, adb_runner=adb_runner, include_failed=include_failed)
+                      device=device, adb=adb_serial, adb_runner=adb_runner, include_failed=include_failed,
+                      allow_duplicates=allow_duplicates, skip_bad=skip_bad)
     result = run_bench(bundle, cfg, log=log)
     from edgecv.utils import is_quiet
 

@@ -107,12 +107,15 @@ from edgecv.utils import check_writable, stderr_console
               help="YAML file with any of these options (flags given on the command line win).")
 @click.option("--stages", default=None, help="Comma-separated subset of distill,prune,quantize [default: all].")
 @click.option("--resume", is_flag=True, help="Continue after the last completed stage (mid-stage too).")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Go on when byte-identical images sit in two splits or classes (recorded in run.json).")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled teacher (only for files you trust).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="RUN_DIR [default: runs/compress].")
 @json_option
 @quiet_option
-def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, student_pretrained, as_json, **flags):
+def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pickle, select_only, student_pretrained, as_json, **flags):
     """Distill a student from a teacher, prune it to a MAC target and INT8-QAT it, into RUN_DIR.
 
     Writes RUN_DIR/distill.pt, prune.pt, quantize.pt, config.yaml and run.json (the export contract).
@@ -147,6 +150,8 @@ def compress(config_path, stages, resume, skip_bad, trust_pickle, select_only, s
     merged.update({k: v for k, v in flags.items() if v is not None})
     if skip_bad:
         merged["skip_bad"] = True
+    if allow_duplicates:
+        merged["allow_duplicates"] = True
     if trust_pickle:
         merged["trust_pickle"] = True
     if student_pretrained:

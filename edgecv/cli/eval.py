@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecv.cli._common import emit_json, json_option, quiet_option
+from edgecv.cli._common import emit_json, json_option, log, quiet_option
 from edgecv.utils import check_writable, stderr_console
 
 
@@ -16,12 +16,16 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--confusion", "confusion_png", default=None, type=click.Path(dir_okay=False),
               help="Write the confusion matrix as a PNG here.")
 @click.option("--per-class/--no-per-class", default=True, show_default=True, help="Print per-class P/R/F1.")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Evaluate even when byte-identical images sit in two splits or classes (recorded in --json).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading pickled Python objects (only for files you trust).")
 @click.option("--arch", default=None, help="Architecture of a bare state_dict CHECKPOINT (see 'edgecv archs').")
 @json_option
 @quiet_option
-def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trust_pickle, arch, as_json):
+def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, allow_duplicates, trust_pickle, arch,
+          as_json):
     """Top-1/top-5, balanced accuracy (mean per-class recall), macro-F1, per-class precision/recall/F1 and the
     confusion matrix of CHECKPOINT on DATA.
 
@@ -35,7 +39,7 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, trus
     if confusion_png:
         check_writable(confusion_png)
     rep = evaluate_checkpoint(checkpoint, data, batch_size, confusion_png, skip_bad=skip_bad,
-                              trust_pickle=trust_pickle, arch=arch)
+                              trust_pickle=trust_pickle, arch=arch, allow_duplicates=allow_duplicates, log=log)
     if as_json:
         emit_json(rep)
         return

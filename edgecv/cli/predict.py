@@ -33,20 +33,31 @@ def _write_csv(path: Path, rows: list[dict], topk: int) -> None:
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the predictions to this CSV file.")
-@click.option("--skip-bad", is_flag=True, help="Unreadable images are listed but do not make the exit code 2.")
+@click.option("--skip-bad", is_flag=True,
+              help="Unreadable images, folders that cannot be listed and named folders with no image are listed on "
+                   "stderr but do not make the exit code 2.")
 @quiet_option
 def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_json, csv_path, skip_bad):
     """Classify images (files, folders searched recursively, globs) with BUNDLE (or an ARTIFACT inside one).
 
-    One row per image: file, label, score. Unreadable images are listed on stderr; exit 2 unless --skip-bad.
+    One row per image: file, label, score. Inside folders, files of a type the decoder does not read are counted
+    per folder on stderr. A folder that cannot be listed, a folder or pattern that yields no image and an
+    unreadable image are listed on stderr; exit 2 unless --skip-bad.
     """
-    from edgecv.serve.images import expand_paths, predict_paths
+    from edgecv.data.scan import list_inputs
+    from edgecv.errors import UserError
+    from edgecv.serve.images import predict_paths
     from edgecv.serve.predictor import load_predictor
     from edgecv.utils import check_writable
 
     if csv_path:
         check_writable(csv_path)  # fail before loading and predicting
-    files = expand_paths(list(paths))
+    files, scan = list_inputs(list(paths))
+    scan.check(skip_bad)  # before loading the model: one line naming what could not be listed or held nothing
+    if not files:
+        raise UserError(f"no image to classify in {' '.join(paths)}")
+    for line in scan.lines():
+        echo(line)
     pred = load_predictor(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
     try:
         d = pred.describe()
@@ -58,7 +69,7 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
         _write_csv(Path(csv_path), rows, topk)
     if as_json:
         emit_json({"artifact": d["artifact"], "sha256": d["sha256"], "runtime": d["runtime"],
-                   "selection": d["selection"], "predictions": rows, "bad": bad})
+                   "selection": d["selection"], "predictions": rows, "bad": bad, "scan": scan.to_dict()})
     elif not csv_path:
         for r in rows:
             click.echo(f"{r['file']}\t{r['label']}\t{r['score']:.4f}")

@@ -26,7 +26,10 @@ from edgecv.utils import check_writable
 @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader workers [default: auto].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Train even when byte-identical images sit in two splits or classes (recorded in the checkpoint).")
 @click.option("--decode-cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
                    "$EDGECV_CACHE (augmentation on top); off: decode every epoch.")
@@ -62,7 +65,7 @@ from edgecv.utils import check_writable
 @json_option
 @quiet_option
 def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_decay, label_smoothing, workers, seed, device,
-          skip_bad, decode_cache, augment, balance, loss_kind, channels_last, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
+          skip_bad, allow_duplicates, decode_cache, augment, balance, loss_kind, channels_last, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
           as_json):
     """Train a classifier (the teacher) on DATA.
 
@@ -101,7 +104,7 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
                           tensorboard=tensorboard, desc=arch, augment=augment, balance=balance, loss=loss_kind,
                           channels_last_cpu=channels_last)
         res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
-                               start=start, decode_cache=decode_cache)
+                               start=start, decode_cache=decode_cache, allow_duplicates=allow_duplicates)
     finally:
         D.shutdown()
     if not main_rank:  # under torchrun only rank 0 prints the result / --json

@@ -69,6 +69,7 @@ class CompressConfig:
     # the on-the-fly teacher (no --teacher)
     teacher_epochs: int = 3
     skip_bad: bool = False
+    allow_duplicates: bool = False  # byte-identical images in two splits or classes: go on (recorded in run.json)
     trust_pickle: bool = False
     out: str = DEFAULT_OUT
     # target-aware choices (--student auto, --target-macs auto); None = not given
@@ -158,7 +159,7 @@ RULES: dict[str, tuple] = {
     "alpha": (float, 0, 1), "feature_kd": (float, 0), "qat_lr_scale": (float, 0, None, True),
     "freeze_bn_at": (float, 0, 1), "freeze_observers_at": (float, 0, 1),
     "budget_ms": (float, 0, None, True), "budget_fps": (float, 0, None, True), "min_time": (float, 0, None, True),
-    "int8_stem": (bool,), "channels_last": (bool,), "skip_bad": (bool,), "trust_pickle": (bool,), "student_pretrained": (bool,),
+    "int8_stem": (bool,), "channels_last": (bool,), "skip_bad": (bool,), "allow_duplicates": (bool,), "trust_pickle": (bool,), "student_pretrained": (bool,),
     "student_init_weights": (str,), "select_only": (bool,),
     "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
 }

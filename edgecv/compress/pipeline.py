@@ -172,7 +172,9 @@ def _check_request(cfg: CompressConfig, stages: list[str], resume: bool, hooks: 
 
 def _load_inputs(cfg: CompressConfig, log: Log) -> tuple[DataBundle, str, Teacher, int]:
     """The data, the teacher and the student's input size (--img-size, else the teacher's, else the data's)."""
-    bundle = load_train_val(cfg.data, img_size=cfg.img_size, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    bundle = load_train_val(cfg.data, img_size=cfg.img_size, seed=cfg.seed, skip_bad=cfg.skip_bad,
+                            allow_duplicates=cfg.allow_duplicates)
+    bundle.scan.log(log)
     teacher_path = cfg.teacher or auto_teacher(cfg, log)
     t_probe = load_checkpoint(teacher_path, arch=cfg.teacher_arch, trust_pickle=cfg.trust_pickle,
                               arch_flag="--teacher-arch")
@@ -201,7 +203,7 @@ def _open_run(cfg: CompressConfig, run_cfg: CompressConfig, prev: Run | None, re
         run = Run(out, {"schema": SCHEMA, "stages": {s: {"status": "pending"} for s in STAGES}, "completed": []})
     eff = {**cfg.to_dict(), "teacher": teacher_path, "img_size": img_size}
     run.data.update({"schema": SCHEMA, "config": eff, "student": run_cfg.student, "img_size": img_size,
-                     "class_names": bundle.class_names, "data": bundle.source,
+                     "class_names": bundle.class_names, "data": bundle.source, "data_scan": bundle.scan.to_dict(),
                      "preprocess": bundle.preprocess.to_dict(), "edgecv_stages": list(STAGES)})
     if selection is not None:
         run.data["student_selection"] = selection

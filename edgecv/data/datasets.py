@@ -21,7 +21,15 @@ from PIL import Image
 
 from edgecv.data.decode import decode_image
 from edgecv.data.preprocess import Preprocess
-from edgecv.data.scan import IMG_EXTENSIONS, Tree, check_disjoint, scan_split, split_folders
+from edgecv.data.scan import (
+    IMG_EXTENSIONS,
+    ScanReport,
+    Tree,
+    check_disjoint,
+    scan_split,
+    split_folders,
+    subdirs,
+)
 from edgecv.errors import UserError
 
 __all__ = ["IMG_EXTENSIONS", "DataBundle", "ImageSamples", "load_eval_dataset", "load_train_val", "resolve_data",
@@ -48,6 +56,7 @@ class ImageSamples:
         self.folder = folder
         self.cache = cache
         self.rows = list(range(len(self.samples))) if rows is None else list(rows)
+        self.scan: ScanReport | None = None  # set by load_eval_dataset
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,11 +94,15 @@ class DataBundle:
     class_names: list[str]
     preprocess: Preprocess
     source: str
-    bad_images: list[str] = field(default_factory=list)
+    scan: ScanReport = field(default_factory=ScanReport)  # what the scan skipped, kept or found (folders)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def bad_images(self) -> list[str]:
+        return self.scan.bad
 
 
 def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -103,12 +116,6 @@ def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> 
         val_idx.extend(idx[:n_val].tolist())
         train_idx.extend(idx[n_val:].tolist())
     return sorted(train_idx), sorted(val_idx)
-
-
-def _check_bad(bad: list[str], skip_bad: bool) -> None:
-    if bad and not skip_bad:
-        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise UserError(f"{len(bad)} unreadable image(s): {shown} — fix them or pass --skip-bad")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,11 +173,13 @@ def load_train_val(
     skip_bad: bool = False,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     preprocess: Preprocess | None = None,
+    allow_duplicates: bool = False,
 ) -> DataBundle:
     """Load a training/validation pair from ``--data``. Transforms are not attached; see :func:`attach`.
 
     ``train/`` + a validation split folder are used as they are; ``train/`` alone or class folders alone get a
-    seeded stratified validation split; a ``test/`` split is kept out of both (and checked to share no file).
+    seeded stratified validation split; a ``test/`` split is kept out of both (and checked to share no file,
+    by identity and by content). ``skip_bad`` / ``allow_duplicates``: :class:`~edgecv.data.scan.ScanReport`.
     """
     kind, root = resolve_data(data)
     if kind == "builtin":
@@ -185,20 +194,24 @@ def load_train_val(
         raise UserError(f"--data {root}: found {', '.join(f'{p.name}/' for p in layout.values())} but no train/ "
                         "folder to train on")
     folder = layout.get("train", root)
-    samples, names, bad = scan_split(tree, folder, None, "train" if layout else "data")
+    first = "train" if layout else ""
+    samples, names, bad = scan_split(tree, folder, None, "train" if layout else "data", split=first)
     scanned = {"train": samples}
     if "val" in layout:
-        scanned["val"], _, bad_v = scan_split(tree, layout["val"], names, layout["val"].name)
+        scanned["val"], _, bad_v = scan_split(tree, layout["val"], names, layout["val"].name, split="val")
         bad += bad_v
-    if "test" in layout:
-        scanned["test"], _, _ = scan_split(tree, layout["test"], names, "test", check_images=False)
+    if "test" in layout:  # read and hashed (duplicates), not decoded
+        scanned["test"], _, _ = scan_split(tree, layout["test"], names, "test", check_images=False, split="test")
     check_disjoint(scanned, names)
+    tree.report.bad = bad
+    tree.report.check(skip_bad)
     if "val" in layout:
         train, val = samples, scanned["val"]
     else:
         tr, va = _stratified_split([y for _, y in samples], val_fraction, seed)
         train, val = [samples[i] for i in tr], [samples[i] for i in va]
-    _check_bad(bad, skip_bad)
+        tree.resplit(first, {p for p, _ in val})
+    tree.check_duplicates(names, allow_duplicates)
     if len(names) < 2:
         raise UserError(f"--data: {root} has a single class ('{names[0]}'); a classifier needs at least two")
     if not val:
@@ -206,16 +219,17 @@ def load_train_val(
     pre = preprocess or Preprocess(input_size=img_size or 224)
     val_folder = str(layout["val"]) if "val" in layout else str(folder)
     return DataBundle(ImageSamples(train, split="train", folder=str(folder)),
-                      ImageSamples(val, split="val", folder=val_folder), names, pre, str(root), bad)
+                      ImageSamples(val, split="val", folder=val_folder), names, pre, str(root), tree.report)
 
 
-def load_eval_dataset(data: str, class_names: list[str], seed: int = 0, skip_bad: bool = False) -> ImageSamples:
+def load_eval_dataset(data: str, class_names: list[str], seed: int = 0, skip_bad: bool = False,
+                      allow_duplicates: bool = False) -> ImageSamples:
     """Evaluation images: ``D/test`` when it exists, else the validation split (``D/val``, ``D/valid`` or
-    ``D/validation``), else every image under ``D``; built-ins use their val split. ``.split`` and ``.folder``
-    of the result say which was used.
+    ``D/validation``), else every image under ``D``; built-ins use their val split. ``.split``, ``.folder`` and
+    ``.scan`` (the :class:`~edgecv.data.scan.ScanReport`) of the result say which was used and what was skipped.
 
     Folders are matched to ``class_names`` by name; a folder the model does not know is an error, and so is a
-    file that is also in another split.
+    file that is also in another split (the same file, or the same bytes unless ``allow_duplicates``).
     """
     kind, root = resolve_data(data)
     if kind == "builtin":
@@ -229,20 +243,26 @@ def load_eval_dataset(data: str, class_names: list[str], seed: int = 0, skip_bad
     if layout and not split:
         raise UserError(f"--data: {root} has train/ but no val/ (valid/, validation/) or test/ folder to evaluate on")
     folder = layout.get(split, root)
-    unknown = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-               and d.name not in class_names]
+    unknown = [d.name for d in subdirs(folder) if d.name not in class_names]
     if unknown:
         raise UserError(
             f"--data: class folder(s) {', '.join(sorted(unknown)[:5])} in {folder} are unknown to the model "
             f"(its classes: {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''})"
         )
     tree = Tree(root)
-    samples, _, bad = scan_split(tree, folder, list(class_names), "data")
-    others = {s: tree.images(f) for s, f in layout.items() if s != split}  # listing only: no decode
+    samples, _, bad = scan_split(tree, folder, list(class_names), "data", split=split)
+    others = {s: tree.images(f) for s, f in layout.items() if s != split}  # read and hashed, not decoded
+    for s, files in others.items():
+        for p in files:
+            tree.read(p, s, -1)
     check_disjoint({split or "data": samples, **{s: [(p, -1) for p in fs] for s, fs in others.items()}},
                    list(class_names))
-    _check_bad(bad, skip_bad)
-    return ImageSamples(samples, split=split, folder=str(folder))
+    tree.report.bad = bad
+    tree.report.check(skip_bad)
+    tree.check_duplicates(list(class_names), allow_duplicates)
+    ds = ImageSamples(samples, split=split, folder=str(folder))
+    ds.scan = tree.report
+    return ds
 
 
 def sample_calibration(ds: ImageSamples, n: int, seed: int = 0) -> ImageSamples:

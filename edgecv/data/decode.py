@@ -15,6 +15,10 @@ same pixels. Mode rules (every Pillow mode becomes ``RGB``):
 * The EXIF orientation tag is applied (a phone photo taken in portrait is upright), then the first frame of a
   multi-frame file is used.
 
+Readable types: the Pillow formats in :data:`READABLE_FORMATS` that this Pillow build can decode; their file
+name endings (:data:`IMAGE_EXTENSIONS`, from Pillow's own registry) are the one list every command uses to pick
+images out of a folder (:mod:`edgecv.data.scan`). A file named explicitly is decoded whatever its name.
+
 Bad input is one :class:`ImageError` line (a :class:`~edgecv.errors.UserError`, exit 2): not an image,
 truncated, or more pixels than ``max_pixels`` (decompression-bomb guard, checked from the header before any
 pixel is decoded — :func:`probe_image` reports the header alone).
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from edgecv.errors import UserError
 
@@ -46,6 +50,25 @@ source file)`` of its base step; ``Preprocess.train_base`` of another policy dec
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+READABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "JPEG2000")
+"""Pillow formats the decoder reads (each a test decodes); those needing a codec count only where Pillow has it."""
+_CODEC = {"WEBP": "webp", "AVIF": "avif", "JPEG2000": "jpg_2000"}  # format -> PIL.features name
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    def built(fmt: str) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an older Pillow that does not know the feature name: False
+            return fmt in Image.OPEN and (fmt not in _CODEC or bool(features.check(_CODEC[fmt])))
+
+    Image.init()  # every plugin registered (Pillow loads them lazily)
+    ok = {f for f in READABLE_FORMATS if built(f)}
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in ok))
+
+
+IMAGE_EXTENSIONS = _readable_extensions()
+"""File name endings (lower case, with the dot) of the types the decoder reads: the one list of every command."""
 
 
 class ImageError(UserError):
@@ -213,11 +236,12 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def image_problem(path: str | Path, max_pixels: int | None = None) -> str | None:
+def image_problem(path: str | Path, max_pixels: int | None = None, data: bytes | None = None) -> str | None:
     """Why loading ``path`` would fail (one line), or None. A reduced-scale full decode: what the dataset scan
-    runs for every file, so ``--skip-bad`` skips exactly the images training and eval could not load."""
+    runs for every file, so ``--skip-bad`` skips exactly the images training and eval could not load.
+    ``data``: the file's bytes when the caller has read them already (the scan hashes the same bytes)."""
     try:
-        decode_image(path, max_pixels=max_pixels, draft=(1, 1)).close()
+        decode_image(path if data is None else data, name=str(path), max_pixels=max_pixels, draft=(1, 1)).close()
         return None
     except ImageError as e:
         msg = str(e)

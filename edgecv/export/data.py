@@ -22,7 +22,9 @@ def load_eval_data(data: str, class_names: list[str], preprocess, num_val: int, 
     from edgecv.data.arrays import to_arrays
     from edgecv.data.datasets import load_train_val, sample_calibration
 
-    b = load_train_val(data, img_size=preprocess.input_size, seed=seed, preprocess=preprocess)
+    # validation compares each artifact with its source on the same images, calibration needs no split:
+    # byte-identical images in two splits cannot bias either (train/compress refuse them)
+    b = load_train_val(data, img_size=preprocess.input_size, seed=seed, preprocess=preprocess, allow_duplicates=True)
     if list(b.class_names) != list(class_names):
         raise UserError(f"--data {data}: its classes {b.class_names[:10]} are not the model's {list(class_names)[:10]}")
     val = sample_calibration(b.val, num_val, seed)

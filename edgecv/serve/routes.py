@@ -91,7 +91,8 @@ async def infer(name: str, request: Request, version: str | None = None):
     req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
                                        svc.predictor.input_shape, svc.cfg.max_queue)
     x = data if kind == "fp32" else await svc.decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])
-    payload, headers = v2.encode_response(req, svc.cfg.model_name, await svc.infer_rows(request, x))
+    payload, headers = v2.encode_response(req, svc.cfg.model_name, await svc.infer_rows(request, x),
+                                          svc.predictor.class_names)
     return Response(payload, headers=headers)
 
 

@@ -3,6 +3,12 @@
 Supports JSON tensors and Triton's binary tensor extension (``Inference-Header-Content-Length``), which is what
 ``tritonclient.http`` sends by default. Inputs: ``FP32 [N, 3, S, S]`` (preprocessed with the manifest) or
 ``BYTES [N]`` encoded images (binary: 4-byte little-endian length + bytes per element; JSON: base64 strings).
+JSON ``FP32`` data must be numbers (nested lists allowed): a string or a boolean is a 400, never converted.
+
+Output: ``logits`` FP32 ``[N, classes]``, or, with Triton's classification extension (the output's
+``"parameters": {"classification": K}``, what ``tritonclient``'s ``InferRequestedOutput(name, class_count=K)``
+sends), BYTES ``[N, min(K, classes)]`` holding ``"<logit>:<index>:<label>"`` for the top K by logit, highest
+first, formatted as Triton does (``%f`` value, the manifest's class names as labels).
 """
 
 from __future__ import annotations
@@ -65,16 +71,64 @@ def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
     return out
 
 
+def _params(obj: dict, what: str) -> dict:
+    p = obj.get("parameters")
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise ClientError(400, f"{what}: 'parameters' must be a JSON object, got {type(p).__name__}")
+    return p
+
+
+def requested_output(req: dict) -> tuple[bool, int | None]:
+    """``(binary, classification count or None)`` of the requested output; ClientError for an unknown output
+    or a bad ``classification`` parameter. Checked before inference and again when encoding."""
+    binary, count = bool(_params(req, "infer request").get("binary_data_output")), None
+    outputs = req.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise ClientError(400, f"'outputs' must be a list, got {type(outputs).__name__}")
+    for o in outputs or []:
+        if not isinstance(o, dict) or o.get("name") != OUTPUT_NAME:
+            raise ClientError(400, f"unknown output {o.get('name') if isinstance(o, dict) else o!r} "
+                                   f"(outputs: '{OUTPUT_NAME}')")
+        p = _params(o, f"output '{OUTPUT_NAME}'")
+        binary = bool(p.get("binary_data", binary))
+        count = p.get("classification")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            raise ClientError(400, f"output '{OUTPUT_NAME}': classification must be an integer >= 1, got {count!r}")
+    return binary, count
+
+
+def _numbers(data, name: str, count: int) -> np.ndarray:
+    """JSON tensor data (a flat or nested list) -> float32; every element must be a JSON number."""
+    flat = data if isinstance(data, list) and set(map(type, data)) <= {int, float} else None
+    if flat is None:
+        flat, stack = [], [data]
+        while stack:  # iterative: any nesting depth without recursion
+            v = stack.pop()
+            if isinstance(v, list):
+                stack.extend(reversed(v))
+            elif type(v) in (int, float):
+                flat.append(v)
+            else:
+                raise ClientError(400, f"input '{name}': FP32 JSON data must be numbers, got "
+                                       f"{type(v).__name__} {json.dumps(v)[:40]}")
+    if len(flat) != count:
+        raise ClientError(400, f"input '{name}': JSON data holds {len(flat)} numbers, the shape needs {count}")
+    return np.asarray(flat, dtype=np.float32)
+
+
 def parse_infer(body: bytes, header_len: str | None, input_shape: tuple[int, ...], max_rows: int):
     """-> ``(request dict, ("fp32", N x C x H x W array) | ("bytes", [encoded images]))``; raises ClientError."""
     req, rest = _split_body(body, header_len)
+    requested_output(req)  # a bad output request is a 400 before any decoding or inference
     t = req["inputs"][0]
     if not isinstance(t, dict):
         raise ClientError(400, "input tensor must be an object")
     name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ClientError(400, f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
-    size = (t.get("parameters") or {}).get("binary_data_size")
+    size = _params(t, f"input '{name}'").get("binary_data_size")
     data = t.get("data")
     if size is not None and (not isinstance(size, int) or size != len(rest)):
         raise ClientError(400, f"input '{name}': binary_data_size {size} but {len(rest)} bytes follow the header")
@@ -107,31 +161,39 @@ def parse_infer(body: bytes, header_len: str | None, input_shape: tuple[int, ...
             raise ClientError(400, f"input '{INPUT_NAME}': {size} bytes of data, shape {want} needs {4 * count}")
         x = np.frombuffer(rest, dtype="<f4").reshape(want)
     else:
-        try:
-            x = np.asarray(data, dtype=np.float32).reshape(want)
-        except (ValueError, TypeError):
-            raise ClientError(400, f"input '{INPUT_NAME}': JSON data does not hold {count} numbers") from None
+        x = _numbers(data, INPUT_NAME, count).reshape(want)
     if not np.isfinite(x).all():
         raise ClientError(400, f"input '{INPUT_NAME}': NaN or infinite values")
     return req, ("fp32", np.ascontiguousarray(x, np.float32))
 
 
-def encode_response(req: dict, model: str, logits: np.ndarray) -> tuple[bytes, dict]:
-    """The infer response (JSON, or JSON header + binary data when the request asked for binary output)."""
-    params = req.get("parameters") or {}
-    binary = bool(params.get("binary_data_output"))
-    for o in req.get("outputs") or []:
-        if not isinstance(o, dict) or o.get("name") != OUTPUT_NAME:
-            raise ClientError(400, f"unknown output {o.get('name') if isinstance(o, dict) else o!r} "
-                                   f"(outputs: '{OUTPUT_NAME}')")
-        binary = bool((o.get("parameters") or {}).get("binary_data", binary))
+def classify(logits: np.ndarray, count: int, labels: list[str]) -> list[list[str]]:
+    """Triton's classification strings: per row the top ``count`` as ``"<value>:<index>:<label>"``."""
+    k = min(count, logits.shape[1])
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties: the lower index first
+    return [[f"{float(row[j]):f}:{j}" + (f":{labels[j]}" if j < len(labels) else "") for j in idx]
+            for row, idx in zip(logits, order, strict=True)]
+
+
+def encode_response(req: dict, model: str, logits: np.ndarray, labels: list[str] | None = None
+                    ) -> tuple[bytes, dict]:
+    """The infer response (JSON, or JSON header + binary data when the request asked for binary output);
+    ``labels``: the class names, for the classification extension."""
+    binary, count = requested_output(req)
     logits = np.ascontiguousarray(logits, "<f4")
-    out = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
+    if count is not None:
+        rows = classify(logits, count, labels or [])
+        out = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(rows), len(rows[0]) if rows else 0]}
+        flat = [s for r in rows for s in r]
+        raw = b"".join(struct.pack("<I", len(e)) + e for e in (s.encode() for s in flat)) if binary else b""
+    else:
+        out = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
+        raw = logits.tobytes() if binary else b""
+        flat = None if binary else logits.ravel().tolist()
     if binary:
-        raw = logits.tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
     else:
-        out["data"] = logits.ravel().tolist()
+        out["data"] = flat
     resp = {"model_name": model, "model_version": "1", "outputs": [out]}
     if "id" in req:
         resp["id"] = req["id"]

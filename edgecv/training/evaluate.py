@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from edgecv.data.datasets import load_eval_dataset
@@ -11,17 +12,21 @@ from edgecv.training.metrics import classification_report, predict_logits, save_
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 256, confusion_png: str | None = None,
-                        skip_bad: bool = False, trust_pickle: bool = False, arch: str | None = None) -> dict:
+                        skip_bad: bool = False, trust_pickle: bool = False, arch: str | None = None,
+                        allow_duplicates: bool = False, log: Callable[[str], None] | None = None) -> dict:
     ck = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
     if ck.class_names is None or ck.preprocess is None:
         raise UserError(f"{checkpoint}: not an edgecv checkpoint (no class names / preprocessing); "
                         "eval needs one written by 'edgecv train' or 'edgecv compress'")
-    ds = load_eval_dataset(data, ck.class_names, skip_bad=skip_bad)
+    ds = load_eval_dataset(data, ck.class_names, skip_bad=skip_bad, allow_duplicates=allow_duplicates)
+    if ds.scan is not None:
+        ds.scan.log(log)
     model = ck.build()
     logits, labels = predict_logits(model, ds.with_transform(ck.preprocess.eval_transform()), batch_size)
     rep = classification_report(logits, labels, ck.class_names)
     rep.update({"checkpoint": str(checkpoint), "arch": ck.arch, "data": data, "data_split": ds.split or "all",
-                "trained_val_top1": ck.metrics.get("val_top1")})
+                "trained_val_top1": ck.metrics.get("val_top1"),
+                "data_scan": ds.scan.to_dict() if ds.scan is not None else None})
     if confusion_png:
         rep["confusion_png"] = str(save_confusion_png(rep["confusion_matrix"], ck.class_names, confusion_png,
                                                       title=f"{ck.arch} on {data}"))

@@ -38,6 +38,7 @@ class TrainOutcome:
     data: str
     finetune: dict | None = None
     decode_cache: dict | None = None  # edgecv.data.cache.attach's record
+    data_scan: dict | None = None  # edgecv.data.scan.ScanReport: skipped files, duplicates kept
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +57,7 @@ class TrainOutcome:
             "history": self.fit.history,
             "finetune": self.finetune,
             "decode_cache": self.decode_cache,
+            "data_scan": self.data_scan,
         }
 
 
@@ -81,10 +83,10 @@ def train_classifier(
     log: Callable[[str], None] | None = None,
     start: StartWeights | None = None,
     decode_cache: str = "auto",
+    allow_duplicates: bool = False,  # with skip_bad: edgecv.data.scan.ScanReport
 ) -> TrainOutcome:
-    """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the
-    fine-tuning policy (default: from scratch, everything trains); ``decode_cache``: auto | off
-    (:mod:`edgecv.data.cache`)."""
+    """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the fine-tuning
+    policy (default: from scratch, everything trains); ``decode_cache``: auto | off (:mod:`edgecv.data.cache`)."""
     arch_info(arch)  # validate early: a bad arch or device is one line before anything is logged
     resolve_device(cfg.device)
     start = start or StartWeights()
@@ -93,7 +95,8 @@ def train_classifier(
     state = out.with_name(out.name + ".state")
     if resume and not D.broadcast_object(state.is_file() if D.is_main() else None):
         raise UserError(f"--resume: no {state} to resume (run without --resume to start from scratch)")
-    bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad)
+    bundle = load_train_val(data, img_size=img_size, seed=cfg.seed, skip_bad=skip_bad, allow_duplicates=allow_duplicates)
+    bundle.scan.log(log)
     if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
         raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
     # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
@@ -113,7 +116,7 @@ def train_classifier(
     macs = count_macs(model, pre.input_size)
     policy, params = apply_policy(model, arch, start.freeze, len(bundle.train), source and source.to_dict(),
                                   start.backbone_lr_scale, log)
-    meta = {"train_config": cfg.to_dict(), "finetune": policy.to_dict()}
+    meta = {"train_config": cfg.to_dict(), "finetune": policy.to_dict(), "data_scan": bundle.scan.to_dict()}
 
     def on_best(m, metrics):
         save_checkpoint(out, m, arch, bundle.class_names, pre, metrics={**metrics, "data": bundle.source}, meta=meta)
@@ -128,7 +131,7 @@ def train_classifier(
         state.unlink(missing_ok=True)
     D.barrier()
     return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source,
-                        policy.to_dict(), cache_rec)
+                        policy.to_dict(), cache_rec, bundle.scan.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- loading a teacher
@@ -208,7 +211,7 @@ def auto_teacher(cfg, log: Callable[[str], None]) -> str:
                        balance=getattr(cfg, "balance", "none"), loss=getattr(cfg, "loss", "ce"),
                        channels_last_cpu=getattr(cfg, "channels_last", True))
     train_classifier(cfg.data, AUTO_TEACHER_ARCH, tmp, tcfg, img_size=cfg.img_size, skip_bad=cfg.skip_bad,
-                     resume=D.broadcast_object(tmp.with_name(tmp.name + ".state").is_file() if D.is_main() else None),
+                     allow_duplicates=getattr(cfg, "allow_duplicates", False), resume=D.broadcast_object(tmp.with_name(tmp.name + ".state").is_file() if D.is_main() else None),
                      log=log)
     if D.is_main():
         os.replace(tmp, path)

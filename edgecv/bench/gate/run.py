@@ -118,7 +118,8 @@ def _eval_set(plan: _Plan, cfg: GateConfig, log: Log):
     from edgecv.bench.accuracy import load_eval_arrays
 
     log(f"loading evaluation images from {cfg.data} ...")
-    return load_eval_arrays(cfg.data, cman.class_names, cman.preprocess, limit=cfg.max_images)
+    # both sides are scored on the same images: duplicates of training images cannot favour one of them
+    return load_eval_arrays(cfg.data, cman.class_names, cman.preprocess, limit=cfg.max_images, allow_duplicates=True)
 
 
 def _stored_ms(stored_row: dict, cfg: GateConfig) -> float | None:
