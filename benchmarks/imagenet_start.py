@@ -98,46 +98,57 @@ def compress(a) -> None:
     out = Path(a.out) / f"compress-s{a.seed}{a.tag}"
     t0 = time.perf_counter()
     resume = ["--resume"] if (out / "run" / "run.json").exists() else []
-    run = edgecv("compress", "--teacher", a.teacher, "--data", a.data, "--student", ARCH,
-                 "--student-init-weights", str(a.weights), "--seed", str(a.seed), "--out", str(out / "run"),
-                 *resume, *a.extra)
+    edgecv("compress", "--teacher", a.teacher, "--data", a.data, "--student", ARCH,
+           "--student-init-weights", str(a.weights), "--seed", str(a.seed), "--out", str(out / "run"),
+           *resume, *a.extra)
     wall = time.perf_counter() - t0
     rc = _run(["export", str(out / "run"), "--target", "all", "--data", a.data, "--out", str(out / "bundle"),
                "--force", "--quiet"])
     rc_b = _run(["bench", str(out / "bundle"), "--data", a.data, "--include-failed", "--quiet",
                  "--json", str(out / "bench.json")])
+    (out / "summary.json").write_text(json.dumps({"args": vars(a), "host": host(), "wall_s": wall,
+                                                  "export_rc": rc, "bench_rc": rc_b}, indent=1))
+    report(out)
+
+
+def report(out: Path) -> None:
+    """The tables of one ``compress`` folder (run.json, the bundle's manifest, bench.json)."""
+    out = Path(out)
+    summ = json.loads((out / "summary.json").read_text())
+    run = json.loads((out / "run" / "run.json").read_text())
     man = json.loads((out / "bundle" / "manifest.json").read_text())
     bench = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {"artifacts": []}
-    st = run["stages"]
-    t_top1 = run["teacher"].get("val_top1")
-    print(f"\n{ARCH} student from ImageNet weights, teacher {a.teacher} (val top-1 {t_top1}), {a.data}, seed "
-          f"{a.seed}, extra flags {a.extra or 'none'}; compress wall {wall:.0f} s; export rc {rc}, bench rc {rc_b}; "
-          f"{host()}\n")
-    print("| stage | val top-1 % | balanced % | MACs (fraction) |")
+    st, a = run["stages"], summ["args"]
+    print(f"\n{ARCH} student from ImageNet weights, teacher {a['teacher']} (val top-1 "
+          f"{run['teacher'].get('val_top1'):.2f}), {a['data']}, seed {a['seed']}, extra flags {a['extra'] or 'none'}; "
+          f"compress wall {summ['wall_s']:.0f} s; export rc {summ['export_rc']}, bench rc {summ['bench_rc']}; "
+          f"{summ['host']}\n")
+    print("| stage | val top-1 % | balanced % | MACs (fraction of the unpruned student) |")
     print("|---|---|---|---|")
+    full = st.get("distill", {}).get("macs") or 1
     for s in ("distill", "prune", "quantize"):
         d = st.get(s, {})
-        print(f"| {s} | {d.get('val_top1')} | {d.get('val_balanced_acc')} | {d.get('macs', 0):,} "
-              f"({d.get('macs_fraction', 1):.3f}) |")
+        print(f"| {s} | {d.get('val_top1', float('nan')):.2f} | {d.get('val_balanced_acc') or float('nan'):.2f} | "
+              f"{d.get('macs', 0):,} ({d.get('macs', 0) / full:.3f}) |")
     for r in st.get("prune", {}).get("rounds", []):
-        print(f"prune round {r['round']}: before fine-tune {r.get('top1_after_prune')}, after "
-              f"{r.get('top1_after_finetune')} ({r.get('finetune_epochs')} epochs)")
-    print("\n| artifact | status | validation agreement % | bench val top-1 % | p50 ms |")
+        print(f"- prune round {r['round']}: cut {r.get('top1_after_cut', float('nan')):.2f}, BatchNorm re-estimated "
+              f"{r.get('top1_after_prune'):.2f}, after {r.get('finetune_epochs')} fine-tune epoch(s) "
+              f"{r.get('top1_after_finetune'):.2f}")
+    print("\n| artifact | export validation | agreement with its reference % | bench val top-1 % | p50 ms |")
     print("|---|---|---|---|---|")
-    acc = {b["name"]: b for b in bench["artifacts"]}
+    rows = {r["name"]: r for r in bench["artifacts"]}
     for e in man.get("artifacts", []):
-        name = e.get("name")
-        b = acc.get(name, {})
-        agree = (e.get("validation") or {}).get("top1_agreement")
-        print(f"| {name} | {e.get('status', b.get('status'))} | {agree} | {(b.get('accuracy') or {}).get('top1')} | "
-              f"{(b.get('primary') or {}).get('p50_ms')} |")
-    (out / "summary.json").write_text(json.dumps({"args": vars(a), "host": host(), "wall_s": wall,
-                                                  "run": run, "export_rc": rc, "bench_rc": rc_b}, indent=1))
+        name = f"{e['format']}-{e['precision']}"
+        b, v = rows.get(name, {}), e.get("validation") or {}
+        top1, p50 = (b.get("accuracy") or {}).get("top1"), (b.get("primary") or {}).get("p50_ms")
+        print(f"| {name} | {e.get('status')} | {v.get('top1_agreement', '-')} | "
+              f"{'-' if top1 is None else f'{top1:.2f}'} | {'-' if p50 is None else f'{p50:.2f}'} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="phase", required=True)
+    sub.add_parser("report").add_argument("dir", help="a compress-s<seed><tag> folder of this script")
     for name in ("teacher", "compress"):
         p = sub.add_parser(name)
         p.add_argument("--data", default=str(CACHE / "hymenoptera"))
@@ -155,6 +166,8 @@ def main() -> None:
     c.add_argument("--tag", default="", help="suffix of the output folder (e.g. for a variant's extra flags)")
     c.add_argument("extra", nargs="*", help="extra edgecv compress flags (after --)")
     a = ap.parse_args()
+    if a.phase == "report":
+        return report(Path(a.dir))
     if not Path(a.weights).is_file():
         raise SystemExit(f"error: {a.weights} missing: run benchmarks/imagenet_weights.py --install first")
     {"teacher": teacher, "compress": compress}[a.phase](a)
