@@ -14,7 +14,7 @@ import numpy as np
 
 from edgecv.data.arrays import to_arrays, topk_correct
 from edgecv.data.datasets import load_eval_dataset
-from edgecv.data.metrics import logits_summary
+from edgecv.data.metrics import baseline_check, confusion_matrix, summary
 from edgecv.data.preprocess import Preprocess
 from edgecv.runtimes.base import predict_all
 
@@ -25,6 +25,7 @@ class EvalSet:
     y: np.ndarray  # N int64
     data: str
     preprocess: dict
+    class_names: list[str] | None = None
 
 
 def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit: int | None = None,
@@ -38,14 +39,17 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
 
         ds = sample_calibration(ds, n, seed=0)
     xs, ys = to_arrays(ds, pre)
-    return EvalSet(xs, ys, str(data), pre.to_dict())
+    return EvalSet(xs, ys, str(data), pre.to_dict(), list(class_names))
 
 
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:
     logits = predict_all(runner, ev.x, batch_size, desc)
     n = len(ev.y)
-    s = logits_summary(logits, ev.y)
+    cm = confusion_matrix(ev.y, logits.argmax(1), logits.shape[1])
+    s = summary(cm)
+    check = baseline_check(cm, ev.class_names)  # no better than always answering the commonest class?
     return {"top1": 100.0 * topk_correct(logits, ev.y, 1) / max(n, 1),
             "top5": 100.0 * topk_correct(logits, ev.y, 5) / max(n, 1),
             "balanced_acc": s["balanced_acc"], "macro_f1": s["macro_f1"],
+            "learned": check["learned"] if check else None, "baseline": check,
             "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size)}

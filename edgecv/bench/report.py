@@ -6,6 +6,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from edgecv.data.metrics import weak_message
 from edgecv.targets.budget import budget_text
 from edgecv.utils import atomic_path, dumps_json, stderr_console, write_text_atomic
 
@@ -51,7 +52,8 @@ def rows_for_table(result: dict) -> list[dict]:
             "artifact": a["name"] + (" *" if rec else ""),
             "format": a["format"], "precision": a["precision"], "runtime": a["runtime"] or "-",
             "size": _mb(a["size_bytes"]),
-            "top1": _f(acc["top1"]) if acc else "-",
+            # "!": no better than always answering the commonest class (data.metrics.baseline_check)
+            "top1": _f(acc["top1"]) + (" !" if acc.get("learned") is False else "") if acc else "-",
             # balanced accuracy (mean per-class recall) / macro-F1; absent in results written before they existed
             "bal_f1": f"{_f(acc.get('balanced_acc'))} / {_f(acc.get('macro_f1'))}" if acc else "-",
             "p50": _f(p.get("p50_ms"), "{:.3f}"), "p90": _f(p.get("p90_ms"), "{:.3f}"),
@@ -113,6 +115,8 @@ def print_table(result: dict, console=None) -> None:
         for n in a.get("notes", []):
             if not n.startswith(("INT8 is not faster", "latency is a host proxy")):  # shown once below / in labels
                 con.print(f"{escape(a['name'])}: {escape(n)}")
+        if (a.get("accuracy") or {}).get("learned") is False:  # the "!" of its top-1: never recommended
+            con.print(f"{escape(a['name'])}: [red]{escape(weak_message(a['accuracy']['baseline'], 'accuracy-set'))}[/]")
     con.print(f"latency at threads={s['threads'][0]}, batch={s['batches'][0]}; "
               f">= {s['min_runs']} runs and >= {s['min_time_s']:g}s per config, {s['rounds']} interleaved rounds")
     for m in _measured_on(result):

@@ -4,7 +4,8 @@ baselines (:func:`edgecv.data.metrics.baseline_check`), per-class recall and the
 * the teacher is judged before any work: one no better than always answering the commonest class is refused
   (exit 2) unless ``allow_weak_teacher``;
 * each stage's student is judged when it finishes: no better than the baseline ends the run (exit 1, the stage
-  ``failed``, its checkpoint kept) unless the teacher was allowed weak, where it is reported and the run goes on.
+  ``failed``, its checkpoint kept), unless the teacher was allowed weak or the stage trained no epoch (``--epochs-kd
+  0``: the student as it started), where it is reported and the run goes on.
 
 Both records (run.json's ``teacher`` and each stage's) carry ``balanced_acc``, ``per_class_recall``,
 ``zero_recall``, ``learned`` and ``baseline``, so teacher and student sit side by side.
@@ -71,7 +72,8 @@ def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, de
 def judge_stage(ctx: Context, st: str, info: dict) -> None:
     """Add the stage student's :func:`report` to its run.json record ``info``, from the fit's best-epoch confusion
     matrix (``info["val_confusion"]``) or, without one, the stage checkpoint evaluated again. A student no better
-    than the baseline raises :class:`CheckFailed` (exit 1) unless the teacher was allowed weak."""
+    than the baseline raises :class:`CheckFailed` (exit 1) unless the teacher was allowed weak or the stage trained
+    no epoch (a warning then)."""
     cm = info.pop("val_confusion", None)
     if cm is None:
         model = load_checkpoint(ctx.out / info["checkpoint"]).build()
@@ -82,6 +84,9 @@ def judge_stage(ctx: Context, st: str, info: dict) -> None:
     msg = f"{st}: student {weak_message(info['baseline'])}"
     if ctx.run.data.get("teacher", {}).get("learned") is False:
         ctx.log(f"warning: {msg} (its teacher is no better: --allow-weak-teacher)")
+        return
+    if not info.get("epochs"):
+        ctx.log(f"warning: {msg} (the stage trained no epoch)")
         return
     raise CheckFailed(f"{msg}; the run stops (checkpoint {ctx.out / info['checkpoint']} kept for inspection)")
 

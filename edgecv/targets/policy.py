@@ -76,7 +76,8 @@ def qualifying(rs: list[dict], tolerance: float) -> tuple[list[dict], float | No
     and pass the budget (or have none); also the best top-1 (None when accuracy was not measured)."""
     accs = [r["accuracy"]["top1"] for r in rs if r["accuracy"]]
     best = max(accs) if accs else None
-    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
+    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance
+                                              and r["accuracy"].get("learned") is not False)]
     return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], best
 
 
@@ -85,6 +86,8 @@ def _why_not(r: dict, best: float | None, tolerance: float) -> str:
         return f"{r['name']} failed its export validation"
     if r["verdict"] and r["verdict"]["verdict"] == "fail":
         return f"{r['name']} misses the budget"
+    if r["accuracy"] and r["accuracy"].get("learned") is False:  # data.metrics.baseline_check
+        return f"{r['name']} is no better than always answering the commonest class"
     if best is not None and r["accuracy"]:
         return f"{r['name']} top-1 {r['accuracy']['top1']:.2f}% is more than {tolerance:g} pt below the best ({best:.2f}%)"
     return f"{r['name']} does not qualify"

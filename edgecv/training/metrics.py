@@ -34,8 +34,8 @@ class Shard(torch.utils.data.Dataset):
 def evaluate_classifier(model: nn.Module, val_ds, batch_size: int, device: torch.device, workers: int = 0,
                         amp: bool = False, desc: str = "val") -> dict:
     """``{"top1", "balanced_acc", "macro_f1", "loss", "n", "confusion"}`` of ``model`` over ``val_ds`` (metrics in
-    percent, mean CE loss, the confusion matrix as int64 counts). Under DDP every rank scores every ``world``-th sample and the confusion matrix and loss sum are
-    all-reduced, so every rank returns the same figures."""
+    percent, mean CE loss, the confusion matrix as int64 counts). Under DDP every rank scores every ``world``-th
+    sample and the confusion matrix and loss sum are all-reduced, so every rank returns the same figures."""
     from torch.utils.data import DataLoader
 
     model.eval()

@@ -19,7 +19,8 @@ def _row_cells(r: dict) -> list[str]:
         lv = lat["verdict"] + (" (inconclusive)" if lat["inconclusive"] else "")
     if acc and "drop" in acc:
         at = f"{acc['baseline_top1']:.2f} -> {acc['candidate_top1']:.2f}"
-        av = f"{acc['verdict']} ({-acc['drop']:+.2f} pt)"
+        av = f"{acc['verdict']} ({-acc['drop']:+.2f} pt)" + \
+            (", no better than the commonest class" if acc.get("candidate_learned") is False else "")
     else:
         at, av = "-", (acc or {}).get("skipped", "not checked")
     return [escape(r["name"]), f"{lat['baseline_ms']:.3f}" if lat else "-",

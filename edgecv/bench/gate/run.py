@@ -164,7 +164,8 @@ def _gate_accuracy(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConf
     from edgecv.bench.accuracy import evaluate_runner
 
     name = row["name"]
-    acc_c = evaluate_runner(sessions.cand, ev, desc=f"{name} candidate accuracy")["top1"]
+    res_c = evaluate_runner(sessions.cand, ev, desc=f"{name} candidate accuracy")
+    acc_c = res_c["top1"]
     if sessions.base is not None:
         acc_b = evaluate_runner(sessions.base, ev, desc=f"{name} baseline accuracy")["top1"]
         basis = "same data, same runtime, same job"
@@ -180,7 +181,8 @@ def _gate_accuracy(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConf
     drop = acc_b - acc_c
     av = "regression" if drop > cfg.max_accuracy_drop else "pass"
     row["accuracy"] = {"baseline_top1": acc_b, "candidate_top1": acc_c, "drop": drop,
-                       "max_drop": cfg.max_accuracy_drop, "verdict": av, "n": len(ev.y), "basis": basis}
+                       "max_drop": cfg.max_accuracy_drop, "verdict": av, "n": len(ev.y), "basis": basis,
+                       "candidate_learned": res_c["learned"]}  # False: no better than the commonest class
     if av == "regression":
         row["verdict"] = "regression"
 
