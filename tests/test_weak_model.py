@@ -167,3 +167,23 @@ def test_compress_stops_on_a_student_that_learned_nothing(digits_model, cli, tmp
     t = run["teacher"]
     assert t["learned"] is True and set(t["per_class_recall"]) == set(run["class_names"])
     assert t["balanced_acc"] > 50 and t["baseline"]["commonest"]["p"] < 1e-6
+
+
+def test_final_table_shows_teacher_and_student_recall_side_by_side():
+    """Issue 24 item 5: per-class recall and balanced accuracy of the teacher and every stage, one table."""
+    from rich.console import Console
+
+    from edgecv.cli.compress import _recall_table
+
+    run = {"teacher": {"per_class_recall": {"cat": 80.0, "dog": 90.0}, "balanced_acc": 85.0},
+           "stages": {"distill": {"per_class_recall": {"cat": 0.0, "dog": 100.0}, "balanced_acc": 50.0},
+                      "prune": {"status": "pending"}}}
+    con = Console(width=120, record=True, color_system=None)
+    con.print(_recall_table(run))
+    text = con.export_text()
+    assert "teacher" in text and "distill" in text and "prune" not in text
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]] for ln in text.splitlines()
+            if ln.count("│") >= 3}
+    assert rows["cat"] == ["80.0", "0.0"] and rows["dog"] == ["90.0", "100.0"]
+    assert rows["balanced acc"] == ["85.0", "50.0"]
+    assert _recall_table({"teacher": {}, "stages": {}}) is None

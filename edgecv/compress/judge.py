@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgecv.data.datasets import DataBundle
-from edgecv.data.metrics import weak_message, zero_recall_message
+from edgecv.data.metrics import summary, weak_message, zero_recall_message
 from edgecv.errors import CheckFailed, UserError
 from edgecv.models.checkpoint import load_checkpoint
 from edgecv.training.metrics import evaluate_classifier, learned_record, recall_by_class
@@ -44,9 +45,8 @@ def report(cm, class_names: list[str]) -> dict:
     """The run.json fields of a model judged on val: balanced accuracy, per-class recall, the classes at 0 %
     recall, ``learned`` and the ``baseline`` check."""
     rec = learned_record(cm, class_names)
-    check = rec["baseline"] or {}
-    return {"balanced_acc": check.get("balanced_acc"), "per_class_recall": recall_by_class(cm, class_names),
-            "zero_recall": check.get("zero_recall", []), **rec}
+    return {"balanced_acc": summary(np.asarray(cm))["balanced_acc"], "per_class_recall": recall_by_class(cm, class_names),
+            "zero_recall": (rec["baseline"] or {}).get("zero_recall", []), **rec}
 
 
 def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, device: torch.device,
@@ -58,13 +58,13 @@ def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, de
                                             "learned", "baseline")}
     else:
         cm = val_confusion(teacher.model, bundle, cfg.batch_size, device, "teacher val")
-        check = learned_record(cm, bundle.class_names)["baseline"]
-        rec = {"val_top1": check["top1"] if check else None, **report(cm, bundle.class_names)}
+        rec = {"val_top1": summary(np.asarray(cm))["top1"], **report(cm, bundle.class_names)}
     if rec["learned"] is False:
         msg = f"teacher {teacher.path}: {weak_message(rec['baseline'])}"
         if not cfg.allow_weak_teacher:
-            raise UserError(f"{msg}; distilling from it teaches the student nothing: train it longer (edgecv "
-                            "train --epochs) or pass --allow-weak-teacher")
+            longer = "raise --teacher-epochs" if cfg.teacher is None else "train it longer (edgecv train --epochs)"
+            raise UserError(f"{msg}; distilling from it teaches the student nothing: {longer} or pass "
+                            "--allow-weak-teacher")
         log(f"warning: {msg} (--allow-weak-teacher: going on)")
     return rec
 

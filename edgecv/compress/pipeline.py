@@ -272,13 +272,13 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     decode_rec = attach_decode_cache(bundle, cfg.decode_cache, log)  # after the final preprocessing
     cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, len(bundle.train), log))
     reuse = prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages))
+    judged = teacher_report(cfg, bundle, teacher, device, prev.data.get("teacher") if reuse else None, log)
     selection, run_cfg = None, cfg
     if cfg.auto_student:
         previous = prev.data.get("student_selection") if reuse else None
         selection = hooks.select(cfg, bundle, teacher, device, previous)  # fails before anything is written
         run_cfg = replace(cfg, student=selection["chosen"])
     arch_info(run_cfg.student)
-    judged = teacher_report(cfg, bundle, teacher, device, prev.data.get("teacher") if reuse else None, log)
     run = _open_run(cfg, run_cfg, prev, reuse, teacher, teacher_path, bundle, img_size, selection)
     ctx = Context(run_cfg, run, bundle, teacher, img_size, device, resume, log, hooks)
     _record_teacher(run, teacher, teacher_path, img_size, judged)
@@ -286,7 +286,8 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last, run_cfg.teacher_precision)
     run.data["student_step"] = student_step_path(device, run_cfg.channels_last)
     run.data["decode_cache"] = decode_rec
-    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%; "
+    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%"
+        f"{stage_line(run.data['teacher'])}; "
         f"student {run_cfg.student} at {img_size}px; stages {','.join(stages) or 'none (--select-only)'} -> {cfg.out}")
     run.save()
     for st in stages:
