@@ -187,3 +187,21 @@ def test_final_table_shows_teacher_and_student_recall_side_by_side():
     assert rows["cat"] == ["80.0", "0.0"] and rows["dog"] == ["90.0", "100.0"]
     assert rows["balanced acc"] == ["85.0", "50.0"]
     assert _recall_table({"teacher": {}, "stages": {}}) is None
+
+
+def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
+    from edgecv.bench.report import rows_for_table
+    from edgecv.targets import get_target
+    from edgecv.targets.policy import _why_not, recommend
+    from tests.test_bench_policy import _row
+
+    weak = _row("weak", "onnx", "fp32", "onnxruntime", 0.05, 0.06, 45.75)  # the fastest and the most accurate
+    weak["accuracy"].update(learned=False, baseline=baseline_check(np.array([[70, 0], [83, 0]]), ["ants", "bees"]))
+    ok = _row("ok", "openvino", "fp32", "openvino", 0.20, 0.25, 45.0)
+    rec = recommend([weak, ok], get_target("android"))
+    assert rec["android"]["name"] == "ok"
+    assert "no better than always answering the commonest class" in _why_not(weak, 45.75, 1.0)
+    table = {r["artifact"].rstrip(" *"): r["top1"] for r in rows_for_table({"artifacts": [weak, ok],
+                                                                            "recommended": rec})}
+    assert table == {"weak": "45.75 !", "ok": "45.00"}
+    assert recommend([weak], get_target("android"))["android"] is None

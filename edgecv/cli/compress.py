@@ -211,7 +211,8 @@ def _recall_table(run: dict):
     than MAX_RECALL_ROWS classes: those the last stage lost most against the teacher); None before any."""
     from rich.table import Table
 
-    cols = [("teacher", run.get("teacher", {}))] + [(n, run["stages"].get(n, {})) for n in ("distill", "prune", "quantize")]
+    cols = [("teacher", run.get("teacher", {}))] + [(n, run["stages"].get(n, {}))
+                                                    for n in ("distill", "prune", "quantize")]
     cols = [(n, r) for n, r in cols if r.get("per_class_recall")]
     if not cols:
         return None

@@ -215,7 +215,7 @@ def _open_run(cfg: CompressConfig, run_cfg: CompressConfig, prev: Run | None, re
 
 
 def _record_teacher(run: Run, teacher: Teacher, teacher_path: str, img_size: int, judged: dict) -> None:
-    """run.json's ``teacher``: the file, and its val figures (judged by :func:`edgecv.compress.judge.teacher_report`)."""
+    """run.json's ``teacher``: the file and its val figures (:func:`edgecv.compress.judge.teacher_report`)."""
     run.data["teacher"] = {"path": str(Path(teacher_path).resolve()), "sha256": teacher.sha256,
                            "arch": teacher.arch, "kind": teacher.kind, **judged,
                            "input_size": teacher.preprocess.input_size if teacher.preprocess else img_size}
