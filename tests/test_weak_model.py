@@ -205,3 +205,31 @@ def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
                                                                             "recommended": rec})}
     assert table == {"weak": "45.75 !", "ok": "45.00"}
     assert recommend([weak], get_target("android"))["android"] is None
+
+
+def test_teacher_judgement_is_stored_and_reused(tmp_path, monkeypatch):
+    """The teacher's val confusion matrix is kept by (teacher, val files, preprocessing): a second run on the same
+    teacher and data does not evaluate it again; a refused teacher is refused again from the stored figures."""
+    from edgecv.compress.config import CompressConfig
+    from edgecv.compress.judge import teacher_report
+    from edgecv.data.datasets import load_train_val
+    from edgecv.errors import UserError
+    from edgecv.training.teacher import load_teacher
+    from tests.conftest import make_image_folder, save_untrained_teacher
+
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", n_train=2, n_val=4)
+    b = load_train_val(str(data), img_size=16)
+    teacher = load_teacher(str(save_untrained_teacher(tmp_path / "t.pt", b.class_names, 16)), None, b.class_names, 16)
+    _force_constant(teacher.model, 1)  # answers 'green' for every image
+    lines: list[str] = []
+    cfg = CompressConfig(batch_size=4, allow_weak_teacher=True)
+    first = teacher_report(cfg, b, teacher, torch.device("cpu"), None, lines.append)
+    assert first["learned"] is False and first["per_class_recall"] == {"blue": 0.0, "green": 100.0, "red": 0.0}
+    assert [ln for ln in lines if "reusing" in ln] == [] and "(--allow-weak-teacher: going on)" in lines[-1]
+    lines.clear()
+    assert teacher_report(cfg, b, teacher, torch.device("cpu"), None, lines.append) == first
+    assert "reusing its stored confusion matrix" in lines[0]
+    with pytest.raises(UserError, match="equals always answering 'green' \\(4/12\\).*--allow-weak-teacher"):
+        teacher_report(CompressConfig(teacher="t.pt", batch_size=4), b, teacher, torch.device("cpu"), None,
+                       lines.append)

@@ -13,17 +13,20 @@ Both records (run.json's ``teacher`` and each stage's) carry ``balanced_acc``, `
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgecv import distributed as D
 from edgecv.data.datasets import DataBundle
 from edgecv.data.metrics import summary, weak_message, zero_recall_message
 from edgecv.errors import CheckFailed, UserError
 from edgecv.models.checkpoint import load_checkpoint
 from edgecv.training.metrics import evaluate_classifier, learned_record, recall_by_class
+from edgecv.utils import cache_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from edgecv.compress.config import CompressConfig
@@ -57,7 +60,7 @@ def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, de
         rec = {k: previous.get(k) for k in ("val_top1", "balanced_acc", "per_class_recall", "zero_recall",
                                             "learned", "baseline")}
     else:
-        cm = val_confusion(teacher.model, bundle, cfg.batch_size, device, "teacher val")
+        cm = _teacher_confusion(cfg, bundle, teacher, device, log)
         rec = {"val_top1": summary(np.asarray(cm))["top1"], **report(cm, bundle.class_names)}
     if rec["learned"] is False:
         msg = f"teacher {teacher.path}: {weak_message(rec['baseline'])}"
@@ -67,6 +70,33 @@ def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, de
                             "--allow-weak-teacher")
         log(f"warning: {msg} (--allow-weak-teacher: going on)")
     return rec
+
+
+def _teacher_confusion(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, device: torch.device,
+                       log) -> list:
+    """The teacher's val confusion matrix, stored under ``$EDGECV_CACHE/judged/`` by (teacher sha256, val files,
+    preprocessing): a later run on the same teacher and data (whose soft labels are cached too) skips the val
+    pass (benchmarks/RESULTS.md, issue 28)."""
+    from edgecv.compress.softlabels import data_fingerprint, key_digest
+
+    key = {"v": 1, "teacher": teacher.sha256, "val": data_fingerprint(bundle.val),
+           "preprocess": bundle.preprocess.to_dict()}
+    path = cache_dir() / "judged" / f"{key_digest(key)}.json"
+    cm = None
+    if D.is_main() and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            cm = stored["confusion"] if stored.get("key") == key else None
+        except (OSError, ValueError, KeyError):
+            cm = None  # unreadable: evaluate again
+    cm = D.broadcast_object(cm)  # every rank takes the same path (the val pass is a collective)
+    if cm is not None:
+        log(f"teacher val: reusing its stored confusion matrix ({path.name})")
+        return cm
+    cm = val_confusion(teacher.model, bundle, cfg.batch_size, device, "teacher val")
+    if D.is_main():
+        write_json_atomic(path, {"key": key, "confusion": cm})
+    return cm
 
 
 def judge_stage(ctx: Context, st: str, info: dict) -> None:
