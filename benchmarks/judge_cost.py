@@ -44,6 +44,10 @@ def main() -> None:
             ts.append(time.perf_counter() - t0)
         print(f"{arch}: val pass over {int(np.sum(cm))} images at {a.img_size}px: median {np.median(ts):.2f}s "
               f"(min {min(ts):.2f}, max {max(ts):.2f}, {a.repeats} runs)")
+    t0 = time.perf_counter()
+    import scipy.special  # noqa: F401  (the binomial test's; once per process)
+
+    print(f"import scipy.special: {time.perf_counter() - t0:.2f}s")
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 2000)
     for name, pred in (("a model that learned (top-1 decides)", np.where(rng.random(2000) < 0.7, y, 0)),

@@ -61,10 +61,11 @@ LEARNED_NOTHING = "the model has not learned to tell the classes apart"
 
 
 def _binomial_p(correct: int, n: int, rate: float) -> float:
-    """One-sided exact binomial p-value: P(X >= correct) for X ~ Binomial(n, rate)."""
-    from scipy.stats import binom
+    """One-sided exact binomial p-value: P(X >= correct) for X ~ Binomial(n, rate) (scipy.special, not
+    scipy.stats: 0.5 s to import instead of 2.5 s)."""
+    from scipy.special import bdtrc  # P(X > k)
 
-    return float(binom.sf(correct - 1, n, rate))
+    return float(bdtrc(correct - 1, n, rate))
 
 
 def _permutation_p(cm: np.ndarray, observed: float, rounds: int = PERMUTATIONS) -> float:
