@@ -63,7 +63,7 @@ def test_run_json_contract(full_run):
     assert set(run["teacher"]) >= {"path", "sha256", "arch", "val_top1"}
     # teacher and every stage judged on val (issue 28): per-class recall side by side, learned, the baseline
     for rec in (run["teacher"], *run["stages"].values()):
-        assert set(rec["per_class_recall"]) == set(CLASSES) and rec["balanced_acc"] is not None, rec
+        assert set(rec["per_class_recall"]) == set(CLASSES) and rec["val_balanced_acc"] is not None, rec
         assert rec["learned"] in (True, False) and rec["baseline"]["n"] == 18 and "val_confusion" not in rec
     for name in ("distill", "prune", "quantize"):
         st = run["stages"][name]

@@ -166,7 +166,7 @@ def test_compress_stops_on_a_student_that_learned_nothing(digits_model, cli, tmp
     assert st["per_class_recall"]["5"] == 100.0
     t = run["teacher"]
     assert t["learned"] is True and set(t["per_class_recall"]) == set(run["class_names"])
-    assert t["balanced_acc"] > 50 and t["baseline"]["commonest"]["p"] < 1e-6
+    assert t["val_balanced_acc"] > 50 and t["baseline"]["commonest"]["p"] < 1e-6
 
 
 def test_final_table_shows_teacher_and_student_recall_side_by_side():
@@ -175,8 +175,8 @@ def test_final_table_shows_teacher_and_student_recall_side_by_side():
 
     from edgecv.cli.compress import _recall_table
 
-    run = {"teacher": {"per_class_recall": {"cat": 80.0, "dog": 90.0}, "balanced_acc": 85.0},
-           "stages": {"distill": {"per_class_recall": {"cat": 0.0, "dog": 100.0}, "balanced_acc": 50.0},
+    run = {"teacher": {"per_class_recall": {"cat": 80.0, "dog": 90.0}, "val_balanced_acc": 85.0},
+           "stages": {"distill": {"per_class_recall": {"cat": 0.0, "dog": 100.0}, "val_balanced_acc": 50.0},
                       "prune": {"status": "pending"}}}
     con = Console(width=120, record=True, color_system=None)
     con.print(_recall_table(run))

@@ -229,5 +229,5 @@ def _recall_table(run: dict):
 
     for c in classes:
         t.add_row(c, *(cell(r["per_class_recall"].get(c)) for _, r in cols))
-    t.add_row("[bold]balanced acc[/]", *(cell(r.get("balanced_acc")) for _, r in cols))
+    t.add_row("[bold]balanced acc[/]", *(cell(r.get("val_balanced_acc")) for _, r in cols))
     return t

@@ -7,7 +7,7 @@ baselines (:func:`edgecv.data.metrics.baseline_check`), per-class recall and the
   ``failed``, its checkpoint kept), unless the teacher was allowed weak or the stage trained no epoch (``--epochs-kd
   0``: the student as it started), where it is reported and the run goes on.
 
-Both records (run.json's ``teacher`` and each stage's) carry ``balanced_acc``, ``per_class_recall``,
+Both records (run.json's ``teacher`` and each stage's) carry ``val_balanced_acc``, ``per_class_recall``,
 ``zero_recall``, ``learned`` and ``baseline``, so teacher and student sit side by side.
 """
 
@@ -48,7 +48,8 @@ def report(cm, class_names: list[str]) -> dict:
     """The run.json fields of a model judged on val: balanced accuracy, per-class recall, the classes at 0 %
     recall, ``learned`` and the ``baseline`` check."""
     rec = learned_record(cm, class_names)
-    return {"balanced_acc": summary(np.asarray(cm))["balanced_acc"], "per_class_recall": recall_by_class(cm, class_names),
+    return {"val_balanced_acc": summary(np.asarray(cm))["balanced_acc"],
+            "per_class_recall": recall_by_class(cm, class_names),
             "zero_recall": (rec["baseline"] or {}).get("zero_recall", []), **rec}
 
 
@@ -57,7 +58,7 @@ def teacher_report(cfg: CompressConfig, bundle: DataBundle, teacher: Teacher, de
     """The teacher's val record (``previous``, run.json's, when it judged this very teacher), checked against
     ``cfg.allow_weak_teacher``: a teacher that learned nothing is a UserError naming the figures."""
     if previous and previous.get("sha256") == teacher.sha256 and "learned" in previous:
-        rec = {k: previous.get(k) for k in ("val_top1", "balanced_acc", "per_class_recall", "zero_recall",
+        rec = {k: previous.get(k) for k in ("val_top1", "val_balanced_acc", "per_class_recall", "zero_recall",
                                             "learned", "baseline")}
     else:
         cm = _teacher_confusion(cfg, bundle, teacher, device, log)
@@ -123,7 +124,7 @@ def judge_stage(ctx: Context, st: str, info: dict) -> None:
 
 def stage_line(info: dict) -> str:
     """The stage line's tail: its balanced accuracy and the classes it never recognises."""
-    bal = f", balanced {info['balanced_acc']:.2f}%" if info.get("balanced_acc") is not None else ""
+    bal = f", balanced {info['val_balanced_acc']:.2f}%" if info.get("val_balanced_acc") is not None else ""
     z = zero_recall_message(info.get("baseline") or {})
     return bal + (f"; {z}" if z and info.get("learned") else "")
 
