@@ -122,9 +122,13 @@ def judge_stage(ctx: Context, st: str, info: dict) -> None:
     raise CheckFailed(f"{msg}; the run stops (checkpoint {ctx.out / info['checkpoint']} kept for inspection)")
 
 
-def stage_line(info: dict) -> str:
-    """The stage line's tail: its balanced accuracy and the classes it never recognises."""
-    bal = f", balanced {info['val_balanced_acc']:.2f}%" if info.get("val_balanced_acc") is not None else ""
-    z = zero_recall_message(info.get("baseline") or {})
-    return bal + (f"; {z}" if z and info.get("learned") else "")
+def balanced_text(info: dict) -> str:
+    """``, balanced B%`` of a judged record (empty when it has none)."""
+    return f", balanced {info['val_balanced_acc']:.2f}%" if info.get("val_balanced_acc") is not None else ""
+
+
+def zero_recall_text(info: dict) -> str:
+    """``; val recall 0 % for ...`` naming the classes a judged model that learned never recognises (else empty)."""
+    z = zero_recall_message(info.get("baseline") or {}) if info.get("learned") else None
+    return f"; {z}" if z else ""
 

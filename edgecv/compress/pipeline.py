@@ -23,7 +23,7 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
-from edgecv.compress.judge import judge_stage, stage_line, teacher_report
+from edgecv.compress.judge import balanced_text, judge_stage, teacher_report, zero_recall_text
 from edgecv.compress.softlabels import (
     SoftLabelDataset,
     SoftLabels,
@@ -247,8 +247,8 @@ def _run_stage(ctx: Context, st: str, stages: list[str]) -> None:
     run.data["stages"][st] = {"status": "done", **info, "wall_s": round(time.perf_counter() - t0, 2)}
     run.set_stage(st)
     top1 = info["val_top1"]
-    ctx.log(f"{st}: val top-1 {f'{top1:.2f}' if top1 is not None else '-'}%{stage_line(info)}, {info['macs']:,} "
-            f"MACs, {info['params']:,} params ({run.data['stages'][st]['wall_s']:.0f}s)")
+    ctx.log(f"{st}: val top-1 {f'{top1:.2f}' if top1 is not None else '-'}%{balanced_text(info)}, {info['macs']:,} "
+            f"MACs, {info['params']:,} params ({run.data['stages'][st]['wall_s']:.0f}s){zero_recall_text(info)}")
 
 
 def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool = False, log: Log | None = None,
@@ -286,8 +286,9 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last, run_cfg.teacher_precision)
     run.data["student_step"] = student_step_path(device, run_cfg.channels_last)
     run.data["decode_cache"] = decode_rec
-    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%"
-        f"{stage_line(run.data['teacher'])}; "
+    t_rec = run.data["teacher"]
+    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {t_rec['val_top1']:.2f}%{balanced_text(t_rec)}"
+        f"{zero_recall_text(t_rec)}; "
         f"student {run_cfg.student} at {img_size}px; stages {','.join(stages) or 'none (--select-only)'} -> {cfg.out}")
     run.save()
     for st in stages:
