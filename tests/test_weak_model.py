@@ -58,6 +58,14 @@ def test_a_class_at_zero_recall_is_named():
     assert c["learned"] is True and c["zero_recall"] == ["c"]
     assert zero_recall_message(c) == "val recall 0 % for 1 class: 'c' (never recognised)"
     assert baseline_check(np.array([[5, 0], [0, 0]])) is None  # one class present: nothing to judge
+    # compress's record of a stage (run.json) and the tail of its stage line
+    from edgecv.compress.judge import balanced_text, report, zero_recall_text
+
+    info = report(confusion_matrix(y, pred, 3).tolist(), ["a", "b", "c"])
+    assert info["zero_recall"] == ["c"] and info["per_class_recall"] == {"a": 100.0, "b": 100.0, "c": 0.0}
+    assert info["learned"] is True and info["val_balanced_acc"] == pytest.approx(200 / 3)
+    assert balanced_text(info) == ", balanced 66.67%"
+    assert zero_recall_text(info) == "; val recall 0 % for 1 class: 'c' (never recognised)"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
