@@ -213,6 +213,10 @@ def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
                                                                             "recommended": rec})}
     assert table == {"weak": "45.75 !", "ok": "45.00"}
     assert recommend([weak], get_target("android"))["android"] is None
+    # on a skewed set the constant answer can have the best top-1: it does not set the bar the others must keep
+    weak["accuracy"]["top1"] = 95.0
+    ok["accuracy"]["top1"] = 92.5
+    assert recommend([weak, ok], get_target("android"))["android"]["name"] == "ok"
 
 
 def test_teacher_judgement_is_stored_and_reused(tmp_path, monkeypatch):

@@ -73,11 +73,12 @@ def _groups(rows: list[dict], default: str = "host") -> dict[str, list[dict]]:
 
 def qualifying(rs: list[dict], tolerance: float) -> tuple[list[dict], float | None]:
     """The artifacts of one target that keep accuracy (top-1 within ``tolerance`` points of the best measured)
-    and pass the budget (or have none); also the best top-1 (None when accuracy was not measured)."""
+    and pass the budget (or have none); also the best top-1 (None when accuracy was not measured). One no better
+    than always answering the commonest class (``learned`` false: data.metrics.baseline_check) is neither."""
+    rs = [r for r in rs if not (r["accuracy"] and r["accuracy"].get("learned") is False)]
     accs = [r["accuracy"]["top1"] for r in rs if r["accuracy"]]
     best = max(accs) if accs else None
-    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance
-                                              and r["accuracy"].get("learned") is not False)]
+    keep = [r for r in rs if best is None or (r["accuracy"] and r["accuracy"]["top1"] >= best - tolerance)]
     return [r for r in keep if not r["verdict"] or r["verdict"]["verdict"] in ("pass", "none")], best
 
 
