@@ -123,13 +123,11 @@ def train_classifier(
 
     result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, params=params,
                  log=log)
-    judged = learned_record(result.best_confusion, bundle.class_names)
+    judged = learned_record(result.best_confusion, bundle.class_names)  # no better than the commonest class?
+    final = {"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source, **judged}
     if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
         # the final checkpoint carries the whole history; the resume state is no longer needed
-        save_checkpoint(out, model, arch, bundle.class_names, pre,
-                        metrics={"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source,
-                                 **judged},
-                        meta={**meta, "history": result.history})
+        save_checkpoint(out, model, arch, bundle.class_names, pre, metrics=final, meta={**meta, "history": result.history})
         state.unlink(missing_ok=True)
     D.barrier()
     return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source,
