@@ -37,7 +37,7 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def _cfg(data, teacher, out, **kw) -> CompressConfig:
-    base = dict(teacher=str(teacher), data=str(data), student="auto", target="x86", candidates=CANDS, img_size=16,
+    base = dict(teacher=str(teacher), allow_weak_teacher=True, data=str(data), student="auto", target="x86", candidates=CANDS, img_size=16,
                 epochs_kd=1, epochs_prune=1, epochs_qat=1, prune_steps=1, batch_size=12, workers=0, calib_size=8,
                 out=str(out), **FAST)
     base.update(kw)
@@ -188,7 +188,7 @@ def test_cli_bad_combinations_exit_2(cli, tmp_path, args, msg):
 
 def test_cli_too_tight_budget_exit_1_with_table(cli, data, teacher, tmp_path):
     out = tmp_path / "o"
-    r = cli("compress", "--teacher", str(teacher), "--data", str(data), "--img-size", "16", "--student", "auto",
+    r = cli("compress", "--teacher", str(teacher), "--allow-weak-teacher", "--data", str(data), "--img-size", "16", "--student", "auto",
             "--target", "x86", "--candidates", "tf_mobilenetv3_small_minimal_100", "--deploy-size", "32",
             "--min-time", "50ms", "--budget-ms", "0.000001", "--workers", "0", "--out", str(out))
     assert r.returncode == 1, r.stderr

@@ -345,7 +345,7 @@ def test_torchrun_compress_all_stages_rank0_output_once(tmp_path, tiny_folder):
     script.write_text(_COMPRESS_SCRIPT)
     teacher = save_untrained_teacher(tmp_path / "teacher.pt", ("red", "green", "blue"), 16)
     out = tmp_path / "run"
-    p = _torchrun(script, "compress", "--teacher", str(teacher), "--data", str(tiny_folder), "--img-size", "16",
+    p = _torchrun(script, "compress", "--teacher", str(teacher), "--allow-weak-teacher", "--data", str(tiny_folder), "--img-size", "16",
                   "--epochs-kd", "1", "--epochs-prune", "1", "--epochs-qat", "1", "--prune-steps", "1",
                   "--batch-size", "4", "--workers", "0", "--calib-size", "8", "--out", str(out), "--json")
     assert p.returncode == 0, p.stderr[-4000:]

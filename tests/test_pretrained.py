@@ -215,8 +215,9 @@ def test_compress_student_init_weights(tmp_path, photos):
     teacher = tmp_path / "teacher.pt"
     run_cli("train", "--data", str(photos), "--arch", "resnet18", *FAST, "--out", str(teacher), check=True)
     run = tmp_path / "run"
-    p = run_cli("compress", "--teacher", str(teacher), "--data", str(photos), "--student", "mobilenet_v3_small",
-                "--student-init-weights", str(f), "--stages", "distill", "--epochs-kd", "0", "--img-size", "32",
+    # a one-epoch teacher on 8 val images may not be shown better than the baseline: allowed (issue 28)
+    p = run_cli("compress", "--teacher", str(teacher), "--allow-weak-teacher", "--data", str(photos),
+                "--student", "mobilenet_v3_small", "--student-init-weights", str(f), "--stages", "distill", "--epochs-kd", "0", "--img-size", "32",
                 "--workers", "0", "--device", "cpu", "--teacher-cache", "off", "--quiet", "--out", str(run))
     assert p.returncode == 0, p.stderr[-2000:]
     ck_sd, _ = _trained(run / "distill.pt")

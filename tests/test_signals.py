@@ -85,7 +85,7 @@ def test_compress_sigint_marks_stage_failed_then_resume(data, tmp_path):
     KeyboardInterrupt; --resume continues from the fit state and completes every stage."""
     teacher = save_untrained_teacher(tmp_path / "teacher.pt", CLASSES, 16)
     out = tmp_path / "r"
-    args = ["compress", "--teacher", str(teacher), "--data", str(data), "--img-size", "16", "--epochs-kd", "40",
+    args = ["compress", "--teacher", str(teacher), "--allow-weak-teacher", "--data", str(data), "--img-size", "16", "--epochs-kd", "40",
             "--epochs-prune", "1", "--epochs-qat", "1", "--prune-steps", "1", "--batch-size", "8", "--workers", "0",
             "--calib-size", "8", "--out", str(out), "--quiet"]
     p = _start(*args)

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgecv.data.arrays import to_arrays, topk_correct
 from edgecv.data.datasets import load_eval_dataset
-from edgecv.data.metrics import logits_summary
+from edgecv.data.metrics import baseline_check, confusion_matrix, summary
 from edgecv.data.preprocess import Preprocess
 from edgecv.runtimes.base import predict_all
 from edgecv.targets.stats import CONFIDENCE, pack, top1_interval
@@ -26,6 +26,7 @@ class EvalSet:
     y: np.ndarray  # N int64
     data: str
     preprocess: dict
+    class_names: list[str] | None = None
 
 
 def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit: int | None = None,
@@ -42,7 +43,7 @@ def load_eval_arrays(data: str, class_names: list[str], preprocess: dict, limit:
 
         ds = sample_calibration(ds, n, seed=0)
     xs, ys = to_arrays(ds, pre)
-    return EvalSet(xs, ys, str(data), pre.to_dict())
+    return EvalSet(xs, ys, str(data), pre.to_dict(), list(class_names))
 
 
 def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accuracy") -> dict:
@@ -50,11 +51,14 @@ def evaluate_runner(runner, ev: EvalSet, batch_size: int = 32, desc: str = "accu
     per-image top-1 predictions (packed: :func:`edgecv.targets.stats.pack`) that paired comparisons need."""
     logits = predict_all(runner, ev.x, batch_size, desc)
     n = len(ev.y)
-    s = logits_summary(logits, ev.y)
+    cm = confusion_matrix(ev.y, logits.argmax(1), logits.shape[1])
+    s = summary(cm)
+    check = baseline_check(cm, ev.class_names)  # no better than always answering the commonest class?
     right = topk_correct(logits, ev.y, 1)
     return {"top1": 100.0 * right / max(n, 1), "top1_ci": list(top1_interval(right, n)), "correct": int(right),
             "top5": 100.0 * topk_correct(logits, ev.y, 5) / max(n, 1),
             "balanced_acc": s["balanced_acc"], "macro_f1": s["macro_f1"],
+            "learned": check["learned"] if check else None, "baseline": check,
             "n": int(n), "data": ev.data, "batch_size": int(runner.batch_size or batch_size),
             "predictions": pack(np.asarray(logits).argmax(1))}
 

@@ -8,6 +8,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from edgecv.data.metrics import weak_message
 from edgecv.targets.budget import budget_text
 from edgecv.utils import atomic_path, dumps_json, stderr_console, write_text_atomic
 
@@ -104,7 +105,8 @@ def rows_for_table(result: dict) -> list[dict]:
             "artifact": a["name"] + (" *" if rec else ""),
             "format": a["format"], "precision": a["precision"], "runtime": a["runtime"] or "-",
             "size": _mb(a["size_bytes"]),
-            "top1": top1_cell(acc), "vs_best": _vs_best(a),
+            # "!": no better than always answering the commonest class (data.metrics.baseline_check)
+            "top1": top1_cell(acc) + (" !" if acc and acc.get("learned") is False else ""), "vs_best": _vs_best(a),
             # balanced accuracy (mean per-class recall) / macro-F1; absent in results written before they existed
             "bal_f1": f"{_f(acc.get('balanced_acc'))} / {_f(acc.get('macro_f1'))}" if acc else "-",
             "p50": _f(p.get("p50_ms"), "{:.3f}"), "p90": _f(p.get("p90_ms"), "{:.3f}"),
@@ -166,6 +168,8 @@ def print_table(result: dict, console=None) -> None:
         for n in a.get("notes", []):
             if not n.startswith(("INT8 is not faster", "latency is a host proxy")):  # shown once below / in labels
                 con.print(f"{escape(a['name'])}: {escape(n)}")
+        if (a.get("accuracy") or {}).get("learned") is False:  # the "!" of its top-1: never recommended
+            con.print(f"{escape(a['name'])}: [red]{escape(weak_message(a['accuracy']['baseline'], 'accuracy-set'))}[/]")
     if accuracy_line(result):
         con.print(escape(accuracy_line(result)))
     con.print(f"latency at threads={s['threads'][0]}, batch={s['batches'][0]}; "

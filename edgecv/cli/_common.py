@@ -79,3 +79,16 @@ def target_macs(ctx, param, value):
         return float(value)
     except ValueError:
         raise click.BadParameter(f"expected a fraction in (0, 1] or 'auto', got {value!r}") from None
+
+
+def warn_unlearned(report: dict, split: str = "val") -> None:
+    """The warning lines of a report's ``baseline`` check (:func:`edgecv.data.metrics.baseline_check`): a model no
+    better than the trivial baselines, else the classes it never recognises. Printed under --quiet too."""
+    from edgecv.data.metrics import weak_message, zero_recall_message
+
+    check = report.get("baseline")
+    if not check:
+        return
+    line = weak_message(check, split) if not check["learned"] else zero_recall_message(check, split)
+    if line:
+        echo(f"warning: {line}")

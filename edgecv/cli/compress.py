@@ -13,6 +13,9 @@ from edgecv.utils import check_writable, stderr_console
               help="Teacher: edgecv checkpoint, bare state_dict (with --teacher-arch) or TorchScript file "
                    "[default: train a resnet18 on the fly, cached].")
 @click.option("--teacher-arch", default=None, help="Architecture of a bare state_dict teacher.")
+@click.option("--allow-weak-teacher", is_flag=True,
+              help="Distil from a teacher no better on val than always answering the commonest class (refused "
+                   "otherwise, exit 2); a student no better either is then reported, not stopped (docs/errors.md).")
 @click.option("--data", default=None, help="ImageFolder root or built-in name [default: digits].")
 @click.option("--student", default=None,
               help="Student arch from the registry, or 'auto': measure the candidates on --target's runtime, drop "
@@ -115,7 +118,8 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="RUN_DIR [default: runs/compress].")
 @json_option
 @quiet_option
-def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pickle, select_only, student_pretrained, as_json, **flags):
+def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pickle, select_only, student_pretrained,
+             allow_weak_teacher, as_json, **flags):
     """Distill a student from a teacher, prune it to a MAC target and INT8-QAT it, into RUN_DIR.
 
     Writes RUN_DIR/distill.pt, prune.pt, quantize.pt, config.yaml and run.json (the export contract).
@@ -158,6 +162,8 @@ def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pick
         merged["student_pretrained"] = True
     if select_only:
         merged["select_only"] = True
+    if allow_weak_teacher:
+        merged["allow_weak_teacher"] = True
     cfg = CompressConfig.from_dict(merged)
     stage_list = parse_stages(stages)
     from edgecv.autotune.report import print_selection
@@ -202,4 +208,38 @@ def _print_run_table(run: dict) -> None:
         t.add_row(name, s.get("status", "-"), pct(s.get("val_top1")), pct(s.get("ptq_top1")),
                   f"{s['macs']:,}" if "macs" in s else "-", f"{s['macs_224']:,}" if "macs_224" in s else "-",
                   f"{s['params']:,}" if "params" in s else "-", pct(s.get("wall_s")), s.get("checkpoint", "-"))
-    stderr_console(160).print(t)
+    con = stderr_console(160)
+    con.print(t)
+    recall = _recall_table(run)
+    if recall is not None:
+        con.print(recall)
+
+
+MAX_RECALL_ROWS = 20
+
+
+def _recall_table(run: dict):
+    """Per-class val recall and balanced accuracy of the teacher and every judged stage, side by side (with more
+    than MAX_RECALL_ROWS classes: those the last stage lost most against the teacher); None before any."""
+    from rich.table import Table
+
+    cols = [("teacher", run.get("teacher", {}))] + [(n, run["stages"].get(n, {}))
+                                                    for n in ("distill", "prune", "quantize")]
+    cols = [(n, r) for n, r in cols if r.get("per_class_recall")]
+    if not cols:
+        return None
+    classes = list(cols[0][1]["per_class_recall"])
+    if len(classes) > MAX_RECALL_ROWS:
+        first, last = cols[0][1]["per_class_recall"], cols[-1][1]["per_class_recall"]
+        classes = sorted(classes, key=lambda c: last.get(c, 0.0) - first.get(c, 0.0))[:MAX_RECALL_ROWS]
+    shown = "" if len(classes) == len(cols[0][1]["per_class_recall"]) else \
+        f" ({len(classes)} classes {cols[-1][0]} lost most against {cols[0][0]})"
+    t = Table("class", *(n for n, _ in cols), title=f"val recall %{shown}")
+
+    def cell(v):
+        return "-" if v is None else f"[red]{v:.1f}[/]" if v == 0 else f"{v:.1f}"
+
+    for c in classes:
+        t.add_row(c, *(cell(r["per_class_recall"].get(c)) for _, r in cols))
+    t.add_row("[bold]balanced acc[/]", *(cell(r.get("val_balanced_acc")) for _, r in cols))
+    return t

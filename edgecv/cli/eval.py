@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecv.cli._common import emit_json, json_option, log, quiet_option
+from edgecv.cli._common import emit_json, json_option, log, quiet_option, warn_unlearned
 from edgecv.utils import check_writable, stderr_console
 
 
@@ -40,6 +40,7 @@ def eval_(checkpoint, data, batch_size, confusion_png, per_class, skip_bad, allo
         check_writable(confusion_png)
     rep = evaluate_checkpoint(checkpoint, data, batch_size, confusion_png, skip_bad=skip_bad,
                               trust_pickle=trust_pickle, arch=arch, allow_duplicates=allow_duplicates, log=log)
+    warn_unlearned(rep, rep["data_split"])
     if as_json:
         emit_json(rep)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
+from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option, warn_unlearned
 from edgecv.utils import check_writable
 
 
@@ -110,6 +110,7 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
     if not main_rank:  # under torchrun only rank 0 prints the result / --json
         return
     d = res.to_dict()
+    warn_unlearned(d)
     if as_json:
         emit_json(d)
     else:

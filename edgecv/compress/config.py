@@ -20,6 +20,9 @@ DEFAULT_OUT = "runs/compress"
 class CompressConfig:
     teacher: str | None = None  # None: train one on the fly (cached)
     teacher_arch: str | None = None  # for a bare state_dict teacher
+    # distil from a teacher no better than always answering the commonest class (training.metrics.learned_record);
+    # its students are then reported, not stopped, when they are no better either
+    allow_weak_teacher: bool = False
     data: str = "digits"
     student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
     student_pretrained: bool = False  # the student starts from its published weights (edgecv.models.pretrained)
@@ -160,7 +163,7 @@ RULES: dict[str, tuple] = {
     "freeze_bn_at": (float, 0, 1), "freeze_observers_at": (float, 0, 1),
     "budget_ms": (float, 0, None, True), "budget_fps": (float, 0, None, True), "min_time": (float, 0, None, True),
     "int8_stem": (bool,), "channels_last": (bool,), "skip_bad": (bool,), "allow_duplicates": (bool,), "trust_pickle": (bool,), "student_pretrained": (bool,),
-    "student_init_weights": (str,), "select_only": (bool,),
+    "student_init_weights": (str,), "select_only": (bool,), "allow_weak_teacher": (bool,),
     "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
 }
 OPTIONAL = {"student_backbone_lr_scale", "teacher", "teacher_arch", "img_size", "batch_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",

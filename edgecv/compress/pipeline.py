@@ -23,6 +23,7 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
+from edgecv.compress.judge import balanced_text, judge_stage, teacher_report, zero_recall_text
 from edgecv.compress.softlabels import (
     SoftLabelDataset,
     SoftLabels,
@@ -215,16 +216,11 @@ def _open_run(cfg: CompressConfig, run_cfg: CompressConfig, prev: Run | None, re
     return run
 
 
-def _record_teacher(ctx: Context, teacher_path: str) -> None:
-    run, teacher = ctx.run, ctx.teacher
-    if "teacher" not in run.data or run.data["teacher"].get("sha256") != teacher.sha256 \
-            or run.data["teacher"].get("val_top1") is None:
-        t_top1 = ctx.soft.meta.get("teacher_val_top1") if ctx.soft is not None else None
-        if t_top1 is None:
-            t_top1 = ctx.evaluate(teacher.model, "teacher val")
-        run.data["teacher"] = {"path": str(Path(teacher_path).resolve()), "sha256": teacher.sha256,
-                               "arch": teacher.arch, "kind": teacher.kind, "val_top1": t_top1,
-                               "input_size": teacher.preprocess.input_size if teacher.preprocess else ctx.img_size}
+def _record_teacher(run: Run, teacher: Teacher, teacher_path: str, img_size: int, judged: dict) -> None:
+    """run.json's ``teacher``: the file and its val figures (:func:`edgecv.compress.judge.teacher_report`)."""
+    run.data["teacher"] = {"path": str(Path(teacher_path).resolve()), "sha256": teacher.sha256,
+                           "arch": teacher.arch, "kind": teacher.kind, **judged,
+                           "input_size": teacher.preprocess.input_size if teacher.preprocess else img_size}
 
 
 def _run_stage(ctx: Context, st: str, stages: list[str]) -> None:
@@ -241,17 +237,20 @@ def _run_stage(ctx: Context, st: str, stages: list[str]) -> None:
              if k in ("ptq_top1", "calib_images", "latency_search")} if ctx.resume else {}
     run.data["stages"][st] = {"status": "running", **prior}
     run.set_stage(st, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    t0 = time.perf_counter()
+    t0, info = time.perf_counter(), {}
     try:
         info = STAGE_FN[st](ctx)
+        judge_stage(ctx, st, info)  # no better than the baseline: CheckFailed (record and checkpoint kept)
     except BaseException as e:
-        run.set_stage(st, status="failed", error=f"{type(e).__name__}: {str(e)[:300]}")
+        run.data["stages"][st] = {**run.stage(st), **info, "status": "failed",
+                                  "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        run.set_stage(st)
         raise
     run.data["stages"][st] = {"status": "done", **info, "wall_s": round(time.perf_counter() - t0, 2)}
     run.set_stage(st)
     top1 = info["val_top1"]
-    ctx.log(f"{st}: val top-1 {f'{top1:.2f}' if top1 is not None else '-'}%, {info['macs']:,} MACs, "
-            f"{info['params']:,} params ({run.data['stages'][st]['wall_s']:.0f}s)")
+    ctx.log(f"{st}: val top-1 {f'{top1:.2f}' if top1 is not None else '-'}%{balanced_text(info)}, {info['macs']:,} "
+            f"MACs, {info['params']:,} params ({run.data['stages'][st]['wall_s']:.0f}s){zero_recall_text(info)}")
 
 
 def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool = False, log: Log | None = None,
@@ -275,6 +274,7 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     decode_rec = attach_decode_cache(bundle, cfg.decode_cache, log)  # after the final preprocessing
     cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, len(bundle.train), log))
     reuse = prev is not None and (resume or any(STAGE_INPUT[s] and STAGE_INPUT[s] not in stages for s in stages))
+    judged = teacher_report(cfg, bundle, teacher, device, prev.data.get("teacher") if reuse else None, log)
     selection, run_cfg = None, cfg
     if cfg.auto_student:
         previous = prev.data.get("student_selection") if reuse else None
@@ -283,12 +283,14 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
     arch_info(run_cfg.student)
     run = _open_run(cfg, run_cfg, prev, reuse, teacher, teacher_path, bundle, img_size, selection)
     ctx = Context(run_cfg, run, bundle, teacher, img_size, device, resume, log, hooks)
+    _record_teacher(run, teacher, teacher_path, img_size, judged)
     ctx.soft, run.data["teacher_cache"] = prepare_soft_labels(ctx, log) if stages else (None, {"used": False})
     run.data["teacher_runtime"] = live_teacher_path(device, run_cfg.channels_last, run_cfg.teacher_precision)
     run.data["student_step"] = student_step_path(device, run_cfg.channels_last)
     run.data["decode_cache"] = decode_rec
-    _record_teacher(ctx, teacher_path)
-    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {run.data['teacher']['val_top1']:.2f}%; "
+    t_rec = run.data["teacher"]
+    log(f"teacher {teacher.arch or teacher.kind}: val top-1 {t_rec['val_top1']:.2f}%{balanced_text(t_rec)}"
+        f"{zero_recall_text(t_rec)}; "
         f"student {run_cfg.student} at {img_size}px; stages {','.join(stages) or 'none (--select-only)'} -> {cfg.out}")
     run.save()
     for st in stages:

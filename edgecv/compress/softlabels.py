@@ -376,5 +376,5 @@ def prepare(ctx, log) -> tuple[SoftLabels | None, dict]:
     views = parse_teacher_cache(c.teacher_cache) or default_views(
         c.epochs_kd + c.epochs_prune + c.epochs_qat, teacher_bf16(ctx.device, c.teacher_precision)[0])
     return soft_labels(b.train, b.val, b.num_classes, b.preprocess, ctx.teacher, views, c.batch_size, c.workers, ctx.device, log,
-                       evaluate=lambda m: ctx.evaluate(m, "teacher val"), channels_last=c.channels_last,
+                       evaluate=lambda m: ctx.run.data["teacher"]["val_top1"], channels_last=c.channels_last,
                        precision=c.teacher_precision)

@@ -82,7 +82,7 @@ def stage_distill(ctx: Context) -> dict:
     ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
     if D.is_main():
         state.unlink(missing_ok=True)
-    return {**info, "checkpoint": ck, "sha256": sha}
+    return {**info, "checkpoint": ck, "sha256": sha, "val_confusion": res.best_confusion}  # popped by compress.judge
 
 
 # ---------------------------------------------------------------------------------------------- prune
@@ -316,7 +316,8 @@ def stage_quantize(ctx: Context) -> dict:
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
             "epochs": E, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
-            "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha}
+            "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
+            "val_confusion": res.best_confusion}  # popped by compress.judge
 
 
 def _weight_bits(setting) -> tuple[int, str]:

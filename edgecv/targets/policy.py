@@ -137,15 +137,20 @@ def call_against(ref: dict, r: dict, tolerance: float, labels=None) -> AccuracyC
 
 def judge_accuracy(rs: list[dict], tolerance: float, labels=None) -> dict[str, AccuracyCall]:
     """Every row of one target against the most accurate one (:func:`call_against`). Empty when no accuracy
-    was measured; a row without accuracy among rows with it does not keep accuracy."""
+    was measured; a row without accuracy among rows with it does not keep accuracy, nor does one no better than
+    always answering the commonest class (``learned`` false: data.metrics.baseline_check), which never sets the
+    bar either (a constant answer on a skewed set can have the best top-1)."""
     with_acc = [r for r in rs if r.get("accuracy")]
     if not with_acc:
         return {}
-    best = max(with_acc, key=_top1)
+    learned = [r for r in with_acc if r["accuracy"].get("learned") is not False]
+    best = max(learned or with_acc, key=_top1)
     out = {}
     for r in rs:
         if not r.get("accuracy"):
             out[r["name"]] = AccuracyCall(best["name"], False, "without an accuracy measurement")
+        elif r["accuracy"].get("learned") is False:
+            out[r["name"]] = AccuracyCall(best["name"], False, "no better than always answering the commonest class")
         elif r is best:
             out[r["name"]] = AccuracyCall(best["name"], True, f"the most accurate: {_top1_text(r)}", is_reference=True)
         else:

@@ -68,6 +68,7 @@ class FitResult:
     wall_s: float = 0.0
     effective_batch: int = 0  # batch_size x world size: the batch one optimizer step sees
     world_size: int = 1
+    best_confusion: list | None = None  # the best epoch's val confusion matrix (rows: true classes)
 
     @property
     def best_metrics(self) -> dict:
@@ -146,8 +147,7 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
 
 def evaluate_top1(model: nn.Module, val_ds: Dataset, batch_size: int, device: torch.device, workers: int = 0,
                   amp: bool = False, desc: str = "val") -> tuple[float, float]:
-    """(top-1 %, mean CE loss) over ``val_ds``; sharded and all-reduced under DDP
-    (:func:`~edgecv.training.metrics.evaluate_classifier` has balanced accuracy and macro-F1 too)."""
+    """(top-1 %, mean CE loss) over ``val_ds``, sharded under DDP (:func:`evaluate_classifier` has the rest)."""
     m = evaluate_classifier(model, val_ds, batch_size, device, workers, amp, desc)
     return m["top1"], m["loss"]
 
@@ -200,7 +200,7 @@ class _Trainer:
             self.opt, lambda s: _lr_factor(s, total_steps, warmup, cfg.min_lr_ratio))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch, self.best, self.best_epoch = 0, -1.0, -1
-        self.best_state: dict | None = None
+        self.best_state, self.best_confusion = None, None  # the best epoch's weights and val confusion matrix
         self.history: list[dict] = []
         self.ddp_model: nn.Module = model
 
@@ -218,7 +218,7 @@ class _Trainer:
         self.sched.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
         self.start_epoch, self.best, self.best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
-        self.best_state = st.get("best_state")
+        self.best_state, self.best_confusion = st.get("best_state"), st.get("best_cm")
         self.history = list(st.get("history", []))
         if D.is_main():
             self.log(f"{self.cfg.desc}: resumed after epoch {self.start_epoch} "
@@ -287,8 +287,8 @@ class _Trainer:
         self.scaler.update()
         self.sched.step()
 
-    def validate(self, epoch: int, train_stats: torch.Tensor, val_ds: Dataset, t_epoch: float) -> dict:
-        """Validation of epoch ``epoch``; its history record (a non-finite val loss stops training)."""
+    def validate(self, epoch: int, train_stats: torch.Tensor, val_ds: Dataset, t_epoch: float) -> tuple:
+        """Validate epoch ``epoch``: (history record, confusion matrix); a non-finite val loss stops training."""
         cfg = self.cfg
         D.broadcast_buffers(self.model)  # identical BN statistics on every rank before validation / best_state
         m = evaluate_classifier(self.model, val_ds, max(cfg.batch_size, 64), self.device, self.workers, self.amp,
@@ -304,13 +304,13 @@ class _Trainer:
                "val_macro_f1": m["macro_f1"], "lr": self.sched.get_last_lr()[0],
                "epoch_s": time.perf_counter() - t_epoch}
         self.history.append(rec)
-        return rec
+        return rec, m["confusion"].tolist()
 
     def save_state(self, state_path: str | Path, epoch: int) -> None:
         with atomic_path(state_path) as tmp:
             torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                         "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                        "epoch": epoch, "best": self.best, "best_epoch": self.best_epoch,
+                        "epoch": epoch, "best": self.best, "best_epoch": self.best_epoch, "best_cm": self.best_confusion,
                         "best_state": self.best_state, "history": self.history}, tmp)
 
     def finish(self, t0: float) -> FitResult:
@@ -323,7 +323,7 @@ class _Trainer:
             self.model.to(memory_format=torch.contiguous_format)
         return FitResult(best_top1=self.best, best_epoch=self.best_epoch + 1, last_top1=last, history=self.history,
                          wall_s=time.perf_counter() - t0, effective_batch=self.cfg.batch_size * D.world_size(),
-                         world_size=D.world_size())
+                         world_size=D.world_size(), best_confusion=self.best_confusion)
 
 
 def _tensorboard(cfg: TrainConfig):
@@ -376,11 +376,11 @@ def fit(
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         te = time.perf_counter()
-        rec = tr.validate(epoch, tr.train_epoch(epoch, loss_fn, crit), val_ds, te)
+        rec, cm = tr.validate(epoch, tr.train_epoch(epoch, loss_fn, crit), val_ds, te)
         top1 = rec["val_top1"]
         improved = top1 > tr.best
         if improved:
-            tr.best, tr.best_epoch = top1, epoch
+            tr.best, tr.best_epoch, tr.best_confusion = top1, epoch, cm
             tr.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if D.is_main():
             tr.log(f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "

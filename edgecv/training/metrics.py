@@ -13,7 +13,7 @@ from torch import nn
 
 from edgecv import distributed as D
 from edgecv.data.arrays import topk_correct
-from edgecv.data.metrics import confusion_matrix, per_class, summary
+from edgecv.data.metrics import baseline_check, confusion_matrix, per_class, summary
 from edgecv.utils import atomic_path, progress
 
 
@@ -33,9 +33,9 @@ class Shard(torch.utils.data.Dataset):
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, val_ds, batch_size: int, device: torch.device, workers: int = 0,
                         amp: bool = False, desc: str = "val") -> dict:
-    """``{"top1", "balanced_acc", "macro_f1", "loss", "n"}`` of ``model`` over ``val_ds`` (metrics in percent, mean
-    CE loss). Under DDP every rank scores every ``world``-th sample and the confusion matrix and loss sum are
-    all-reduced, so every rank returns the same figures."""
+    """``{"top1", "balanced_acc", "macro_f1", "loss", "n", "confusion"}`` of ``model`` over ``val_ds`` (metrics in
+    percent, mean CE loss, the confusion matrix as int64 counts). Under DDP every rank scores every ``world``-th
+    sample and the confusion matrix and loss sum are all-reduced, so every rank returns the same figures."""
     from torch.utils.data import DataLoader
 
     model.eval()
@@ -54,7 +54,7 @@ def evaluate_classifier(model: nn.Module, val_ds, batch_size: int, device: torch
     D.all_reduce_sum(loss_sum)
     cm_np = cm.reshape(num_classes, num_classes).cpu().numpy().round().astype(np.int64)
     n = int(cm_np.sum())
-    return {**summary(cm_np), "loss": loss_sum.item() / max(n, 1), "n": n}
+    return {**summary(cm_np), "loss": loss_sum.item() / max(n, 1), "n": n, "confusion": cm_np}
 
 
 def _num_outputs(model: nn.Module, val_ds, device: torch.device) -> int:
@@ -95,7 +95,21 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.tolist(),
+        **learned_record(cm, class_names),
     }
+
+
+def learned_record(cm: np.ndarray | None, class_names: list[str]) -> dict:
+    """``{"learned", "baseline"}`` of a confusion matrix (:func:`~edgecv.data.metrics.baseline_check`; None when
+    there is none or it cannot judge): the fields every report of a trained model carries."""
+    check = baseline_check(cm, class_names) if cm is not None else None
+    return {"learned": check["learned"] if check else None, "baseline": check}
+
+
+def recall_by_class(cm: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """Recall (percent, 2 decimals) per class name."""
+    _, rec, _ = per_class(cm)
+    return {name: round(100.0 * float(rec[i]), 2) for i, name in enumerate(class_names)}
 
 
 def save_confusion_png(cm: list[list[int]] | np.ndarray, class_names: list[str], path: str | Path,

@@ -24,6 +24,7 @@ from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.finetune import apply_policy, parse_freeze
 from edgecv.training.loop import FitResult, TrainConfig, fit, resolve_batch_size
+from edgecv.training.metrics import learned_record
 from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
 
@@ -39,6 +40,7 @@ class TrainOutcome:
     finetune: dict | None = None
     decode_cache: dict | None = None  # edgecv.data.cache.attach's record
     data_scan: dict | None = None  # edgecv.data.scan.ScanReport: skipped files, duplicates kept
+    judged: dict | None = None  # {"learned", "baseline"} of the best epoch (training.metrics.learned_record)
 
     def to_dict(self) -> dict:
         return {
@@ -51,6 +53,7 @@ class TrainOutcome:
             "best_val_top1": round(self.fit.best_top1, 3),
             "best_epoch": self.fit.best_epoch,
             "last_val_top1": round(self.fit.last_top1, 3),
+            **(self.judged or {"learned": None, "baseline": None}),
             "wall_s": round(self.fit.wall_s, 2),
             "effective_batch": self.fit.effective_batch,
             "world_size": self.fit.world_size,
@@ -123,15 +126,15 @@ def train_classifier(
 
     result = fit(model, train_ds, val_ds, cfg, state_path=state, resume=resume, on_best=on_best, params=params,
                  log=log)
+    judged = learned_record(result.best_confusion, bundle.class_names)  # no better than the commonest class?
+    final = {"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source, **judged}
     if D.is_main():  # only rank 0 writes files; the other ranks wait at the barrier
         # the final checkpoint carries the whole history; the resume state is no longer needed
-        save_checkpoint(out, model, arch, bundle.class_names, pre,
-                        metrics={"val_top1": result.best_top1, "epoch": result.best_epoch, "data": bundle.source},
-                        meta={**meta, "history": result.history})
+        save_checkpoint(out, model, arch, bundle.class_names, pre, metrics=final, meta={**meta, "history": result.history})
         state.unlink(missing_ok=True)
     D.barrier()
     return TrainOutcome(out, arch, result, bundle.num_classes, count_params(model), macs, bundle.source,
-                        policy.to_dict(), cache_rec, bundle.scan.to_dict())
+                        policy.to_dict(), cache_rec, bundle.scan.to_dict(), judged)
 
 
 # ---------------------------------------------------------------------------------------------- loading a teacher

@@ -22,7 +22,8 @@ def _row_cells(r: dict) -> list[str]:
         call = acc.get("call") or {}
         how = call.get("verdict") or "unpaired"
         ci = f" [{call['ci_pt'][0]:+.2f}, {call['ci_pt'][1]:+.2f}]" if call.get("ci_pt") else ""
-        av = f"{acc['verdict']} ({how}: {-acc['drop']:+.2f} pt{ci})"
+        av = f"{acc['verdict']} ({how}: {-acc['drop']:+.2f} pt{ci})" + \
+            (", no better than the commonest class" if acc.get("candidate_learned") is False else "")
     else:
         at, av = "-", (acc or {}).get("skipped", "not checked")
     return [escape(r["name"]), f"{lat['baseline_ms']:.3f}" if lat else "-",

@@ -186,6 +186,7 @@ def _gate_accuracy(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConf
         if str(base.get("data")) != str(cfg.data):
             plan.notes.append(f"{name}: stored accuracy was measured on {base.get('data')}, not {cfg.data}")
     row["accuracy"] = accuracy_check(base, cand, labels, cfg.max_accuracy_drop, basis)
+    row["accuracy"]["candidate_learned"] = cand.get("learned")  # False: no better than the commonest class
     if row["accuracy"]["verdict"] == "regression":
         row["verdict"] = "regression"
 
