@@ -200,7 +200,7 @@ def test_final_table_shows_teacher_and_student_recall_side_by_side():
 def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
     from edgecv.bench.report import rows_for_table
     from edgecv.targets import get_target
-    from edgecv.targets.policy import _why_not, recommend
+    from edgecv.targets.policy import _why_not, judge_accuracy, recommend
     from tests.test_bench_policy import _row
 
     weak = _row("weak", "onnx", "fp32", "onnxruntime", 0.05, 0.06, 45.75)  # the fastest and the most accurate
@@ -208,7 +208,8 @@ def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
     ok = _row("ok", "openvino", "fp32", "openvino", 0.20, 0.25, 45.0)
     rec = recommend([weak, ok], get_target("android"))
     assert rec["android"]["name"] == "ok"
-    assert "no better than always answering the commonest class" in _why_not(weak, 45.75, 1.0)
+    call = judge_accuracy([weak, ok], 1.0)["weak"]
+    assert not call.keeps and "no better than always answering the commonest class" in _why_not(weak, call)
     table = {r["artifact"].rstrip(" *"): r["top1"] for r in rows_for_table({"artifacts": [weak, ok],
                                                                             "recommended": rec})}
     assert table == {"weak": "45.75 !", "ok": "45.00"}
