@@ -18,13 +18,14 @@ S = 16
 
 
 class _Net(nn.Module):
-    """Every pattern of the QAT students: float stem -> relu6 -> int8 conv -> relu (fused), a residual add and a
-    hardswish (trained output fake-quants, float in between), a global pool and float logits."""
+    """Every pattern of the QAT students: float stem -> relu6, int8 conv -> relu6 (EfficientNet-Lite: a trained
+    output range, then the clamp, then the next input's), int8 conv -> relu (fused), a residual add and a hardswish
+    (trained output ranges, float in between), a global pool and float logits."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
-        self.pw = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
         self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.pwl = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
         self.head = nn.Sequential(nn.Conv2d(8, 32, 1), nn.Hardswish())
@@ -89,3 +90,29 @@ def test_pte_int8_computes_the_qat_model_inside_xnnpack(tmp_path):
     # XNNPACK's int8 kernels requantize in fp32 like the fake-quant: a rare 1-LSB tie flip at most
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.98
     assert np.median(np.abs(out - ref)) < 1e-4, np.abs(out - ref).max()
+
+
+@pytest.mark.slow
+def test_android_pte_int8_from_a_qat_checkpoint_validates_against_the_qat_model(tmp_path):
+    """`edgecv export --target android` of a small trained QAT checkpoint: pte-int8 is validated against the QAT
+    model (not a re-quantization of it) at >= 99 % top-1 agreement, every quantized op inside the XNNPACK
+    partition."""
+    from edgecv.contracts.manifest import load_manifest
+    from edgecv.export.bundle import ExportOptions, export_bundle
+    from edgecv.export.validate import REF_QAT
+
+    from .test_export_bundle import _make_checkpoints
+
+    torch.set_num_threads(1)
+    ck = _make_checkpoints(tmp_path / "src")
+    res = export_bundle(ck["qat"], tmp_path / "b", ExportOptions(target="android", precisions=("int8",),
+                                                                 data=str(ck["data"]), num_val=24, num_calib=24))
+    a = next(a for a in load_manifest(tmp_path / "b").artifacts if (a.format, a.precision) == ("pte", "int8"))
+    assert res.failed == [] and a.status == "ok", a.error
+    v = a.validation
+    assert v["reference"] == REF_QAT and v["n"] == 24 and v["top1_agreement"] >= 99.0, v
+    assert v["max_abs_logit_diff"] < 0.05, v
+    k = a.extra["int8_kernels"]
+    assert k["int8_kernels"] and k["xnnpack_partitions"] == 1 and k["quantized_ops_outside_delegate"] == {}, k
+    assert k["int8_gemms"] > 0 and a.extra["qdq_nodes"]["activation_qdq"] > 0
+    assert not any("conv" in op or "linear" in op for op in a.extra["ops_outside_delegate"]), a.extra
