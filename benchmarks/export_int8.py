@@ -50,7 +50,7 @@ def main() -> None:
         row = {"artifact": e.name, "runtime": e.runtime, "n": v.get("n"), "accuracy": v.get("accuracy"),
                "torch_accuracy": v.get("reference_accuracy"), "agreement": v.get("top1_agreement"),
                "int8_kernels": v.get("int8_kernels"), "size_mb": round((e.size_bytes or 0) / 1e6, 3),
-               "reference": v.get("reference"), "qat_accuracy": v.get("qat_reference_accuracy")}
+               "reference": v.get("reference")}
         try:
             r = runner_for_entry(a.bundle, e, threads=a.threads)
             row["p50_ms"] = round(latency_ms(r, (1, 3, size, size), a.iters), 3)

@@ -1,4 +1,5 @@
-"""OpenVINO INT8 fidelity: the QDQ residual pattern the CPU plugin executes without rounding is guarded.
+"""OpenVINO INT8 fidelity: the QDQ residual pattern the CPU plugin executes without rounding is guarded, and so is
+the ``DQ -> Clip -> Q`` (ReLU6) whose clamp it applies to the int8 values at an off-grid bound.
 
 Where the CPU has no VNNI/AMX (AVX2, AVX-512 without VNNI), OpenVINO's int8 convolutions also saturate: the
 signed int8 input is shifted to u8 (+128) and ``vpmaddubsw`` sums each pair of adjacent input channels'
@@ -15,7 +16,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgecv.export.openvino import convert, guard_residual_output_fq  # noqa: E402
+from edgecv.export.openvino import convert, guard_dq_clip, guard_residual_output_fq  # noqa: E402
 
 C, S = 16, 8
 SX, SC, SY = 0.05, 0.03, 0.07  # input, conv-output and post-Add quantization scales (int8, zero point 0)
@@ -184,3 +185,51 @@ def test_saturating_reference_is_qdq_without_saturation():
     assert _differ(_saturating_qdq(m, x), _ort(m, x)) == 0.0
     m = _residual_qdq()
     assert _differ(_saturating_qdq(m, x), _ort(m, x)) > 0.5  # full-range weights do saturate on this input
+
+
+TOP = 1.5  # the Clip bound (6 for ReLU6; lower here so that this small conv exceeds it often)
+SR = 0.25  # an input scale with TOP on its grid (6 steps); 0.35: 4.29 steps, off the grid
+
+
+def _relu6_qdq(s_in: float) -> onnx.ModelProto:
+    """DQ(x) -> int8 conv -> Q/DQ(s_in) (a trained output range) -> Clip(0, TOP) -> Q/DQ(TOP / 127) -> y:
+    EfficientNet-Lite's conv -> BN -> ReLU6 -> next conv's input."""
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+            [("sx", SX), ("sr", s_in), ("s6", TOP / 127), ("lo", 0.0), ("hi", TOP)]]
+    init.append(numpy_helper.from_array(np.array(0, np.int8), "zp"))
+    q = lambda i, s, o: helper.make_node("QuantizeLinear", [i, s, "zp"], [o])  # noqa: E731
+    dq = lambda i, s, o: helper.make_node("DequantizeLinear", [i, s, "zp"], [o])  # noqa: E731
+    nodes = [q("x", "sx", "xq"), dq("xq", "sx", "xd")]
+    c = _conv(nodes, init, rng, "conv", "xd", SX, 63)
+    nodes += [q(c, "sr", "cq"), dq("cq", "sr", "cd"), helper.make_node("Clip", ["cd", "lo", "hi"], ["r6"]),
+              q("r6", "s6", "rq"), dq("rq", "s6", "y")]
+    g = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, S, S])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, S, S])], init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_relu6_on_an_int8_input_clamps_at_6(tmp_path):
+    """Measured on OpenVINO 2026.4: unguarded, ``DQ(s) -> Clip(0, c) -> Q`` clamps the int8 values at
+    ``floor(c / s)``, so every output clamped at ``c`` comes out as ``floor(c / s) * s`` (1.4 instead of 1.5 for
+    s = 0.35: 8 LSBs of the next scale low); the guard (only where ``c`` is off the input grid) restores ONNX
+    semantics and the conv stays int8."""
+    import openvino as ov
+
+    x = np.random.default_rng(3).standard_normal((1, C, S, S)).astype(np.float32) * 3
+    on_grid = _relu6_qdq(SR)
+    assert guard_dq_clip(on_grid) == 0  # a whole number of steps: clamping the int8 values is exact
+    m = _relu6_qdq(0.35)
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    info: dict = {}
+    xml = convert(src, tmp_path / "m.xml", info)[0]
+    assert info["dq_clip_guards"] == 1
+    ref = _ort(m, x)
+    assert (ref == TOP).mean() > 0.05  # the clamp is exercised
+    assert _differ(_ov(xml, x), ref) < 0.02
+    raw = tmp_path / "raw.xml"
+    ov.save_model(ov.convert_model(str(src)), str(raw), compress_to_fp16=False)
+    assert _differ(_ov(raw, x), ref) > 0.04, "OpenVINO now clamps at the bound here: the guard may be unnecessary"
+    precs = _ov_conv_precisions(xml)
+    assert precs and precs <= {"u8", "i8"}

@@ -80,7 +80,7 @@ class Measurer:
                     if prec == "fp32":
                         PTE.export_fp32(model, p, self.size)
                     else:
-                        PTE.export_int8(deploy(self._int8_model(model), fake_quant=False), p, self.size, self.calib)
+                        PTE.export_int8(deploy(self._int8_model(model)), p, self.size)
                 else:
                     p = d / f"model-{prec}.onnx"
                     if prec == "fp32":

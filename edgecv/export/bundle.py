@@ -112,7 +112,6 @@ class Exporter:
         self._models: dict[str, nn.Module] = {}
         self._refs: dict[bool, np.ndarray] = {}
         self._onnx: dict[str, Path] = {}
-        self.pt2e_model: nn.Module | None = None  # set by the pte-int8 writer: what the .pte computes
         self.notes: dict = {}
         self.versions = versions()
 
@@ -141,14 +140,6 @@ class Exporter:
             self.notes["int8_weight_bits"] = int(getattr(m, "edgecv_quant", {}).get("weight_bits", 8))
             self._models["qat"] = m.eval()
         return self._models["qat"]
-
-    def qat_float_model(self) -> nn.Module:
-        """QAT-trained weights, BN folded, fake-quant off (start point of the ExecuTorch PT2E quantizer)."""
-        if "qat_float" not in self._models:
-            from edgecv.quant import deploy
-
-            self._models["qat_float"] = deploy(self.qat_model(), fake_quant=False)
-        return self._models["qat_float"]
 
     def reference(self, precision: str) -> np.ndarray:
         """Logits of the torch model an artifact of ``precision`` is compared with (QAT model for int8)."""

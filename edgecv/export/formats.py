@@ -1,7 +1,7 @@
 """The export format table: one writer per format, one registration line per (format, precision).
 
 A writer ``write(ex, entry)`` writes ``ex.out / entry.file`` from the models and intermediates of the exporter
-``ex`` (:class:`edgecv.export.bundle.Exporter`: ``float_model()``, ``qat_model()``, ``qat_float_model()``,
+``ex`` (:class:`edgecv.export.bundle.Exporter`: ``float_model()``, ``qat_model()``,
 ``onnx_file(precision)``, ``data``, ``opts``, ``size``) and records format details in ``entry.extra``; it may
 mark the entry ``skipped`` (with ``entry.error``) when the toolchain is missing here. The exporter then hashes
 every file of the artifact (:func:`finish`) and validates it through its runtime.
@@ -67,17 +67,18 @@ def write_pte_fp32(ex, entry: ArtifactEntry) -> None:
 
 def write_pte_int8(ex, entry: ArtifactEntry) -> None:
     from edgecv.export import pte as PTE
+    from edgecv.quant import deploy
 
     extra = entry.extra
-    info, converted = PTE.export_int8(ex.qat_float_model(), ex.out / entry.file, ex.size, ex.data.calib)
-    extra.update(info)
-    ex.pt2e_model = converted  # what the .pte computes: its validation reference
+    extra.update(PTE.export_int8(deploy(ex.qat_model()), ex.out / entry.file, ex.size))
     outside = extra.get("ops_outside_delegate", {})
+    quant_outside = {k: v for k, v in outside.items() if "quant" in k}
     extra["int8_kernels"] = {
         "xnnpack_partitions": extra.get("xnnpack_partitions", 0),
-        "quantized_ops_outside_delegate": {k: v for k, v in outside.items() if "quant" in k},
-        "int8_kernels": extra.get("xnnpack_partitions", 0) > 0
-        and not any("conv" in k or "linear" in k or "addmm" in k for k in outside),
+        "int8_gemms": extra["qdq_nodes"].get("int8_gemms", 0),
+        "quantized_ops_outside_delegate": quant_outside,
+        "int8_kernels": extra.get("xnnpack_partitions", 0) > 0 and extra["qdq_nodes"].get("int8_gemms", 0) > 0
+        and not quant_outside and not any("conv" in k or "linear" in k or "addmm" in k for k in outside),
     }
 
 

@@ -1,9 +1,9 @@
 """Export validation: every artifact runs through its real runtime on the validation images and is compared with
 the PyTorch model it came from (top-1 agreement >= :data:`THRESHOLDS`, plus accuracy of both on the labels).
 
-Failures: agreement below the threshold; non-finite logits (NaN / inf) from the artifact; an INT8 artifact whose
-runtime falls back to float kernels; an INT8 artifact validated against an intermediate reference (the PT2E model
-of ``pte-int8``) that does not also agree with the QAT model it was derived from within the INT8 threshold.
+Every INT8 artifact (ONNX, OpenVINO, ExecuTorch) is compared with the QAT model itself (fake-quant): each one
+computes that model's quantization. Failures: agreement below the threshold; non-finite logits (NaN / inf) from the
+artifact; an INT8 artifact whose runtime falls back to float kernels.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from edgecv.errors import UserError
 
 THRESHOLDS = {"fp32": 99.5, "fp16": 99.5, "int8": 97.0}  # min top-1 agreement (%) with the torch reference
 REF_QAT = "torch QAT model (fake-quant)"
-REF_PT2E = "torch PT2E model the .pte was lowered from (XNNPACKQuantizer q/dq, fake-quant)"
 
 
 @torch.no_grad()
@@ -45,12 +44,8 @@ def _pct(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, precision: str,
-                    reference: str | None = None, qat_ref: np.ndarray | None = None) -> dict:
-    """Top-1 agreement / max |logit diff| against the torch reference, plus accuracy of both on labels.
-
-    ``qat_ref``: when the reference is not the QAT model itself (ExecuTorch INT8 is its own PT2E quantization),
-    the QAT model's logits: ``qat_reference_accuracy`` and ``qat_top1_agreement``, which must also reach the
-    threshold."""
+                    reference: str | None = None) -> dict:
+    """Top-1 agreement / max |logit diff| against the torch reference, plus accuracy of both on labels."""
     from edgecv.runtimes.base import predict_all
 
     t0 = time.perf_counter()
@@ -71,13 +66,6 @@ def validate_runner(runner, x: np.ndarray, y: np.ndarray, ref: np.ndarray, preci
         "passed": agree >= thr,
         "wall_s": round(wall, 3),
     }
-    if qat_ref is not None:
-        pq = qat_ref.argmax(1)
-        v.update(qat_reference_accuracy=_pct(pq, y), qat_top1_agreement=_pct(pa, pq))
-        if v["passed"] and v["qat_top1_agreement"] < thr:
-            v["passed"] = False
-            v["reason"] = (f"validation failed: top-1 agreement {v['qat_top1_agreement']}% < {thr}% vs {REF_QAT} "
-                           f"(the model it was derived from; {agree}% vs its own reference)")
     if bad_ref:
         v["passed"] = False
         v["reason"] = f"validation failed: the reference ({v['reference']}) gives non-finite logits (NaN/inf)"
@@ -97,15 +85,8 @@ def validate_entry(ex, entry) -> None:
     except RuntimeUnavailable as e:
         entry.validation = {"status": "skipped", "reason": str(e)}
         return
-    ref, ref_name, qat_ref = ex.reference(entry.precision), None, None
-    if entry.format == "pte" and entry.precision == "int8":
-        # the .pte is lowered from its own PT2E quantization (not the QAT graph): compare with that model,
-        # and with the QAT model it was derived from
-        from edgecv.export.pte import pt2e_logits
-
-        ref, ref_name, qat_ref = pt2e_logits(ex.pt2e_model, ex.data.x), REF_PT2E, ref
     try:
-        v = validate_runner(runner, ex.data.x, ex.data.y, ref, entry.precision, reference=ref_name, qat_ref=qat_ref)
+        v = validate_runner(runner, ex.data.x, ex.data.y, ex.reference(entry.precision), entry.precision)
         v["runner"] = {k: val for k, val in runner.describe().items() if k != "host"}
     finally:
         runner.close()
@@ -146,8 +127,6 @@ def entry_line(e) -> str:
     if v.get("status") in ("passed", "failed"):
         s += (f"  agreement {v['top1_agreement']:.1f}%  max|dlogit| {v['max_abs_logit_diff']:.3g}  "
               f"acc {v['accuracy']:.1f}% (torch {v['reference_accuracy']:.1f}%)")
-        if "qat_reference_accuracy" in v:
-            s += f" [QAT model {v['qat_reference_accuracy']:.1f}%, agreement with it {v['qat_top1_agreement']:.1f}%]"
         if "int8_kernels" in v:
             s += f"  int8 kernels: {'yes' if v['int8_kernels'] else 'NO'}"
     elif v.get("status") == "skipped":

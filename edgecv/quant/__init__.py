@@ -43,7 +43,7 @@ def ptq(model: nn.Module, calib, size: int, qcfg: QuantConfig | None = None) -> 
 
 def deploy(qat_model: nn.Module, fake_quant: bool = True) -> nn.Module:
     """The deployment form of a copy of ``qat_model``. ``fake_quant=False``: the QAT-trained weights with BN
-    folded and quantization off (what the ExecuTorch PT2E quantizer starts from)."""
+    folded and quantization off (the float model of a QAT-only checkpoint)."""
     m = qat_model
     if not fake_quant:
         m = copy.deepcopy(qat_model)
