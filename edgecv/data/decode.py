@@ -175,6 +175,8 @@ def decode_cost(src: ImageSource, *, name: str | None = None, max_pixels: int | 
         plain = mode == "RGB" and "transparency" not in im.info and im.getexif().get(0x0112, 1) in (1, None)
         wide = 24 if mode in _WIDE_GREY or mode == "F" else 0
         return px * (own + (0 if plain else 4) + wide)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # reading the EXIF block of a broken file
+        raise ImageError(f"cannot read image {label}: {_reason(e)}") from None
     finally:
         if im is not src:
             im.close()

@@ -257,6 +257,7 @@ class Guard:
                 admitted = True
             await self.app(scope, receive, out)
         except BodyError as e:
+            state["pending"] = not e.body_read
             await error(e.status, str(e))(scope, receive, out)
         except Disconnected as e:
             state["status"] = 499

@@ -14,11 +14,12 @@ _CODINGS = {"gzip": 16 + 15, "x-gzip": 16 + 15, "deflate": 15}
 
 
 class BodyError(Exception):
-    """The body cannot be taken: ``status`` (400/408/413/415) and one line for the JSON answer."""
+    """The body cannot be taken: ``status`` (400/408/413/415) and one line for the JSON answer; ``body_read``:
+    the body was received to its end (the connection can take the next request)."""
 
-    def __init__(self, status: int, msg: str):
+    def __init__(self, status: int, msg: str, body_read: bool = False):
         super().__init__(msg)
-        self.status = status
+        self.status, self.body_read = status, body_read
 
 
 class Disconnected(Exception):
@@ -77,21 +78,22 @@ async def read_body(receive, headers: dict[bytes, bytes], limit: int, deadline: 
                 data, more = msg.get("body", b""), msg.get("more_body", False)
                 wire += len(data)
                 if wire > limit:
-                    raise BodyError(413, f"body exceeds the limit of {limit} bytes (--max-body-mb)")
+                    raise BodyError(413, f"body exceeds the limit of {limit} bytes (--max-body-mb)", not more)
                 if dec is not None and data:
                     try:
                         data = dec.decompress(data, limit - size + 1)
                     except zlib.error as e:
-                        raise BodyError(400, f"body is not valid {_name(headers)} data ({e})") from None
+                        raise BodyError(400, f"body is not valid {_name(headers)} data ({e})", not more) from None
                 size += len(data)
                 if size > limit:
-                    raise BodyError(413, f"decompressed body exceeds the limit of {limit} bytes (--max-body-mb)")
+                    raise BodyError(413, f"decompressed body exceeds the limit of {limit} bytes (--max-body-mb)",
+                                    not more)
                 chunks.append(data)
     except TimeoutError:
         raise BodyError(408, f"request body not received in time ({wire} bytes by the deadline; "
                              "--body-timeout-s)") from None
     if dec is not None and not dec.eof:
-        raise BodyError(400, f"{_name(headers)} body is truncated")
+        raise BodyError(400, f"{_name(headers)} body is truncated", body_read=True)
     return b"".join(chunks)
 
 
