@@ -161,8 +161,10 @@ def decode_cost(src: ImageSource, *, name: str | None = None, max_pixels: int | 
     """About the most bytes :func:`decode_image` (same arguments) holds at once, from the header alone.
 
     Pillow stores 1 (``1``/``L``/``P``), 2 (16-bit grey) or 4 bytes a pixel (everything else, RGB included);
-    an image that is not plain RGB, or that its EXIF tag turns, passes through a second 4-byte buffer; 16-bit
-    and float greys through float64 arrays. Raises like :func:`probe_image`.
+    an image that is not plain RGB, or that its EXIF tag may turn, passes through a second 4-byte buffer; 16-bit
+    and float greys through float64 arrays. The EXIF tag is read only where the header holds it (a JPEG, a PNG
+    with its ``eXIf`` chunk first): elsewhere Pillow would decode the image to find it, so a turn is assumed.
+    Raises like :func:`probe_image`.
     """
     label = _name(src, name)
     im = src if isinstance(src, Image.Image) else _open(src, label)
@@ -172,7 +174,7 @@ def decode_cost(src: ImageSource, *, name: str | None = None, max_pixels: int | 
             im.draft(None, draft)
         px, mode = im.width * im.height, im.mode
         own = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-        plain = mode == "RGB" and "transparency" not in im.info and im.getexif().get(0x0112, 1) in (1, None)
+        plain = mode == "RGB" and "transparency" not in im.info and _upright_in_header(im)
         wide = 24 if mode in _WIDE_GREY or mode == "F" else 0
         return px * (own + (0 if plain else 4) + wide)
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # reading the EXIF block of a broken file
@@ -180,6 +182,18 @@ def decode_cost(src: ImageSource, *, name: str | None = None, max_pixels: int | 
     finally:
         if im is not src:
             im.close()
+
+
+def _upright_in_header(im: Image.Image) -> bool:
+    """The header says no EXIF turn (without decoding: ``getexif`` loads a PNG's pixels to look after them)."""
+    if im.format == "JPEG":
+        return im.getexif().get(0x0112, 1) in (1, None)
+    raw = im.info.get("exif")
+    if raw is None:
+        return False
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(0x0112, 1) in (1, None)
 
 
 def _upright(im: Image.Image) -> Image.Image:
