@@ -1,14 +1,7 @@
 """What one client may cost ``edgecv serve``: the limits' defaults, the decode-memory budget, giving memory back.
 
-Light on purpose (no FastAPI, no uvicorn): the CLI reads the defaults from here for its ``--help``.
-
-| limit | flag | default |
-|---|---|---|
-| a connection that sends nothing (before its first request, or between two) | ``--keep-alive-s`` | 5 s |
-| the headers of a request, from its first byte | ``--header-timeout-s`` | 10 s |
-| the body of a request, from the end of its headers | ``--body-timeout-s`` | 30 s |
-| open connections (beyond it the longest-idle one is closed) | ``--max-connections`` | 4096 |
-| decoded image bytes in flight (503 beyond it, 413 for one image over it) | ``--max-decode-mb`` | 256 |
+Light on purpose (no FastAPI, no uvicorn): the CLI reads the defaults from here for its flags. What each limit
+does and its flag: docs/serve.md ("Limits: what one client may cost").
 """
 
 from __future__ import annotations
