@@ -331,18 +331,45 @@ def test_decode_budget_and_reduced_scale_decode(bundle):
         pred.close()
 
 
-def test_runtime_failure_500_keeps_the_connection(tmp_path):
+@pytest.fixture(scope="module")
+def srv_fails(tmp_path_factory):
+    """A model that fails for a batch of 2 inside ONNX Runtime; idle connections kept 30 s, at most 8 open."""
     from tests.test_serve import BatchOneOnly
 
-    s = LogServer(make_bundle(tmp_path / "fails", model=BatchOneOnly(), size=SIZE), "--max-batch", "1")
+    bundle = make_bundle(tmp_path_factory.mktemp("fails") / "bundle", model=BatchOneOnly(), size=SIZE)
+    s = LogServer(bundle, "--max-batch", "1", "--keep-alive-s", "30", "--max-connections", "8")
+    yield s
+    assert s.stop() == 0
+
+
+def test_runtime_failure_500_keeps_the_connection(srv_fails):
+    x = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, SIZE, SIZE],
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    with Raw(srv_fails.port) as c:
+        status, headers, body = c.request("POST", "/v2/models/edgecv/infer", head + x.tobytes(),
+                                          {"Inference-Header-Content-Length": str(len(head))})
+        assert status == 500 and "runtime failure" in body["error"] and headers.get("connection") != "close"
+        c.good()
+
+
+def test_connection_cap_closes_the_longest_idle(srv_fails):
+    idle = []
     try:
-        x = np.zeros((2, 3, SIZE, SIZE), np.float32)
-        head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, SIZE, SIZE],
-                                       "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-        with Raw(s.port) as c:
-            status, headers, body = c.request("POST", "/v2/models/edgecv/infer", head + x.tobytes(),
-                                              {"Inference-Header-Content-Length": str(len(head))})
-            assert status == 500 and "runtime failure" in body["error"] and headers.get("connection") != "close"
+        for _ in range(12):  # 4 past --max-connections 8; the keep-alive (30 s) closes none of them here
+            idle.append(Raw(srv_fails.port))
+            time.sleep(0.02)
+        with Raw(srv_fails.port) as c:  # a working client always gets in: it closes the longest-idle one
             c.good()
+        time.sleep(0.5)
+        closed = []
+        for c in idle:
+            c.s.settimeout(0.05)
+            try:
+                closed.append(c.s.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed[:5] == [True] * 5 and closed[-5:] == [False] * 5, closed  # oldest first
     finally:
-        assert s.stop() == 0
+        for c in idle:
+            c.s.close()
