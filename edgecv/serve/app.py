@@ -25,7 +25,7 @@ from edgecv import __version__
 from edgecv.data.decode import ImageError
 from edgecv.serve import limits
 from edgecv.serve.batcher import Batcher, QueueFull
-from edgecv.serve.body import BodyError, Disconnected, check_headers, has_body, read_body
+from edgecv.serve.body import BodyError, Disconnected, has_body, read_body
 from edgecv.serve.limits import DecodeBudget, DecodeBusy, DecodeTooLarge
 from edgecv.serve.metrics import Metrics
 from edgecv.serve.predictor import Predictor
@@ -246,7 +246,6 @@ class Guard:
                 resp = error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
                 return await resp(scope, receive, out)
             if state["pending"]:
-                check_headers(headers, svc.cfg.max_body_bytes)  # a declared size over the limit: 413 at once
                 deadline = asyncio.get_running_loop().time() + svc.cfg.body_timeout_s
                 body = await read_body(receive, headers, svc.cfg.max_body_bytes, deadline)
                 state["pending"] = False

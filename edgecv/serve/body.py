@@ -56,15 +56,10 @@ def _decoder(headers: dict[bytes, bytes]):
     return zlib.decompressobj(_CODINGS[coding])
 
 
-def check_headers(headers: dict[bytes, bytes], limit: int) -> None:
-    """Refuse what the headers alone show: a declared size over ``limit``, a bad length, an unknown coding."""
-    _declared(headers, limit)
-    _decoder(headers)
-
-
 async def read_body(receive, headers: dict[bytes, bytes], limit: int, deadline: float) -> bytes:
     """The body (decompressed), at most ``limit`` bytes on the wire and after decompression, complete before
-    ``deadline`` (loop time). Raises :class:`BodyError` or :class:`Disconnected`."""
+    ``deadline`` (loop time). What the headers alone refuse (a declared size over ``limit``, a bad length, an
+    unknown coding) is refused before anything is received. Raises :class:`BodyError` or :class:`Disconnected`."""
     _declared(headers, limit)
     dec = _decoder(headers)
     chunks, wire, size = [], 0, 0
