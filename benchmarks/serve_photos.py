@@ -79,6 +79,7 @@ def agree(a) -> dict:
             "acc_full_decode": round(sum(r[0] == r[1] for r in rows) / n, 4),
             "acc_reduced_decode": round(sum(r[0] == r[2] for r in rows) / n, 4),
             "max_abs_logit_diff": round(max(r[3] for r in rows), 4),
+            "predicted_classes": {c: sum(r[2] == c for r in rows) for c in sorted({r[2] for r in rows})},
             "decode_preprocess_ms_full": round(t_full / n * 1e3, 1),
             "decode_preprocess_ms_reduced": round(t_reduced / n * 1e3, 1)}
 
