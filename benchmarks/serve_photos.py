@@ -61,6 +61,9 @@ def agree(a) -> dict:
     pred = load_predictor(a.bundle, artifact=a.artifact, threads=a.threads)
     files = val_files(a.data)
     rows, t_full, t_reduced = [], 0.0, 0.0
+    names, pair = pred.class_names, None
+    if a.pair:  # two outputs of the model read as the two folders (sorted): e.g. ImageNet 310 ant, 309 bee
+        names, pair = sorted({f.parent.name for f in files}), [int(i) for i in a.pair.split(",")]
     for f in files:
         big = phone_jpeg(f)
         t = time.perf_counter()
@@ -70,12 +73,13 @@ def agree(a) -> dict:
         reduced = pred.decode(big)
         t_reduced += time.perf_counter() - t
         lf, lr = pred.logits(np.stack([full, reduced]))
-        rows.append((f.parent.name, pred.class_names[int(lf.argmax())], pred.class_names[int(lr.argmax())],
-                     float(np.abs(lf - lr).max())))
+        if pair:
+            lf, lr = lf[pair], lr[pair]
+        rows.append((f.parent.name, names[int(lf.argmax())], names[int(lr.argmax())], float(np.abs(lf - lr).max())))
     pred.close()
     n = len(rows)
     diff = [r for r in rows if r[1] != r[2]]
-    return {"images": n, "top1_differs": len(diff), "differing": [str(files[rows.index(r)]) for r in diff],
+    return {"pair": a.pair, "images": n, "top1_differs": len(diff), "differing": [str(files[rows.index(r)]) for r in diff],
             "acc_full_decode": round(sum(r[0] == r[1] for r in rows) / n, 4),
             "acc_reduced_decode": round(sum(r[0] == r[2] for r in rows) / n, 4),
             "max_abs_logit_diff": round(max(r[3] for r in rows), 4),
@@ -185,6 +189,8 @@ def main() -> None:
     ap.add_argument("--data", default="~/.cache/edgecv/hymenoptera/val")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parts", default="agree,memory,throughput")
+    ap.add_argument("--pair", help="agree: compare only these two output indices, read as the two --data folders "
+                                   "in sorted order (e.g. 310,309: ImageNet ant, bee).")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--phase-s", type=float, default=15.0)
     ap.add_argument("--settle-s", type=float, default=60.0)
