@@ -66,16 +66,21 @@ def rss_mb(pid: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- servers
 def seed_app(checkpoint: str, threads: int):
-    """The seed-style service: eager PyTorch, one forward per request, in the async handler."""
+    """The seed-style service: PIL full decode, torchvision Resize/CenterCrop, eager PyTorch, one forward per
+    request, in the async handler."""
     import torch
     from fastapi import FastAPI
     from PIL import Image
+    from torchvision import transforms as T
 
     from edgecv.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     ck = load_checkpoint(checkpoint)
-    model, tf, names = ck.build(), ck.preprocess.eval_transform(), ck.class_names
+    p = ck.preprocess
+    tf = T.Compose([T.Resize(p.resize_size, interpolation=T.InterpolationMode(p.interpolation)),
+                    T.CenterCrop(p.input_size), T.ToTensor(), T.Normalize(p.mean, p.std)])
+    model, names = ck.build(), ck.class_names
     app = FastAPI()
 
     @app.get("/health")

@@ -148,8 +148,9 @@ def decode_image(src: ImageSource, *, name: str | None = None, max_pixels: int |
                  draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``src`` into an 8-bit ``RGB`` image following the module's mode rules.
 
-    ``draft``: let a JPEG decode at a reduced scale no smaller than this size (libjpeg DCT scaling; it still
-    reads the whole stream, so truncation is still found). Used by the dataset scan; never for model inputs.
+    ``draft``: let a JPEG decode at a reduced scale (1/2, 1/4 or 1/8) no smaller than this size on either side
+    (libjpeg DCT scaling; it still reads the whole stream, so truncation is still found). The dataset scan asks
+    for ``(1, 1)``; ``Predictor.decode`` (predict, serve) for the size its resize keeps.
     """
     label = _name(src, name)
     if isinstance(src, Image.Image):
@@ -166,7 +167,9 @@ def decode_image(src: ImageSource, *, name: str | None = None, max_pixels: int |
             opened.load()
             upright = _upright(opened)
             out = to_rgb(upright)
-        return out.copy() if out is opened else out  # never hand back the object we are about to close
+        # never hand back the object we are about to close: a new image on the same pixels (no copy, so a large
+        # decode holds its pixels once)
+        return opened._new(opened.im) if out is opened else out
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's decoders raise these for corrupt data
@@ -174,6 +177,46 @@ def decode_image(src: ImageSource, *, name: str | None = None, max_pixels: int |
     finally:
         if opened is not src:
             opened.close()
+
+
+def decode_cost(src: ImageSource, *, name: str | None = None, max_pixels: int | None = None,
+                draft: tuple[int, int] | None = None) -> int:
+    """About the most bytes :func:`decode_image` (same arguments) holds at once, from the header alone.
+
+    Pillow stores 1 (``1``/``L``/``P``), 2 (16-bit grey) or 4 bytes a pixel (everything else, RGB included);
+    an image that is not plain RGB, or that its EXIF tag may turn, passes through a second 4-byte buffer; 16-bit
+    and float greys through float64 arrays. The EXIF tag is read only where the header holds it (a JPEG, a PNG
+    with its ``eXIf`` chunk first): elsewhere Pillow would decode the image to find it, so a turn is assumed.
+    Raises like :func:`probe_image`.
+    """
+    label = _name(src, name)
+    im = src if isinstance(src, Image.Image) else _open(src, label)
+    try:
+        _check_size(im, label, max_pixels)
+        if draft is not None and im.format == "JPEG" and im is not src:
+            im.draft(None, draft)
+        px, mode = im.width * im.height, im.mode
+        own = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+        plain = mode == "RGB" and "transparency" not in im.info and _upright_in_header(im)
+        wide = 24 if mode in _WIDE_GREY or mode == "F" else 0
+        return px * (own + (0 if plain else 4) + wide)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # reading the EXIF block of a broken file
+        raise ImageError(f"cannot read image {label}: {_reason(e)}") from None
+    finally:
+        if im is not src:
+            im.close()
+
+
+def _upright_in_header(im: Image.Image) -> bool:
+    """The header says no EXIF turn (without decoding: ``getexif`` loads a PNG's pixels to look after them)."""
+    if im.format == "JPEG":
+        return im.getexif().get(0x0112, 1) in (1, None)
+    raw = im.info.get("exif")
+    if raw is None:
+        return False
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(0x0112, 1) in (1, None)
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecv import __version__
 from edgecv.data.decode import ImageError
+from edgecv.serve import limits
 from edgecv.serve.batcher import Batcher, QueueFull
+from edgecv.serve.body import BodyError, Disconnected, has_body, read_body
+from edgecv.serve.limits import DecodeBudget, DecodeBusy, DecodeTooLarge
 from edgecv.serve.metrics import Metrics
 from edgecv.serve.predictor import Predictor
 from edgecv.serve.v2 import ClientError
@@ -31,6 +35,7 @@ from edgecv.serve.v2 import ClientError
 # millisecond); larger ones in a worker thread, so a big photo never stalls the other connections
 INLINE_DECODE_BYTES = 16 * 1024
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")  # no API key needed
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format and --quiet apply
 
 
 @dataclass
@@ -42,8 +47,15 @@ class ServeConfig:
     # than this: under overload the answered requests then take about this long instead of max_queue / throughput;
     # None: the count bound only
     max_wait_ms: float | None = None
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024  # on the wire and after Content-Encoding is decoded
     max_pixels: int | None = None  # None: edgecv.data.decode.DEFAULT_MAX_PIXELS
+    # availability limits (defaults and flags: edgecv.serve.limits); the connection ones act in uvicorn's protocol
+    # (edgecv.serve.conn), the others in the app
+    body_timeout_s: float = limits.BODY_TIMEOUT_S
+    max_decode_bytes: int = int(limits.MAX_DECODE_MB * 1024 * 1024)
+    keep_alive_s: float = limits.KEEP_ALIVE_S
+    header_timeout_s: float = limits.HEADER_TIMEOUT_S
+    max_connections: int = limits.MAX_CONNECTIONS
     api_key: str | None = None
     model_name: str = "edgecv"
     topk: int = 5
@@ -74,36 +86,21 @@ class Service:
         # in the batcher
         self.inflight = 0
         self._arrivals: dict[int, float] = {}  # request in progress -> arrival time; oldest first (insertion order)
-
-    async def read_body(self, request: Request) -> bytes:
-        """The request body, refused with 413 beyond the limit (from Content-Length, else while streaming)."""
-        limit = self.cfg.max_body_bytes
-        cl = request.headers.get("content-length")
-        if cl is not None:
-            try:
-                too_big = int(cl) > limit
-            except ValueError:
-                raise ClientError(400, f"bad Content-Length {cl!r}") from None
-            if too_big:
-                raise ClientError(413, f"body of {cl} bytes exceeds the limit of {limit}")
-        chunks, n = [], 0
-        async for c in request.stream():
-            n += len(c)
-            if n > limit:
-                raise ClientError(413, f"body exceeds the limit of {limit} bytes")
-            chunks.append(c)
-        body = b"".join(chunks)
-        request._body = body  # starlette's form parser reads the cached body
-        return body
+        self.budget = DecodeBudget(cfg.max_decode_bytes)
 
     async def decode_all(self, items: list[tuple[str, bytes]]) -> np.ndarray:
         if not items:
             raise ClientError(400, "no image in the request (multipart file fields, or a raw image body)")
         if len(items) > self.cfg.max_queue:
             raise ClientError(413, f"{len(items)} images in one request; at most {self.cfg.max_queue}")
+        p, mp = self.predictor, self.cfg.max_pixels
 
         def work():
-            return np.stack([self.predictor.decode(b, self.cfg.max_pixels, name=n) for n, b in items])
+            rows = []
+            for n, b in items:  # each image holds its share of the decode budget while it is decoded
+                with self.budget.hold(p.decode_cost(b, mp, name=n)):
+                    rows.append(p.decode(b, mp, name=n))
+            return np.stack(rows)
 
         if sum(len(b) for _, b in items) <= INLINE_DECODE_BYTES:
             return work()  # a thread hop costs more than decoding a thumbnail; the event loop blocks < ~0.2 ms
@@ -160,6 +157,8 @@ def _install_errors(app: FastAPI) -> None:
     on(ClientError)
     on(ImageError, 400)
     on(QueueFull, 503, "server busy: ", {"Retry-After": "1"})
+    on(DecodeBusy, 503, "server busy: ", {"Retry-After": "1"})
+    on(DecodeTooLarge, 413)
     on(RuntimeFailure, 500)
 
     async def http(request, e: StarletteHTTPException):
@@ -179,12 +178,42 @@ def _install_errors(app: FastAPI) -> None:
 _INFER_SUFFIXES = ("/predict", "/infer")
 
 
-class Guard:
-    """Pure ASGI front door (no per-request task or stream wrapper as ``BaseHTTPMiddleware`` has): the API key, the
-    admission bound and the request metrics.
+def _endpoint(scope, counted: bool) -> str:
+    """Bounded metric label: the route's template; for an answer given before routing, the template its path has."""
+    route = getattr(scope.get("route"), "path", None)
+    if route is not None or not counted:
+        return route or "unmatched"
+    return "/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer"
 
-    Admission happens here, before routing, body parsing or decoding: under overload a refused request costs only
-    its HTTP parsing and a small JSON 503, so the CPU keeps serving the admitted ones.
+
+def _replay(scope, receive, headers: dict[bytes, bytes], body: bytes):
+    """``(scope, receive)`` for the app: the body (decoded) in one message, then the connection's own events (a
+    disconnect). A decoded body loses its Content-Encoding and gets its own Content-Length."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    if b"content-encoding" in headers:
+        kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+        scope = {**scope, "headers": [*kept, (b"content-length", str(len(body)).encode())]}
+    return scope, again
+
+
+class Guard:
+    """Pure ASGI front door (no per-request task or stream wrapper as ``BaseHTTPMiddleware`` has): the API key,
+    the request body (size, deadline, Content-Encoding), admission, the request metrics and the last-resort 500.
+
+    The body is read here, to its end, before admission: a client that stalls mid-body holds no admission slot
+    and gets 408 at ``body_timeout_s``. Admission then happens before routing, multipart parsing or decoding:
+    under overload a refused request costs only its HTTP parsing and a small JSON 503, so the CPU keeps serving
+    the admitted ones. An answer given before the body was read to its end carries ``Connection: close`` (the
+    unread rest would be taken for the next request); any other answer, errors included, leaves the keep-alive
+    connection usable.
     """
 
     def __init__(self, app, svc: Service):
@@ -198,42 +227,52 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        svc, t = self.svc, time.perf_counter()
-        if svc.cfg.api_key and not svc.authorized(scope["path"], Headers(scope=scope)):
-            svc.metrics.record("unauthorized", 401, time.perf_counter() - t)  # no raw path: bounded labels
-            resp = error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
-            return await _drain_then(resp, scope, receive, send)
-        status = [500]
+        svc, t, key = self.svc, time.perf_counter(), id(scope)
+        headers = dict(scope["headers"])
+        state = {"status": 500, "pending": has_body(headers), "started": False, "endpoint": None}
 
-        async def send_status(msg):
+        async def out(msg):
             if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
+                state["status"], state["started"] = msg["status"], True
+                if state["pending"]:
+                    msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
             await send(msg)
 
         counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
-        refused = counted and not svc.admit(id(scope), t)
+        admitted = False
         try:
-            if refused:
-                return await _drain_then(self.busy, scope, receive, send_status)
-            await self.app(scope, receive, send_status)
+            if svc.cfg.api_key and not svc.authorized(scope["path"], Headers(scope=scope)):
+                state["endpoint"] = "unauthorized"  # no raw path: bounded labels
+                resp = error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
+                return await resp(scope, receive, out)
+            if state["pending"]:
+                deadline = asyncio.get_running_loop().time() + svc.cfg.body_timeout_s
+                body = await read_body(receive, headers, svc.cfg.max_body_bytes, deadline)
+                state["pending"] = False
+                scope, receive = _replay(scope, receive, headers, body)
+            if counted:
+                if not svc.admit(key, t):
+                    return await self.busy(scope, receive, out)
+                admitted = True
+            await self.app(scope, receive, out)
+        except BodyError as e:
+            state["pending"] = not e.body_read
+            await error(e.status, str(e))(scope, receive, out)
+        except Disconnected as e:
+            state["status"] = 499
+            client = scope.get("client") or ("?", 0)
+            log.warning("client %s:%s disconnected during the body of %s %s (%d bytes received)", client[0],
+                        client[1], scope["method"], scope["path"], e.received)
+        except Exception as e:  # a bug below the routes: one JSON 500, the connection stays usable
+            if state["started"]:
+                raise
+            log.exception("internal error in %s %s", scope["method"], scope["path"])
+            await error(500, f"internal error: {type(e).__name__}: {e}")(scope, receive, out)
         finally:
-            if counted and not refused:
-                svc.done(id(scope))
-            # bounded metric labels: the route's template (a refused request never reached the router)
-            endpoint = ("/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer") if refused \
-                else getattr(scope.get("route"), "path", "unmatched")
-            svc.metrics.record(endpoint, status[0], time.perf_counter() - t)
-
-
-async def _drain_then(resp: JSONResponse, scope, receive, send) -> None:
-    """Read the request body to its end, then answer: a keep-alive connection stays in a clean state."""
-    more = True
-    while more:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return
-        more = msg.get("more_body", False)
-    await resp(scope, receive, send)
+            if admitted:
+                svc.done(key)
+            endpoint = state["endpoint"] or _endpoint(scope, counted)
+            svc.metrics.record(endpoint, state["status"], time.perf_counter() - t)
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:

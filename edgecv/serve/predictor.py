@@ -1,7 +1,8 @@
 """A :class:`Predictor`: one bundle artifact + its runner + the manifest's preprocessing and class names.
 
 The same path as ``edgecv bench --data``: decoded RGB image -> :meth:`Preprocess.to_array` -> runner -> logits,
-so a prediction here is bit-for-bit the one bench scored. The artifact's sha256 is verified before it is loaded.
+so a prediction here is bit-for-bit the one bench scored, except that a JPEG at least twice the resize size is
+decoded at a reduced DCT scale (:attr:`Predictor.draft_size`). The artifact's sha256 is verified before it is loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edgecv.contracts.manifest import MANIFEST, ArtifactEntry, Manifest, load_manifest
-from edgecv.data.decode import decode_image
+from edgecv.data.decode import decode_cost, decode_image
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
 from edgecv.runtimes.base import Runner, RuntimeUnavailable, predict_in_chunks, runner_for_entry
@@ -55,9 +56,21 @@ class Predictor:
             x[i] = self.preprocess.to_array(im)
         return x
 
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """A JPEG is decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) whose both sides keep the size the
+        resize step makes (the shorter side resized to ``resize_size``): a 12-megapixel photo for a 224-px model
+        decodes at 1/8, 64x fewer pixels; an image under twice that size decodes as before."""
+        r = self.preprocess.resize_size
+        return (r, r)
+
     def decode(self, src: bytes | str | Path, max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
         """Encoded image (bytes or path) -> one ``CHW float32`` model input. Raises ImageError."""
-        return self.preprocess.to_array(decode_image(src, max_pixels=max_pixels, name=name))
+        return self.preprocess.to_array(decode_image(src, max_pixels=max_pixels, name=name, draft=self.draft_size))
+
+    def decode_cost(self, src: bytes | str | Path, max_pixels: int | None = None, name: str | None = None) -> int:
+        """Bytes :meth:`decode` holds at its peak for ``src``, from the header alone. Raises ImageError."""
+        return decode_cost(src, max_pixels=max_pixels, name=name, draft=self.draft_size)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """``N x 3 x S x S float32`` -> ``N x C float32``; a fixed-batch artifact is fed zero-padded slices."""

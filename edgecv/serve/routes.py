@@ -36,7 +36,7 @@ async def _images(svc: Service, request: Request, body: bytes) -> list[tuple[str
 async def predict(request: Request, topk: int | None = None):
     svc = _svc(request)
     t = time.perf_counter()
-    body = await svc.read_body(request)  # read before any answer: a connection closed on an unread body can lose it
+    body = await request.body()  # read by the front door already (size, deadline, Content-Encoding)
     k = svc.cfg.topk if topk is None else topk
     if not 1 <= k <= 1000:
         raise ClientError(400, f"topk must be 1..1000, got {k}")
@@ -87,7 +87,7 @@ async def model_ready(name: str, request: Request, version: str | None = None):
 async def infer(name: str, request: Request, version: str | None = None):
     svc = _svc(request)
     svc.check_model(name, version)
-    body = await svc.read_body(request)
+    body = await request.body()
     req, (kind, data) = v2.parse_infer(body, request.headers.get("inference-header-content-length"),
                                        svc.predictor.input_shape, svc.cfg.max_queue)
     x = data if kind == "fp32" else await svc.decode_all([(f"image[{i}]", b) for i, b in enumerate(data)])

@@ -51,9 +51,29 @@ def _split_body(body: bytes, header_len: str | None) -> tuple[dict, bytes]:
         req = json.loads(body[:n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ClientError(400, f"infer request is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ClientError(400, "infer request JSON is nested too deeply") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
         raise ClientError(400, f"infer request needs exactly one input ('{INPUT_NAME}' FP32 or '{IMAGE_INPUT}' BYTES)")
+    _check_shape(req)
     return req, body[n:]
+
+
+def _check_shape(req: dict) -> None:
+    """The request's objects are objects where the protocol says so: the request, each input and output, and
+    every ``parameters`` (absent or null allowed) — so no later ``.get`` meets a list or a string."""
+    outputs = req.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise ClientError(400, f"'outputs' must be a list of objects, got {type(outputs).__name__}")
+    for what, items in (("input", req["inputs"]), ("output", outputs or [])):
+        for t in items:
+            if not isinstance(t, dict):
+                raise ClientError(400, f"each {what} tensor must be an object, got {type(t).__name__}")
+    for where, obj in (("request", req), *((f"input '{t.get('name')}'", t) for t in req["inputs"]),
+                       *((f"output '{o.get('name')}'", o) for o in outputs or [])):
+        p = obj.get("parameters")
+        if p is not None and not isinstance(p, dict):
+            raise ClientError(400, f"{where}: 'parameters' must be an object, got {type(p).__name__}")
 
 
 def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
