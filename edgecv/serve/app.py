@@ -22,9 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecv import __version__
 from edgecv.data.decode import ImageError
-from edgecv.serve.batcher import Batcher, QueueFull
+from edgecv.serve.batcher import Batcher, BatchRun, QueueFull
 from edgecv.serve.metrics import Metrics
 from edgecv.serve.predictor import Predictor
+from edgecv.serve.stats import SCOPE_KEY, ModelStats, RequestTimes
 from edgecv.serve.v2 import ClientError
 
 # bodies up to this size are decoded on the event loop (a small JPEG decodes and resizes in well under a
@@ -63,8 +64,9 @@ class Service:
     def __init__(self, predictor: Predictor, cfg: ServeConfig):
         self.predictor, self.cfg = predictor, cfg
         self.metrics = Metrics()
+        self.stats = ModelStats()  # Triton's statistics extension
         self.batcher = Batcher(predictor.logits, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue,
-                               on_batch=lambda n, s: self.metrics.batch_size.observe(n))
+                               on_batch=self._on_batch)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.metrics.model_load.set(predictor.load_s)
         self.desc = predictor.describe()
@@ -74,6 +76,10 @@ class Service:
         # in the batcher
         self.inflight = 0
         self._arrivals: dict[int, float] = {}  # request in progress -> arrival time; oldest first (insertion order)
+
+    def _on_batch(self, run: BatchRun) -> None:
+        self.metrics.batch_size.observe(run.rows)
+        self.stats.batch(run)
 
     async def read_body(self, request: Request) -> bytes:
         """The request body, refused with 413 beyond the limit (from Content-Length, else while streaming)."""
@@ -112,8 +118,14 @@ class Service:
     async def infer_rows(self, request: Request, x: np.ndarray) -> np.ndarray:
         if await request.is_disconnected():  # the client gave up (timeout): do not spend the runner on it
             raise ClientError(499, "client disconnected before inference")
+        times: RequestTimes | None = request.scope.get(SCOPE_KEY)
+        if times is not None:
+            times.submitted = time.perf_counter()
         try:
-            return await self.batcher.submit(x)
+            out = await self.batcher.submit(x)
+            if times is not None:
+                times.result = time.perf_counter()
+            return out
         except QueueFull:
             raise
         except Exception as e:  # noqa: BLE001 - runtime failure: 500 JSON, the server keeps serving
@@ -141,6 +153,19 @@ class Service:
         if name != self.cfg.model_name or version not in (None, "", "1"):
             raise ClientError(404, f"unknown model '{name}'" + (f" version {version}" if version else "")
                               + f" (serving '{self.cfg.model_name}' version 1)")
+
+    def serves(self, path: str) -> bool:
+        """Whether a POST to ``path`` is an inference request for the served model (its statistics count it)."""
+        if path == "/predict":
+            return True
+        parts = path.split("/")  # "", "v2", "models", NAME, ["versions", VERSION,] "infer"
+        if len(parts) not in (5, 7) or parts[1:3] != ["v2", "models"] or parts[-1] != "infer":
+            return False
+        try:
+            self.check_model(parts[3], parts[5] if len(parts) == 7 and parts[4] == "versions" else None)
+        except ClientError:
+            return False
+        return len(parts) == 5 or parts[4] == "versions"
 
     def authorized(self, path: str, headers: Headers) -> bool:
         if not self.cfg.api_key or path in OPEN_PATHS:
@@ -204,13 +229,21 @@ class Guard:
             resp = error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
             return await _drain_then(resp, scope, receive, send)
         status = [500]
+        counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
+        times = RequestTimes(t) if counted and svc.serves(scope["path"]) else None  # for the model's statistics
+        if times is not None:
+            scope[SCOPE_KEY] = times
+            receive = _marking_body_end(receive, times)
 
         async def send_status(msg):
+            nonlocal times
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
+                if times is not None:  # before the answer leaves: a client that reads the statistics next sees it
+                    svc.stats.request(times, 200 <= status[0] < 300, time.perf_counter())
+                    times = None
             await send(msg)
 
-        counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
         refused = counted and not svc.admit(id(scope), t)
         try:
             if refused:
@@ -219,10 +252,24 @@ class Guard:
         finally:
             if counted and not refused:
                 svc.done(id(scope))
+            if times is not None:  # no answer started here: an exception, answered 500 outside
+                svc.stats.request(times, False, time.perf_counter())
             # bounded metric labels: the route's template (a refused request never reached the router)
             endpoint = ("/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer") if refused \
                 else getattr(scope.get("route"), "path", "unmatched")
             svc.metrics.record(endpoint, status[0], time.perf_counter() - t)
+
+
+def _marking_body_end(receive, times: RequestTimes):
+    """``receive`` that notes when the last chunk of the request body arrived (compute_input starts there)."""
+
+    async def wrapped():
+        msg = await receive()
+        if msg["type"] == "http.request" and not msg.get("more_body", False):
+            times.body_done = time.perf_counter()
+        return msg
+
+    return wrapped
 
 
 async def _drain_then(resp: JSONResponse, scope, receive, send) -> None:
@@ -237,6 +284,7 @@ async def _drain_then(resp: JSONResponse, scope, receive, send) -> None:
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
+    from edgecv.serve import triton_ext
     from edgecv.serve.routes import router
 
     svc = Service(predictor, cfg)
@@ -255,5 +303,6 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
 
     app.add_middleware(Guard, svc=svc)
     _install_errors(app)
+    app.include_router(triton_ext.router)  # first: /v2/models/stats before /v2/models/{name}
     app.include_router(router)
     return app
