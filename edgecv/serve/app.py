@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecv import __version__
 from edgecv.data.decode import ImageError
 from edgecv.serve.batcher import Batcher, BatchRun, QueueFull
-from edgecv.serve.metrics import Metrics
+from edgecv.serve.metrics import Metrics, endpoint_label
 from edgecv.serve.predictor import Predictor
 from edgecv.serve.stats import SCOPE_KEY, ModelStats, RequestTimes
 from edgecv.serve.v2 import ClientError
@@ -31,7 +31,10 @@ from edgecv.serve.v2 import ClientError
 # bodies up to this size are decoded on the event loop (a small JPEG decodes and resizes in well under a
 # millisecond); larger ones in a worker thread, so a big photo never stalls the other connections
 INLINE_DECODE_BYTES = 16 * 1024
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")  # no API key needed
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's script and CSS, served from the package (fastapi-offline)
+# no API key needed: the probes and the pages (the try-it page asks for the key when /predict needs one)
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc",
+              "/openapi.json")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Service:
         self.predictor, self.cfg = predictor, cfg
         self.metrics = Metrics()
         self.stats = ModelStats()  # Triton's statistics extension
+        self.route_paths: dict = {}  # endpoint -> path of the routes that carry no template (set by create_app)
         self.batcher = Batcher(predictor.logits, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue,
                                on_batch=self._on_batch)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
@@ -168,7 +172,7 @@ class Service:
         return len(parts) == 5 or parts[4] == "versions"
 
     def authorized(self, path: str, headers: Headers) -> bool:
-        if not self.cfg.api_key or path in OPEN_PATHS:
+        if not self.cfg.api_key or path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/"):
             return True
         auth = headers.get("authorization", "")
         key = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
@@ -256,7 +260,7 @@ class Guard:
                 svc.stats.request(times, False, time.perf_counter())
             # bounded metric labels: the route's template (a refused request never reached the router)
             endpoint = ("/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer") if refused \
-                else getattr(scope.get("route"), "path", "unmatched")
+                else endpoint_label(scope, svc.route_paths)
             svc.metrics.record(endpoint, status[0], time.perf_counter() - t)
 
 
@@ -284,7 +288,9 @@ async def _drain_then(resp: JSONResponse, scope, receive, send) -> None:
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
-    from edgecv.serve import triton_ext
+    from fastapi_offline import FastAPIOffline
+
+    from edgecv.serve import pages, triton_ext
     from edgecv.serve.routes import router
 
     svc = Service(predictor, cfg)
@@ -297,12 +303,15 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
         svc.ready = False
         await asyncio.to_thread(svc.batcher.stop)
 
-    app = FastAPI(title="edgecv serve", version=__version__, lifespan=lifespan,
-                  description=f"Image classification with {svc.desc['artifact']} ({svc.desc['runtime']}).")
+    # /docs and /redoc with Swagger UI / ReDoc served from the package: they render without internet
+    app = FastAPIOffline(title="edgecv serve", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+                         description=f"Image classification with {svc.desc['artifact']} ({svc.desc['runtime']}).")
     app.state.svc = svc
 
     app.add_middleware(Guard, svc=svc)
     _install_errors(app)
     app.include_router(triton_ext.router)  # first: /v2/models/stats before /v2/models/{name}
     app.include_router(router)
+    app.include_router(pages.router)
+    svc.route_paths = {r.endpoint: r.path for r in app.routes if hasattr(r, "endpoint") and hasattr(r, "path")}
     return app
