@@ -88,14 +88,18 @@ class Chromium:
         return r["result"].get("value")
 
     def wait_for(self, expr: str, timeout: float = 30.0):
-        """The value of ``expr`` once truthy (polled); fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
+        """The value of ``expr`` once truthy (polled: the page may still be loading, or the previous one);
+        fails after ``timeout`` seconds."""
+        deadline, last = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            value = self.js(expr)
+            try:
+                value = self.js(expr)
+            except AssertionError as e:  # evaluated in a document that is not (yet) the one expected
+                value, last = None, e
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"still falsy after {timeout} s: {expr}")
+        raise AssertionError(f"still falsy after {timeout} s: {expr} ({last or 'no error'})")
 
     def upload(self, selector: str, path: Path) -> None:
         root = self.call("DOM.getDocument", session=True)["root"]["nodeId"]
@@ -193,7 +197,7 @@ def test_try_it_page_uploads_an_image_and_shows_the_cli_label(browser, served, a
     img = assets["imgs"][0]
     cli = json.loads(edgecv("predict", str(assets["bundle"]), str(img), "--json").stdout)["predictions"][0]
     browser.goto(served.url + "/")
-    assert browser.wait_for("document.querySelector('#model').textContent.includes('onnx-fp32')")
+    assert browser.wait_for("document.querySelector('#model')?.textContent.includes('onnx-fp32')")
     browser.upload("#file", img)
     label = browser.wait_for("!document.querySelector('#result').hidden && document.querySelector('#top1').textContent")
     assert label == cli["label"]
