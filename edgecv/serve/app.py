@@ -24,17 +24,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecv import __version__
 from edgecv.data.decode import ImageError
 from edgecv.serve import limits
-from edgecv.serve.batcher import Batcher, QueueFull
+from edgecv.serve.batcher import Batcher, BatchRun, QueueFull
 from edgecv.serve.body import BodyError, Disconnected, has_body, read_body
 from edgecv.serve.limits import DecodeBudget, DecodeBusy, DecodeTooLarge
-from edgecv.serve.metrics import Metrics
+from edgecv.serve.metrics import Metrics, endpoint_label
 from edgecv.serve.predictor import Predictor
+from edgecv.serve.stats import SCOPE_KEY, ModelStats, RequestTimes
 from edgecv.serve.v2 import ClientError
 
 # bodies up to this size are decoded on the event loop (a small JPEG decodes and resizes in well under a
 # millisecond); larger ones in a worker thread, so a big photo never stalls the other connections
 INLINE_DECODE_BYTES = 16 * 1024
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")  # no API key needed
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's script and CSS, served from the package (fastapi-offline)
+# no API key needed: the probes and the pages (the try-it page asks for the key when /predict needs one)
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc",
+              "/openapi.json")
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format and --quiet apply
 
 
@@ -75,8 +79,10 @@ class Service:
     def __init__(self, predictor: Predictor, cfg: ServeConfig):
         self.predictor, self.cfg = predictor, cfg
         self.metrics = Metrics()
+        self.stats = ModelStats()  # Triton's statistics extension
+        self.route_paths: dict = {}  # endpoint -> path of the routes that carry no template (set by create_app)
         self.batcher = Batcher(predictor.logits, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue,
-                               on_batch=lambda n, s: self.metrics.batch_size.observe(n))
+                               on_batch=self._on_batch)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.metrics.model_load.set(predictor.load_s)
         self.desc = predictor.describe()
@@ -87,6 +93,10 @@ class Service:
         self.inflight = 0
         self._arrivals: dict[int, float] = {}  # request in progress -> arrival time; oldest first (insertion order)
         self.budget = DecodeBudget(cfg.max_decode_bytes)
+
+    def _on_batch(self, run: BatchRun) -> None:
+        self.metrics.batch_size.observe(run.rows)
+        self.stats.batch(run)
 
     async def decode_all(self, items: list[tuple[str, bytes]]) -> np.ndarray:
         if not items:
@@ -109,8 +119,14 @@ class Service:
     async def infer_rows(self, request: Request, x: np.ndarray) -> np.ndarray:
         if await request.is_disconnected():  # the client gave up (timeout): do not spend the runner on it
             raise ClientError(499, "client disconnected before inference")
+        times: RequestTimes | None = request.scope.get(SCOPE_KEY)
+        if times is not None:
+            times.submitted = time.perf_counter()
         try:
-            return await self.batcher.submit(x)
+            out = await self.batcher.submit(x)
+            if times is not None:
+                times.result = time.perf_counter()
+            return out
         except QueueFull:
             raise
         except Exception as e:  # noqa: BLE001 - runtime failure: 500 JSON, the server keeps serving
@@ -139,8 +155,21 @@ class Service:
             raise ClientError(404, f"unknown model '{name}'" + (f" version {version}" if version else "")
                               + f" (serving '{self.cfg.model_name}' version 1)")
 
+    def serves(self, path: str) -> bool:
+        """Whether a POST to ``path`` is an inference request for the served model (its statistics count it)."""
+        if path == "/predict":
+            return True
+        parts = path.split("/")  # "", "v2", "models", NAME, ["versions", VERSION,] "infer"
+        if len(parts) not in (5, 7) or parts[1:3] != ["v2", "models"] or parts[-1] != "infer":
+            return False
+        try:
+            self.check_model(parts[3], parts[5] if len(parts) == 7 and parts[4] == "versions" else None)
+        except ClientError:
+            return False
+        return len(parts) == 5 or parts[4] == "versions"
+
     def authorized(self, path: str, headers: Headers) -> bool:
-        if not self.cfg.api_key or path in OPEN_PATHS:
+        if not self.cfg.api_key or path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/"):
             return True
         auth = headers.get("authorization", "")
         key = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
@@ -178,11 +207,12 @@ def _install_errors(app: FastAPI) -> None:
 _INFER_SUFFIXES = ("/predict", "/infer")
 
 
-def _endpoint(scope, counted: bool) -> str:
-    """Bounded metric label: the route's template; for an answer given before routing, the template its path has."""
-    route = getattr(scope.get("route"), "path", None)
-    if route is not None or not counted:
-        return route or "unmatched"
+def _endpoint(scope, counted: bool, route_paths: dict) -> str:
+    """Bounded metric label: the route's (:func:`~edgecv.serve.metrics.endpoint_label`); for an inference request
+    answered before routing (refused, a bad body), the template its path has."""
+    label = endpoint_label(scope, route_paths)
+    if label != "unmatched" or not counted:
+        return label
     return "/predict" if scope["path"] == "/predict" else "/v2/models/{name}/infer"
 
 
@@ -230,15 +260,20 @@ class Guard:
         svc, t, key = self.svc, time.perf_counter(), id(scope)
         headers = dict(scope["headers"])
         state = {"status": 500, "pending": has_body(headers), "started": False, "endpoint": None}
+        counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
+        times = RequestTimes(t) if counted and svc.serves(scope["path"]) else None  # for the model's statistics
 
         async def out(msg):
+            nonlocal times
             if msg["type"] == "http.response.start":
                 state["status"], state["started"] = msg["status"], True
                 if state["pending"]:
                     msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
+                if times is not None:  # before the answer leaves: a client that reads the statistics next sees it
+                    svc.stats.request(times, 200 <= msg["status"] < 300, time.perf_counter())
+                    times = None
             await send(msg)
 
-        counted = scope["method"] == "POST" and scope["path"].endswith(_INFER_SUFFIXES)
         admitted = False
         try:
             if svc.cfg.api_key and not svc.authorized(scope["path"], Headers(scope=scope)):
@@ -250,6 +285,9 @@ class Guard:
                 body = await read_body(receive, headers, svc.cfg.max_body_bytes, deadline)
                 state["pending"] = False
                 scope, receive = _replay(scope, receive, headers, body)
+            if times is not None:  # compute_input starts once the body is in
+                times.body_done = time.perf_counter()
+                scope[SCOPE_KEY] = times
             if counted:
                 if not svc.admit(key, t):
                     return await self.busy(scope, receive, out)
@@ -271,11 +309,16 @@ class Guard:
         finally:
             if admitted:
                 svc.done(key)
-            endpoint = state["endpoint"] or _endpoint(scope, counted)
+            if times is not None:  # no answer started: the client left, or an exception answered outside
+                svc.stats.request(times, False, time.perf_counter())
+            endpoint = state["endpoint"] or _endpoint(scope, counted, svc.route_paths)
             svc.metrics.record(endpoint, state["status"], time.perf_counter() - t)
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
+    from fastapi_offline import FastAPIOffline
+
+    from edgecv.serve import pages, triton_ext
     from edgecv.serve.routes import router
 
     svc = Service(predictor, cfg)
@@ -288,11 +331,15 @@ def create_app(predictor: Predictor, cfg: ServeConfig) -> FastAPI:
         svc.ready = False
         await asyncio.to_thread(svc.batcher.stop)
 
-    app = FastAPI(title="edgecv serve", version=__version__, lifespan=lifespan,
-                  description=f"Image classification with {svc.desc['artifact']} ({svc.desc['runtime']}).")
+    # /docs and /redoc with Swagger UI / ReDoc served from the package: they render without internet
+    app = FastAPIOffline(title="edgecv serve", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+                         description=f"Image classification with {svc.desc['artifact']} ({svc.desc['runtime']}).")
     app.state.svc = svc
 
     app.add_middleware(Guard, svc=svc)
     _install_errors(app)
+    app.include_router(triton_ext.router)  # first: /v2/models/stats before /v2/models/{name}
     app.include_router(router)
+    app.include_router(pages.router)
+    svc.route_paths = {r.endpoint: r.path for r in app.routes if hasattr(r, "endpoint") and hasattr(r, "path")}
     return app

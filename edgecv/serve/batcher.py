@@ -23,6 +23,19 @@ class QueueFull(Exception):
 
 
 @dataclass
+class BatchRun:
+    """What one runner call did, for the statistics: its rows, how long each request of it waited in the queue,
+    and the seconds spent gathering the input, in the runner, and slicing the output per request."""
+
+    rows: int
+    waits: list[float]
+    input_s: float
+    infer_s: float
+    output_s: float
+    ok: bool
+
+
+@dataclass
 class _Item:
     x: np.ndarray
     fut: asyncio.Future
@@ -41,12 +54,12 @@ def _settle(fut: asyncio.Future, value=None, exc: BaseException | None = None) -
 
 class Batcher:
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch: int = 8, max_delay_ms: float = 2.0,
-                 max_queue: int = 64, on_batch: Callable[[int, float], None] | None = None):
+                 max_queue: int = 64, on_batch: Callable[[BatchRun], None] | None = None):
         self.fn = fn
         self.max_batch = max(1, int(max_batch))
         self.max_delay = max(0.0, float(max_delay_ms)) / 1e3
         self.max_queue = max(1, int(max_queue))
-        self.on_batch = on_batch or (lambda n, s: None)
+        self.on_batch = on_batch or (lambda run: None)
         self._q: collections.deque[_Item] = collections.deque()
         self._rows = 0
         self._cv = threading.Condition()
@@ -116,17 +129,22 @@ class Batcher:
             if batch is None:
                 return
             n = sum(len(i.x) for i in batch)
-            t = time.perf_counter()
+            t0 = time.perf_counter()
+            x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
+            t1 = time.perf_counter()
             try:
-                out = self.fn(np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x)
-                err = None
+                out, err = self.fn(x), None
             except Exception as e:  # noqa: BLE001 - a runtime failure answers these requests (500), not the server
                 out, err = None, e
-            self.on_batch(n, time.perf_counter() - t)
-            k = 0
+            t2 = time.perf_counter()
+            parts, k = [], 0
             for it in batch:
-                part = None if out is None else out[k:k + len(it.x)]
+                parts.append(None if out is None else out[k:k + len(it.x)])
                 k += len(it.x)
+            # recorded before the answers go out: a client that reads the statistics after its answer sees its batch
+            self.on_batch(BatchRun(n, [t0 - i.t for i in batch], t1 - t0, t2 - t1, time.perf_counter() - t2,
+                                   err is None))
+            for it, part in zip(batch, parts, strict=True):
                 it.loop.call_soon_threadsafe(_settle, it.fut, part, err)
             with self._cv:
                 self._rows -= n

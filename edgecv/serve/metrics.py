@@ -35,3 +35,19 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def endpoint_label(scope: dict, route_paths: dict) -> str:
+    """The ``endpoint`` label of a request: its route's template (``/v2/models/{name}/infer``), the path of a route
+    without one (``/openapi.json``: by its endpoint in ``route_paths``), the prefix of a mount (the docs assets),
+    else ``unmatched``; a bounded set of labels, whatever paths clients send."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None and endpoint in route_paths:
+        return route_paths[endpoint]
+    app_root = scope.get("app_root_path")
+    if app_root is not None and scope.get("root_path", "") != app_root:
+        return scope["root_path"][len(app_root):]
+    return "unmatched"

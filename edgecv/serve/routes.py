@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from edgecv import __version__
 from edgecv.serve import v2
 from edgecv.serve.app import Service, error
+from edgecv.serve.triton_ext import EXTENSIONS
 from edgecv.serve.v2 import ClientError
 
 router = APIRouter()
@@ -63,7 +64,7 @@ async def ready(request: Request):
 
 @router.get("/v2")
 async def server_metadata():
-    return {"name": "edgecv", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "edgecv", "version": __version__, "extensions": ["binary_tensor_data", *EXTENSIONS]}
 
 
 @router.get("/v2/models/{name}")

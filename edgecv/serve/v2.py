@@ -40,6 +40,56 @@ def metadata(name: str, platform: str, input_shape: tuple[int, ...], num_classes
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, num_classes]}]}
 
 
+def model_config(name: str, platform: str, input_shape: tuple[int, ...], num_classes: int, *, max_rows: int,
+                 max_batch: int, max_delay_us: int, max_queue: int, gpu: bool, model_file: str,
+                 parameters: dict[str, str]) -> dict:
+    """Triton's model configuration extension: the served model as a ``ModelConfig`` message (model_config.proto),
+    in the JSON Triton answers ``GET /v2/models/NAME/config`` with (proto field names, every field, int64 as
+    numbers). ``max_batch_size``: the rows one request may carry; the dynamic batcher prefers ``max_batch``."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    c = mc.ModelConfig(name=name, platform=platform, backend=platform, max_batch_size=max_rows,
+                       default_model_filename=model_file)
+    c.version_policy.latest.num_versions = 1
+    c.input.add(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=list(input_shape))
+    c.input.add(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]).reshape.SetInParent()  # BYTES [N]: one per row
+    c.output.add(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes])
+    c.dynamic_batching.preferred_batch_size.append(max_batch)
+    c.dynamic_batching.max_queue_delay_microseconds = max_delay_us
+    c.dynamic_batching.default_queue_policy.max_queue_size = max_queue
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    c.instance_group.add(name=f"{name}_0", kind=kind, count=1)
+    for k, v in parameters.items():
+        c.parameters[k].string_value = str(v)
+    d = json_format.MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return _int64_as_numbers(c, d)
+
+
+def _int64_as_numbers(msg, d: dict) -> dict:
+    """protobuf's JSON writes 64-bit integers as strings; Triton's config JSON has numbers (its FixInt)."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    wide = (F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64)
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in d:
+            continue
+        value, mine = getattr(msg, f.name), d[f.name]
+        if f.type in wide:
+            d[f.name] = [int(v) for v in mine] if isinstance(mine, list) else int(mine)
+        elif f.message_type is not None and f.message_type.GetOptions().map_entry:
+            vf = f.message_type.fields_by_name["value"]
+            if vf.message_type is not None:
+                for k in mine:
+                    _int64_as_numbers(value[k], mine[k])
+            elif vf.type in wide:
+                d[f.name] = {k: int(v) for k, v in mine.items()}
+        elif f.message_type is not None:
+            for m, sub in (zip(value, mine, strict=True) if isinstance(mine, list) else [(value, mine)]):
+                _int64_as_numbers(m, sub)
+    return d
+
+
 def _split_body(body: bytes, header_len: str | None) -> tuple[dict, bytes]:
     try:
         n = int(header_len) if header_len is not None else len(body)
