@@ -208,6 +208,10 @@ def _print_run_table(run: dict) -> None:
         t.add_row(name, s.get("status", "-"), pct(s.get("val_top1")), pct(s.get("ptq_top1")),
                   f"{s['macs']:,}" if "macs" in s else "-", f"{s['macs_224']:,}" if "macs_224" in s else "-",
                   f"{s['params']:,}" if "params" in s else "-", pct(s.get("wall_s")), s.get("checkpoint", "-"))
+    from edgecv.compress.judge import gap_line
+
+    if run.get("teacher_gap"):
+        t.caption = gap_line(run["teacher_gap"])
     con = stderr_console(160)
     con.print(t)
     recall = _recall_table(run)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgecv import distributed as D
+from edgecv.contracts.rundir import STAGES
 from edgecv.data.datasets import DataBundle
 from edgecv.data.metrics import summary, weak_message, zero_recall_message
 from edgecv.errors import CheckFailed, UserError
@@ -132,3 +133,22 @@ def zero_recall_text(info: dict) -> str:
     z = zero_recall_message(info.get("baseline") or {}) if info.get("learned") else None
     return f"; {z}" if z else ""
 
+
+
+def teacher_gap(run: dict) -> dict | None:
+    """The teacher-student loss of run.json's content: each finished stage's val top-1 minus the teacher's (points),
+    and the last one's, which is what the run delivers; None before any stage or without the teacher's top-1."""
+    t = run.get("teacher", {}).get("val_top1")
+    done = [(s, run["stages"][s]["val_top1"]) for s in STAGES
+            if run["stages"].get(s, {}).get("status") == "done" and run["stages"][s].get("val_top1") is not None]
+    if t is None or not done:
+        return None
+    return {"stage": done[-1][0], "teacher_top1": t, "student_top1": done[-1][1],
+            "top1_pt": round(done[-1][1] - t, 2), "by_stage": {s: round(v - t, 2) for s, v in done}}
+
+
+def gap_line(gap: dict) -> str:
+    """``student (quantize) val top-1 64.70% vs teacher 73.70%: -9.00 pt (distill -8.85, ...)``."""
+    stages = ", ".join(f"{s} {v:+.2f}" for s, v in gap["by_stage"].items())
+    return (f"student ({gap['stage']}) val top-1 {gap['student_top1']:.2f}% vs teacher {gap['teacher_top1']:.2f}%: "
+            f"{gap['top1_pt']:+.2f} pt ({stages})")

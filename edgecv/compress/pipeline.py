@@ -23,7 +23,14 @@ from torch import nn
 from edgecv import distributed as D
 from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig, KDLoss
-from edgecv.compress.judge import balanced_text, judge_stage, teacher_report, zero_recall_text
+from edgecv.compress.judge import (
+    balanced_text,
+    gap_line,
+    judge_stage,
+    teacher_gap,
+    teacher_report,
+    zero_recall_text,
+)
 from edgecv.compress.softlabels import (
     SoftLabelDataset,
     SoftLabels,
@@ -299,6 +306,9 @@ def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool 
             continue
         _run_stage(ctx, st, stages)
     run.data["wall_s"] = round(time.perf_counter() - t_all, 2)
+    run.data["teacher_gap"] = teacher_gap(run.data)
+    if run.data["teacher_gap"]:
+        log(gap_line(run.data["teacher_gap"]))
     run.save()
     D.barrier()
     return run.data
