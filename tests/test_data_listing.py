@@ -284,7 +284,7 @@ def test_compress_run_json_records_the_scan(tmp_path):
     out = tmp_path / "run"
     p = run_cli("compress", "--teacher", str(t), "--data", str(root), "--img-size", "16", "--stages", "distill",
                 "--epochs-kd", "0", "--teacher-cache", "off", "--batch-size", "8", "--workers", "0",
-                "--allow-duplicates", "--out", str(out), "--json", check=True)
+                "--allow-duplicates", "--allow-weak-teacher", "--out", str(out), "--json", check=True)
     run = json.loads((out / "run.json").read_text())
     assert json.loads(p.stdout)["data_scan"] == run["data_scan"]
     scan = run["data_scan"]
