@@ -193,11 +193,7 @@ def main() -> None:
         if not a.bundle:
             a.bundle, _ = sl.demo_assets(Path(tmp))
         res = run(a)
-    text = json.dumps(res, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    print(text)
+    sl.emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -485,10 +485,15 @@ def main() -> None:
         if not (a.bundle and a.checkpoint):
             a.bundle, a.checkpoint = demo_assets(Path(tmp))
         res = run(a)
+    emit(res, a.out)
+
+
+def emit(res: dict, out: str | None) -> None:
+    """Print the result as JSON, and write it to ``out`` too when given (shared by the serving benchmarks)."""
     text = json.dumps(res, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
     print(text)
 
 

@@ -220,11 +220,7 @@ def main() -> None:
             res["memory"] = memory(a, png(9000), png(5000), jpegs, Path(tmp))
     if "throughput" in parts:
         res["throughput"] = throughput(a, jpegs)
-    text = json.dumps(res, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    print(text)
+    sl.emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,14 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from tests.bench_util import TinyNet, make_bundle
-from tests.conftest import make_image_folder, run_cli
+from tests.conftest import run_cli
+from tests import test_serve
 from tests.test_serve import SIZE, Server
 
+assets = test_serve.assets  # the tiny bundle + images fixture, shared
+
 th = pytest.importorskip("tritonclient.http")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    torch.manual_seed(0)
-    bundle = make_bundle(root / "bundle", model=TinyNet(3, width=8, depth=1), size=SIZE)
-    imgs = make_image_folder(root / "imgs", n_train=1, n_val=3, size=24)
-    return {"bundle": bundle, "imgs": sorted((imgs / "val").rglob("*.*"))}
 
 
 @pytest.fixture(scope="module")
