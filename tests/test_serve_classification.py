@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
 from tests import test_serve
+from tests.conftest import run_cli
 from tests.test_serve import SIZE, Server
 
 assets = test_serve.assets  # the tiny bundle + images fixture, shared
