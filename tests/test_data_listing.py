@@ -274,6 +274,21 @@ def test_bench_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locke
     assert f"skipped (--skip-bad): cannot list {sub}" in p.stderr
 
 
+def test_gate_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locked):
+    """The gate lists --data by the same rule, and has the --skip-bad its error line names."""
+    root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=1, n_val=2, size=16)
+    sub = root / "val" / "red" / "more"
+    locked.rename(sub)
+    args = ["gate", "--baseline", str(bundle), "--candidate", str(bundle), "--data", str(root), "--rounds", "2",
+            "--max-rounds", "2", "--sessions", "1", "--json", "-"]
+    line = one_line_error(unprivileged(*args, "-q"), 2, "--skip-bad")
+    assert str(sub) in line
+    p = unprivileged(*args, "--skip-bad")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["artifacts"][0]["accuracy"]["n"] == 6
+    assert f"skipped (--skip-bad): cannot list {sub}" in p.stderr
+
+
 def test_compress_run_json_records_the_scan(tmp_path):
     """run.json (and --json) of a compress run carry the scan report: skipped types per class, duplicates kept."""
     root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=4, n_val=2)

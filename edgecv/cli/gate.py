@@ -32,6 +32,7 @@ from edgecv.utils import check_writable
               help="Still inconclusive at --max-rounds: decide on the point estimate, or fail / pass.")
 @click.option("--data", default=None, help="Validation data for the accuracy check (skipped without it).")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Class-balanced subset for the accuracy check.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images / unlistable folders of --data (listed).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Runtime threads for both models.")
 @click.option("--device", default="cpu", show_default=True, help="Runner device.")
 @click.option("--stored-noise", default=1.5, show_default=True, type=click.FloatRange(1),
@@ -39,7 +40,7 @@ from edgecv.utils import check_writable
 @click.option("--json", "json_out", default=None, metavar="PATH", help="Write the JSON result here ('-' = stdout).")
 @quiet_option
 def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric, rounds, max_rounds, sessions,
-         block_time, on_inconclusive, data, max_images, threads, device, stored_noise, json_out):
+         block_time, on_inconclusive, data, max_images, skip_bad, threads, device, stored_noise, json_out):
     """CI gate: fail when CANDIDATE is slower or less accurate than BASELINE beyond the thresholds.
 
     Both are measured in this process, interleaved (A B, B A, ... in short blocks), and the decision is made on
@@ -67,7 +68,8 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
         max_rounds = rounds
     cfg = G.GateConfig(max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop,
                        metric=metric, rounds=rounds, max_rounds=max_rounds, sessions=sessions, block_time_s=block_time,
-                       on_inconclusive=on_inconclusive, data=data, max_images=max_images, threads=threads,
+                       on_inconclusive=on_inconclusive, data=data, max_images=max_images, skip_bad=skip_bad,
+                       threads=threads,
                        device=device, stored_noise=stored_noise)
     result = G.run_gate(baseline, candidate, cfg, log=log)
     validate(result, "gate")

@@ -22,6 +22,7 @@ class GateConfig:
     device: str = "cpu"
     data: str | None = None
     max_images: int | None = None
+    skip_bad: bool = False  # unreadable images / unlistable folders of --data: listed, not fatal (data.scan)
     confidence: float = 0.95
     on_inconclusive: str = "point"
     stored_noise: float = 1.5

@@ -119,7 +119,8 @@ def _eval_set(plan: _Plan, cfg: GateConfig, log: Log):
 
     log(f"loading evaluation images from {cfg.data} ...")
     # both sides are scored on the same images: duplicates of training images cannot favour one of them
-    return load_eval_arrays(cfg.data, cman.class_names, cman.preprocess, limit=cfg.max_images, allow_duplicates=True)
+    return load_eval_arrays(cfg.data, cman.class_names, cman.preprocess, limit=cfg.max_images, allow_duplicates=True,
+                            skip_bad=cfg.skip_bad, log=log)
 
 
 def _stored_ms(stored_row: dict, cfg: GateConfig) -> float | None:
