@@ -260,29 +260,18 @@ def test_compress_and_eval_cli_duplicates_one_line(tmp_path):
     assert rep["data_scan"]["duplicates"] == 1 and rep["n"] == 7
 
 
-def test_bench_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locked):
+@pytest.mark.parametrize("cmd", ["bench", "gate"])
+def test_bench_and_gate_unlistable_subfolder_exit_2_then_skip_bad(cmd, bundle, tmp_path, locked):
+    """bench and gate list --data by the rule of every command, with the --skip-bad their error line names."""
     root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=1, n_val=2, size=16)
     sub = root / "val" / "red" / "more"
     locked.rename(sub)
-    args = ["bench", str(bundle), "--data", str(root), "--min-time", "10ms", "--min-runs", "1", "--warmup", "0",
-            "--rounds", "1", "--json", "-"]
+    run = {"bench": ["bench", str(bundle), "--min-time", "10ms", "--min-runs", "1", "--warmup", "0", "--rounds", "1"],
+           "gate": ["gate", "--baseline", str(bundle), "--candidate", str(bundle), "--rounds", "2", "--max-rounds",
+                    "2", "--sessions", "1"]}[cmd]
+    args = [*run, "--data", str(root), "--json", "-"]
     line = one_line_error(unprivileged(*args, "-q"), 2, "cannot list 1 folder")
-    assert str(sub) in line
-    p = unprivileged(*args, "--skip-bad")
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["artifacts"][0]["accuracy"]["n"] == 6
-    assert f"skipped (--skip-bad): cannot list {sub}" in p.stderr
-
-
-def test_gate_unlistable_subfolder_exit_2_then_skip_bad(bundle, tmp_path, locked):
-    """The gate lists --data by the same rule, and has the --skip-bad its error line names."""
-    root = make_image_folder(tmp_path / "d", classes=CLASSES, n_train=1, n_val=2, size=16)
-    sub = root / "val" / "red" / "more"
-    locked.rename(sub)
-    args = ["gate", "--baseline", str(bundle), "--candidate", str(bundle), "--data", str(root), "--rounds", "2",
-            "--max-rounds", "2", "--sessions", "1", "--json", "-"]
-    line = one_line_error(unprivileged(*args, "-q"), 2, "--skip-bad")
-    assert str(sub) in line
+    assert str(sub) in line and "--skip-bad" in line
     p = unprivileged(*args, "--skip-bad")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["artifacts"][0]["accuracy"]["n"] == 6
