@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from edgecv.compress.prune import IMPORTANCES, recalibrate_bn
+from edgecv.compress.prune import IMPORTANCES, ignored_layers, recalibrate_bn
 from edgecv.data.datasets import load_train_val
 from edgecv.models.checkpoint import load_checkpoint
 from edgecv.nn.graph import count_macs
@@ -60,8 +60,7 @@ def cut(model, criterion: str, fraction: float, size: int, n_cls: int, grad_fn, 
     macs = count_macs(model, size)
     while macs > target:
         model.eval()
-        ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == n_cls]
-        ignored += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels <= 16]
+        ignored = ignored_layers(model, n_cls, min_channels=16)  # as edgecv compress: the head, the floor
         if scope == "hidden":
             ignored += residual_layers(model)
         imp = tp.importance.GroupMagnitudeImportance(p=2) if base == "magnitude" else tp.importance.GroupTaylorImportance()
