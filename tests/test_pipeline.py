@@ -60,6 +60,7 @@ def test_run_json_contract(full_run):
     assert run["completed"] == ["distill", "prune", "quantize"]
     assert run["student"] == "mobilenet_v3_small" and run["img_size"] == 16
     assert run["stages"]["distill"]["backbone_lr_scale"] == 1.0  # from scratch: one rate for every parameter
+    assert run["stages"]["prune"]["lr"] == run["config"]["lr"]  # ... the prune fine-tunes' too
     gap = run["teacher_gap"]  # the teacher-student loss of the summary line
     assert gap["stage"] == "quantize" and list(gap["by_stage"]) == ["distill", "prune", "quantize"]
     assert gap["top1_pt"] == round(run["stages"]["quantize"]["val_top1"] - run["teacher"]["val_top1"], 2)

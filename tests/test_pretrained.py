@@ -217,14 +217,17 @@ def test_compress_student_init_weights(tmp_path, photos):
     run = tmp_path / "run"
     # a one-epoch teacher on 8 val images may not be shown better than the baseline: allowed (issue 28)
     p = run_cli("compress", "--teacher", str(teacher), "--allow-weak-teacher", "--data", str(photos),
-                "--student", "mobilenet_v3_small", "--student-init-weights", str(f), "--stages", "distill", "--epochs-kd", "0", "--img-size", "32",
+                "--student", "mobilenet_v3_small", "--student-init-weights", str(f), "--stages", "distill,prune", "--epochs-kd", "0", "--img-size", "32",
+                "--epochs-prune", "1", "--prune-steps", "1",
                 "--workers", "0", "--device", "cpu", "--teacher-cache", "off", "--quiet", "--out", str(run))
     assert p.returncode == 0, p.stderr[-2000:]
     ck_sd, _ = _trained(run / "distill.pt")
     _assert_trunk_equal(sd, ck_sd, "features.")  # no KD epoch: the distill stage's student is the file's
     assert ck_sd["classifier.3.weight"].shape == (2, 1024)
     # a pretrained student's backbone distils at lr x 0.1 (the head at lr), as `edgecv train` fine-tunes
-    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["backbone_lr_scale"] == 0.1
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert stages["distill"]["backbone_lr_scale"] == 0.1
+    assert stages["prune"]["lr"] == pytest.approx(2e-3 * 0.1)  # and every parameter recovers from cuts at that rate
     p = run_cli("compress", "--teacher", str(teacher), "--data", str(photos), "--student-pretrained",
                 "--student-init-weights", str(f), "--out", str(tmp_path / "r2"))
     assert p.returncode == 2 and "either --student-pretrained or --student-init-weights" in one_line(p.stderr)
