@@ -54,7 +54,9 @@ def describe(cmd: click.Command, ctx: click.Context) -> dict:
 
 
 def current() -> dict:
-    return describe(cli, click.Context(cli, info_name="edgecv"))
+    # with the group's context settings, as `edgecv` runs (-h/--help on every command); click caches each
+    # command's help option, so a context without them would give an answer that depends on the tests run before
+    return describe(cli, click.Context(cli, info_name="edgecv", **cli.context_settings))
 
 
 def test_every_command_keeps_its_options_and_defaults():
