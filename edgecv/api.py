@@ -10,6 +10,7 @@ typed result. Bad input raises :class:`~edgecv.errors.UserError` (an unknown key
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -35,6 +36,10 @@ TRAIN_DEFAULTS = {"batch_size": None, "channels_last_cpu": True}
 
 def _quiet(msg: str) -> None:
     pass
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def _config(cls: type, base: Any, options: dict[str, Any]) -> Any:
@@ -72,12 +77,9 @@ def train(data: str = "digits", arch: str = "resnet18", out: str | Path = "teach
     check_writable(out)
     if cfg.tensorboard:
         check_writable(cfg.tensorboard, directory=True)
-    D.init(cfg.device)
-    try:
+    with D.session(cfg.device):
         return train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
                                 start=start, decode_cache=decode_cache, allow_duplicates=allow_duplicates)
-    finally:
-        D.shutdown()
 
 
 def compress(config: CompressConfig | None = None, *, stages: str | list[str] | None = None, resume: bool = False,
@@ -106,11 +108,8 @@ def compress(config: CompressConfig | None = None, *, stages: str | list[str] | 
            else resolve_config(options, config_file, resume))
     stage_list = parse_stages(",".join(stages) if isinstance(stages, list | tuple) else stages)
     check_writable(cfg.out, directory=True)  # before any training
-    D.init(cfg.device)
-    try:
+    with D.session(cfg.device):
         return run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
-    finally:
-        D.shutdown()
 
 
 def export(source: str | Path, out: str | Path, options: ExportOptions | None = None, *, log: Log = _quiet,
@@ -196,7 +195,7 @@ def predict(source: str | Path, paths: str | Path | list[str | Path], *, artifac
 
 def serve(bundle: str | Path, config: ServeConfig | None = None, *, artifact: str = "auto",
           bench_json: str | Path | None = None, threads: int | None = None, host: str = "127.0.0.1", port: int = 8000,
-          log: Log = print, **options) -> None:
+          log: Log = _stderr, **options) -> None:
     """``edgecv serve`` (without ``--ray``): serve a bundle over HTTP until SIGINT/SIGTERM (which drain).
 
     ``config`` (a :class:`~edgecv.serve.app.ServeConfig`) or keywords naming its fields (``max_batch``,

@@ -6,8 +6,10 @@ Only rank 0 writes files; metrics are all-reduced; decisions (pruning) are broad
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from edgecv import utils
@@ -111,6 +113,17 @@ def init(device: str = "auto") -> torch.device:
     elif dev.type == "cuda" and dist.is_initialized():
         dev = torch.device("cuda", local_rank())
     return dev
+
+
+@contextlib.contextmanager
+def session(device: str = "auto") -> Iterator[torch.device]:
+    """:func:`init` ... :func:`shutdown` around a run (``edgecv train`` / ``compress`` and their API functions);
+    yields this process's device. A no-op outside torchrun."""
+    dev = init(device)
+    try:
+        yield dev
+    finally:
+        shutdown()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

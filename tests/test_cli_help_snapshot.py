@@ -46,7 +46,10 @@ def _param(param: click.Parameter) -> dict:
 
 def describe(cmd: click.Command, ctx: click.Context) -> dict:
     """The command's help and options, and those of its sub-commands (recursively), keyed by name."""
-    out = {"help": cmd.help, "params": {p.name or "/".join(p.opts): _param(p) for p in cmd.get_params(ctx)}}
+    # cmd.params: the declared options; the help option comes from the context (and click caches the first one
+    # it built on the command, so get_params() would depend on the tests run before): recorded as its names
+    out = {"help": cmd.help, "help_option_names": list(ctx.help_option_names),
+           "params": {p.name or "/".join(p.opts): _param(p) for p in cmd.params}}
     if isinstance(cmd, click.Group):
         out["commands"] = {name: describe(sub, click.Context(sub, parent=ctx, info_name=name))
                            for name, sub in sorted(cmd.commands.items())}
@@ -54,8 +57,7 @@ def describe(cmd: click.Command, ctx: click.Context) -> dict:
 
 
 def current() -> dict:
-    # with the group's context settings, as `edgecv` runs (-h/--help on every command); click caches each
-    # command's help option, so a context without them would give an answer that depends on the tests run before
+    # with the group's context settings, as `edgecv` runs (-h/--help on every command)
     return describe(cli, click.Context(cli, info_name="edgecv", **cli.context_settings))
 
 

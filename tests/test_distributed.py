@@ -49,6 +49,8 @@ def test_helpers_are_identity_in_a_single_process(no_torchrun_env):
     D.barrier()
     assert m.running_mean.tolist() == [7.0, 7.0, 7.0]
     D.shutdown()  # no-op without a process group
+    with D.session("cpu") as dev:
+        assert dev == torch.device("cpu") and not torch.distributed.is_initialized()
 
 
 def test_resolve_device():

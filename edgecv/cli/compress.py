@@ -155,15 +155,13 @@ def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pick
             print_selection(sel)
 
     check_writable(cfg.out, directory=True)  # before any training
-    D.init(cfg.device)
-    main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
-    try:
-        run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
-    except SelectionFailed as e:
-        on_selection(e.selection)
-        raise
-    finally:
-        D.shutdown()
+    with D.session(cfg.device):
+        main_rank = D.is_main()
+        try:
+            run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
+        except SelectionFailed as e:
+            on_selection(e.selection)
+            raise
     if not main_rank:
         return
     if as_json:
