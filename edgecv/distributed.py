@@ -6,22 +6,70 @@ Only rank 0 writes files; metrics are all-reduced; decisions (pruning) are broad
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
-
-import torch
-import torch.distributed as dist
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from edgecv import utils
 from edgecv.errors import UserError
 
+if TYPE_CHECKING:  # torch is imported where a collective runs, so that the CLI can import this module cheaply
+    import torch
+
+
+# ---------------------------------------------------------------------------------------------- torchrun's environment
+def _env_int(name: str, default: int, low: int) -> int:
+    """An integer torchrun puts in the environment: unset or empty is ``default``; anything else must be an
+    integer >= ``low``, else one UserError line naming the variable (exit 2, not a traceback)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise UserError(f"{name}={raw!r} is not an integer >= {low} (torchrun sets it; unset it to run in one "
+                        "process)")
+    return value
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun set it: the processes of this job (unset, empty, 0 or 1: one process)."""
+    return _env_int("WORLD_SIZE", 1, 0)
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one of several that torchrun started (``WORLD_SIZE`` > 1)."""
+    return env_world_size() > 1
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0, 0)
+
+
+def local_world_size() -> int:
+    """Processes on this node (torchrun's ``--nproc-per-node``)."""
+    return _env_int("LOCAL_WORLD_SIZE", max(1, env_world_size()), 1)
+
+
+# ---------------------------------------------------------------------------------------------- the process group
+def _group():
+    """``torch.distributed`` when a process group is up, else None (without importing torch: no torch, no group)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return g.get_world_size() if (g := _group()) else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's once it is up, before that the one torchrun gave it (``RANK``),
+    0 in a plain process. Only rank 0 logs, writes files and shows progress bars."""
+    return g.get_rank() if (g := _group()) else utils.env_rank()
 
 
 def is_main() -> bool:
@@ -30,19 +78,6 @@ def is_main() -> bool:
 
 def is_distributed() -> bool:
     return world_size() > 1
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def local_world_size() -> int:
-    """Processes on this node (torchrun's ``--nproc-per-node``)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
 def _usable_cores() -> int:
@@ -58,6 +93,9 @@ def init(device: str = "auto") -> torch.device:
     nccl with one GPU per process (``LOCAL_RANK``) on CUDA, gloo on CPU (each process then gets its share of
     this node's cores as intra-op threads). Outside torchrun (or with ``WORLD_SIZE=1``) nothing happens.
     """
+    import torch
+    import torch.distributed as dist
+
     dev = resolve_device(device)
     if launched_by_torchrun() and not dist.is_initialized():
         lr = local_rank()
@@ -77,6 +115,17 @@ def init(device: str = "auto") -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def session(device: str = "auto") -> Iterator[torch.device]:
+    """:func:`init` ... :func:`shutdown` around a run (``edgecv train`` / ``compress`` and their API functions);
+    yields this process's device. A no-op outside torchrun."""
+    dev = init(device)
+    try:
+        yield dev
+    finally:
+        shutdown()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` | cpu | cuda | cuda:N, parsed (an unknown name is a UserError naming the devices available).
     Whether it is there is checked where the device is used (:func:`edgecv.utils.resolve_device`)."""
@@ -84,17 +133,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if dist := _group():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        _group().barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
+        dist = _group()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -104,7 +154,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj if rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
+    _group().broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -113,7 +163,7 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     if not is_distributed():
         return
     for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=src)
+        _group().broadcast(t.data, src=src)
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
@@ -126,13 +176,16 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if not is_distributed():
         return
     for t in module.buffers():
-        dist.broadcast(t.data, src=src)
+        _group().broadcast(t.data, src=src)
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank if ``flag`` is true on any rank (collective: every rank must call it)."""
     if not is_distributed():
         return bool(flag)
+    import torch
+
+    dist = _group()
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return bool(t.item() > 0)

@@ -34,11 +34,13 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None, leave
     """A tqdm bar that stays silent when stderr is not a TTY or ``--quiet`` was given."""
     from tqdm.auto import tqdm
 
-    disable = _QUIET or not sys.stderr.isatty() or _rank() != 0
+    disable = _QUIET or not sys.stderr.isatty() or env_rank() != 0
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
 
 
-def _rank() -> int:
+def env_rank() -> int:
+    """The rank torchrun gave this process (``RANK``; 0 when unset or not a number: it only picks who prints).
+    :func:`edgecv.distributed.rank` is the one to call; it reads this until the process group is up."""
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:

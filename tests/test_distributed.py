@@ -49,6 +49,8 @@ def test_helpers_are_identity_in_a_single_process(no_torchrun_env):
     D.barrier()
     assert m.running_mean.tolist() == [7.0, 7.0, 7.0]
     D.shutdown()  # no-op without a process group
+    with D.session("cpu") as dev:
+        assert dev == torch.device("cpu") and not torch.distributed.is_initialized()
 
 
 def test_resolve_device():
@@ -354,3 +356,51 @@ def test_torchrun_compress_all_stages_rank0_output_once(tmp_path, tiny_folder):
     assert p.stderr.count("edgecv compress: mobilenet_v3_small") == 1  # the summary table, once
     assert sorted(f.name for f in out.iterdir()) == ["config.yaml", "distill.pt", "prune.pt", "quantize.pt",
                                                     "run.json"]
+
+
+# ---------------------------------------------------------------------------------------------- torchrun's environment
+@pytest.mark.parametrize("value, launched", [(None, False), ("", False), (" ", False), ("0", False), ("1", False),
+                                             ("2", True), (" 8 ", True)])
+def test_world_size_env_parse(monkeypatch, value, launched):
+    if value is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", value)
+    assert D.launched_by_torchrun() is launched
+
+
+@pytest.mark.parametrize("value", ["abc", "2.5", "-1"])
+def test_malformed_world_size_is_one_user_error_line(monkeypatch, value):
+    monkeypatch.setenv("WORLD_SIZE", value)
+    with pytest.raises(UserError, match=rf"^WORLD_SIZE='{value}' is not an integer >= 0 \(torchrun sets it"):
+        D.launched_by_torchrun()
+    with pytest.raises(UserError, match="WORLD_SIZE"):
+        D.init("cpu")
+    assert not torch.distributed.is_initialized()
+
+
+def test_rank_before_the_group_is_torchruns(monkeypatch):
+    """Before init() (the CLI's log lines, the error line) rank() is torchrun's RANK; a plain process is rank 0."""
+    monkeypatch.setenv("RANK", "3")
+    assert (D.rank(), D.is_main()) == (3, False)
+    monkeypatch.setenv("RANK", "x")
+    assert D.rank() == 0
+    monkeypatch.delenv("RANK")
+    assert D.rank() == 0
+
+
+def test_cli_malformed_world_size_exit_2_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "edgecv", "train", "--epochs", "1", "--out", str(tmp_path / "t.pt")],
+                       capture_output=True, text=True, timeout=120, cwd=str(REPO),
+                       env={**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "two"})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == ("edgecv: error: WORLD_SIZE='two' is not an integer >= 0 (torchrun sets it; unset it "
+                                "to run in one process)")
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_cli_imports_rank_helpers_from_distributed_without_torch():
+    code = ("import sys, edgecv.cli._common as C, edgecv.cli._errors as E, edgecv.distributed as D; "
+            "assert C.rank is D.rank and E.launched_by_torchrun is D.launched_by_torchrun; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})

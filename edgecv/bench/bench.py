@@ -304,6 +304,10 @@ def _proxy_notes(rows: list[dict], profile: TargetProfile | None) -> list[str]:
 
 
 def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
+    """Benchmark every artifact of ``bundle`` (a bundle folder or one artifact file): the bench result
+    (``SCHEMA``). Bad input (a modified artifact, both budgets, unreadable data) is a UserError before measuring."""
+    if cfg.budget_ms is not None and cfg.budget_fps is not None:
+        raise UserError("give --budget-ms or --budget-fps, not both")
     src = resolve_source(bundle, cfg.artifacts, include_failed=cfg.include_failed)
     _refuse_invalid(src)
     man = src.manifest

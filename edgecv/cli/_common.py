@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
+from edgecv.distributed import rank
 from edgecv.utils import dumps_json, is_quiet, set_quiet
 
 
@@ -33,17 +32,6 @@ def quiet_option(f):
 def log(msg: str) -> None:
     if not is_quiet() and rank() == 0:  # under torchrun only rank 0 logs
         echo(msg)
-
-
-def rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def launched_by_torchrun() -> bool:
-    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
 # ---------------------------------------------------------------------------------------------- option callbacks

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from edgecv.cli._common import launched_by_torchrun, rank
+from edgecv.distributed import launched_by_torchrun, rank
+from edgecv.errors import UserError
 
 _DEBUG = False
 # errnos that describe the machine or a path the user gave, not a bug
@@ -41,7 +42,10 @@ def debug_enabled() -> bool:
 
 def fail(msg: str, code: int) -> None:
     """Print ``edgecv: error[ [rank N]]: msg`` on stderr and exit with ``code``."""
-    where = f" [rank {rank()}]" if launched_by_torchrun() else ""
+    try:
+        where = f" [rank {rank()}]" if launched_by_torchrun() else ""
+    except UserError:  # a malformed WORLD_SIZE: that is the error being reported
+        where = ""
     click.echo(f"edgecv: error{where}: {msg}", err=True)
     sys.exit(code)
 

@@ -64,11 +64,9 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
     """
     from edgecv.bench import report
     from edgecv.bench.bench import BenchConfig, run_bench
-    from edgecv.errors import CheckFailed, UserError
+    from edgecv.errors import CheckFailed
     from edgecv.targets.policy import exit_code
 
-    if budget_ms is not None and budget_fps is not None:
-        raise UserError("give --budget-ms or --budget-fps, not both")
     for path in (json_out if json_out != "-" else None, markdown, plot):
         if path:
             check_writable(path)  # before the measurement, not after it

@@ -137,35 +137,15 @@ def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pick
       edgecv compress --teacher t.pt --data D --student auto --target x86 --select-only --out runs/pick
       torchrun --nproc-per-node 2 -m edgecv compress --teacher t.pt --data D --out runs/c3
     """
-    from pathlib import Path
-
     from edgecv import distributed as D
     from edgecv.autotune.run import compress as run_compress
-    from edgecv.compress.config import CompressConfig, load_config_file, parse_stages
+    from edgecv.autotune.run import resolve_config
+    from edgecv.compress.config import parse_stages
 
-    merged: dict = {}
-    out_flag = flags.get("out")
-    if resume and config_path is None:
-        # resuming: the run's own effective config is the base
-        saved = Path(out_flag or CompressConfig.out) / "config.yaml"
-        if saved.is_file():
-            merged.update({k: v for k, v in load_config_file(saved).items() if k != "img_size" or v})
-    if config_path:
-        merged.update(load_config_file(config_path))
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    if skip_bad:
-        merged["skip_bad"] = True
-    if allow_duplicates:
-        merged["allow_duplicates"] = True
-    if trust_pickle:
-        merged["trust_pickle"] = True
-    if student_pretrained:
-        merged["student_pretrained"] = True
-    if select_only:
-        merged["select_only"] = True
-    if allow_weak_teacher:
-        merged["allow_weak_teacher"] = True
-    cfg = CompressConfig.from_dict(merged)
+    switches = {"skip_bad": skip_bad, "allow_duplicates": allow_duplicates, "trust_pickle": trust_pickle,
+                "student_pretrained": student_pretrained, "select_only": select_only,
+                "allow_weak_teacher": allow_weak_teacher}  # a flag that is off is "not given": YAML/resume keep theirs
+    cfg = resolve_config({**flags, **{k: True for k, on in switches.items() if on}}, config_path, resume)
     stage_list = parse_stages(stages)
     from edgecv.autotune.report import print_selection
     from edgecv.autotune.select import SelectionFailed
@@ -176,15 +156,13 @@ def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pick
             print_selection(sel)
 
     check_writable(cfg.out, directory=True)  # before any training
-    D.init(cfg.device)
-    main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
-    try:
-        run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
-    except SelectionFailed as e:
-        on_selection(e.selection)
-        raise
-    finally:
-        D.shutdown()
+    with D.session(cfg.device):
+        main_rank = D.is_main()
+        try:
+            run = run_compress(cfg, stage_list, resume=resume, log=log, on_selection=on_selection)
+        except SelectionFailed as e:
+            on_selection(e.selection)
+            raise
     if not main_rank:
         return
     if as_json:

@@ -70,10 +70,7 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
     if not out:
         raise UserError("--out BUNDLE_DIR is required")
     from edgecv.export.bundle import ExportOptions, export_bundle, parse_precisions
-    from edgecv.targets import get_target
 
-    get_target(target)  # unknown target -> exit 2 before any work
-    check_writable(out, directory=True)
     opts = ExportOptions(target=target, precisions=parse_precisions(precision), img_size=img_size, opset=opset,
                          data=data, num_val=num_val, num_calib=num_calib, stage=stage, trust_pickle=trust_pickle,
                          threads=threads, simplify=simplify, validate=not no_validate, force=force)

@@ -64,8 +64,6 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
 
     if json_out and json_out != "-":
         check_writable(json_out)  # before the measurement, not after it
-    if max_rounds < rounds:
-        max_rounds = rounds
     cfg = G.GateConfig(max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop,
                        metric=metric, rounds=rounds, max_rounds=max_rounds, sessions=sessions, block_time_s=block_time,
                        on_inconclusive=on_inconclusive, data=data, max_images=max_images, skip_bad=skip_bad,

@@ -44,38 +44,24 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
     per folder on stderr. A folder that cannot be listed, a folder or pattern that yields no image and an
     unreadable image are listed on stderr; exit 2 unless --skip-bad.
     """
-    from edgecv.data.scan import list_inputs
-    from edgecv.errors import UserError
-    from edgecv.serve.images import predict_paths
-    from edgecv.serve.predictor import load_predictor
+    from edgecv.serve.images import classify
     from edgecv.utils import check_writable
 
     if csv_path:
         check_writable(csv_path)  # fail before loading and predicting
-    files, scan = list_inputs(list(paths))
-    scan.check(skip_bad)  # before loading the model: one line naming what could not be listed or held nothing
-    if not files:
-        raise UserError(f"no image to classify in {' '.join(paths)}")
-    for line in scan.lines():
-        echo(line)
-    pred = load_predictor(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
-    try:
-        d = pred.describe()
-        log(f"predict: {len(files)} image(s) with {d['artifact']} ({d['runtime']}, sha256 {d['sha256'][:12]})")
-        rows, bad = predict_paths(pred, files, batch_size=batch_size, topk=topk)
-    finally:
-        pred.close()
+    res = classify(source, list(paths), artifact=artifact, bench_json=bench_json, threads=threads,
+                   batch_size=batch_size, topk=topk, skip_bad=skip_bad, log=log, warn=echo)
+    rows, bad, n = res["predictions"], res["bad"], len(res["predictions"]) + len(res["bad"])
     if csv_path:
         _write_csv(Path(csv_path), rows, topk)
     if as_json:
-        emit_json({"artifact": d["artifact"], "sha256": d["sha256"], "runtime": d["runtime"],
-                   "selection": d["selection"], "predictions": rows, "bad": bad, "scan": scan.to_dict()})
+        emit_json(res)
     elif not csv_path:
         for r in rows:
             click.echo(f"{r['file']}\t{r['label']}\t{r['score']:.4f}")
     for b in bad:
         echo(f"unreadable: {b['error']}")
     if bad:
-        echo(f"{len(bad)} of {len(files)} image(s) could not be read" + ("" if skip_bad else " (exit 2; --skip-bad)"))
+        echo(f"{len(bad)} of {n} image(s) could not be read" + ("" if skip_bad else " (exit 2; --skip-bad)"))
         return 0 if skip_bad else 2
     return 0

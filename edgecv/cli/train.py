@@ -96,17 +96,14 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
     check_writable(out)
     if tensorboard:
         check_writable(tensorboard, directory=True)
-    D.init(device)
-    try:
-        main_rank = D.is_main()  # ask before shutdown(): afterwards every process would look like rank 0
+    with D.session(device):
+        main_rank = D.is_main()
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
                           tensorboard=tensorboard, desc=arch, augment=augment, balance=balance, loss=loss_kind,
                           channels_last_cpu=channels_last)
         res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
                                start=start, decode_cache=decode_cache, allow_duplicates=allow_duplicates)
-    finally:
-        D.shutdown()
     if not main_rank:  # under torchrun only rank 0 prints the result / --json
         return
     d = res.to_dict()

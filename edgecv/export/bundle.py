@@ -27,7 +27,7 @@ from edgecv.export.data import load_eval_data
 from edgecv.export.formats import FORMATS, TRT_DIR, finish, write_tensorrt_scripts
 from edgecv.export.outdir import TMP, check_out_dir, prepare_out_dir, remove_stale
 from edgecv.export.validate import check_reference, entry_line, torch_logits, validate_entry
-from edgecv.utils import progress
+from edgecv.utils import check_writable, progress
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -96,7 +96,8 @@ class Exporter:
 
         self.log = log
         self.opts = opts
-        self.target = get_target(opts.target)
+        self.target = get_target(opts.target)  # an unknown target, then an unwritable out: before any work
+        check_writable(out, directory=True)
         self.src = resolve_source(source, opts.stage, opts.trust_pickle)
         self.out = Path(out)
         ck = self.src.checkpoint
@@ -250,4 +251,6 @@ class Exporter:
 
 
 def export_bundle(source: str | Path, out: str | Path, opts: ExportOptions, log=lambda s: None) -> ExportResult:
+    """Export ``source`` (a compress run directory or a checkpoint) into the bundle folder ``out``. An unknown
+    target or an unwritable ``out`` is a UserError before any work; a failed artifact is listed in ``failed``."""
     return Exporter(source, Path(out), opts, log).run()

@@ -1,4 +1,4 @@
-"""``edgecv predict``: image files -> batched predictions.
+"""``edgecv predict`` / ``edgecv.predict()``: image files -> batched predictions.
 
 (The PATH arguments are listed by :func:`edgecv.data.scan.list_inputs`, the listing rule of every command;
 decoding is :func:`edgecv.data.decode.decode_image`, the one decoder bench and training use.)
@@ -6,10 +6,12 @@ decoding is :func:`edgecv.data.decode.decode_image`, the one decoder bench and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from edgecv.errors import UserError
 from edgecv.utils import progress
 
 
@@ -33,3 +35,32 @@ def predict_paths(predictor, paths: list[Path], batch_size: int = 32, topk: int 
             for p, r in zip(files, predictor.results(predictor.logits(np.stack(xs)), topk), strict=True):
                 rows.append({"file": str(p), **r})
     return rows, bad
+
+
+def classify(source: str | Path, paths: list[str], artifact: str = "auto", bench_json: str | Path | None = None,
+             threads: int | None = None, batch_size: int = 32, topk: int = 5, skip_bad: bool = False,
+             log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] = lambda m: None) -> dict:
+    """List ``paths`` (files, folders, patterns), open ``source`` with ``artifact`` and classify every image.
+
+    A folder that cannot be listed or a path that yields no image is a UserError before the model loads (unless
+    ``skip_bad``); ``warn`` gets the listing's lines (what was skipped). Returns ``{"artifact", "sha256", "runtime",
+    "selection", "predictions", "bad", "scan"}``: one prediction row per readable image, one ``bad`` entry per
+    image that could not be decoded."""
+    from edgecv.data.scan import list_inputs
+    from edgecv.serve.predictor import load_predictor
+
+    files, scan = list_inputs(list(paths))
+    scan.check(skip_bad)  # before loading the model: one line naming what could not be listed or held nothing
+    if not files:
+        raise UserError(f"no image to classify in {' '.join(map(str, paths))}")
+    for line in scan.lines():
+        warn(line)
+    pred = load_predictor(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
+    try:
+        d = pred.describe()
+        log(f"predict: {len(files)} image(s) with {d['artifact']} ({d['runtime']}, sha256 {d['sha256'][:12]})")
+        rows, bad = predict_paths(pred, files, batch_size=batch_size, topk=topk)
+    finally:
+        pred.close()
+    return {"artifact": d["artifact"], "sha256": d["sha256"], "runtime": d["runtime"], "selection": d["selection"],
+            "predictions": rows, "bad": bad, "scan": scan.to_dict()}

@@ -29,5 +29,8 @@ class GateConfig:
     n_boot: int = 4000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.max_rounds = max(self.max_rounds, self.rounds)  # --rounds above --max-rounds: run --rounds
+
     def to_dict(self) -> dict:
         return asdict(self)
