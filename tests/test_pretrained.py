@@ -220,7 +220,9 @@ def test_compress_student_init_weights(tmp_path, photos):
                 "--student", "mobilenet_v3_small", "--student-init-weights", str(f), "--stages", "distill,prune", "--epochs-kd", "0", "--img-size", "32",
                 "--epochs-prune", "1", "--prune-steps", "1",
                 "--workers", "0", "--device", "cpu", "--teacher-cache", "off", "--quiet", "--out", str(run))
-    assert p.returncode == 0, p.stderr[-2000:]
+    # 8 val images: the prune stage's 1-epoch student may not be shown better than chance (issue 28's stop, exit 1);
+    # its record (and the lr it trained at) is kept either way
+    assert p.returncode == 0 or p.returncode == 1 and "has not learned" in p.stderr, p.stderr[-2000:]
     ck_sd, _ = _trained(run / "distill.pt")
     _assert_trunk_equal(sd, ck_sd, "features.")  # no KD epoch: the distill stage's student is the file's
     assert ck_sd["classifier.3.weight"].shape == (2, 1024)
