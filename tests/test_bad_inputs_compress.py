@@ -131,9 +131,9 @@ def test_auto_options_through_pipeline_without_hooks_refuse(tmp_path):
 
 
 def test_taylor_without_gradients_is_a_user_error():
-    from edgecv.compress.prune import prune_substep
+    from edgecv.compress.prune import prune_to_macs
     from edgecv.errors import UserError
     from edgecv.models.registry import create_model
 
     with pytest.raises(UserError, match="taylor"):
-        prune_substep(create_model("mobilenet_v3_small", 3), 32, 3, importance="taylor")
+        prune_to_macs(create_model("mobilenet_v3_small", 3), 32, 3, 1, importance="taylor")

@@ -13,9 +13,9 @@ from edgecv.compress.prune import (
     finetune_schedule,
     milestones,
     plan_rounds,
-    prune_substep,
     prune_to_macs,
     recalibrate_bn,
+    widths,
 )
 from edgecv.models.registry import create_model
 from edgecv.nn.graph import count_macs
@@ -82,9 +82,25 @@ def test_taylor_importance_uses_gradients():
         F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
 
     before = count_macs(m, 32)
-    prune_substep(m, 32, 3, importance="taylor", ratio=0.1, grad_fn=grad_fn)
-    assert calls and count_macs(m, 32) < before
+    prune_to_macs(m, 32, 3, int(0.9 * before), importance="taylor", ratio=0.1, grad_fn=grad_fn)
+    assert calls and count_macs(m, 32) <= 0.9 * before
     assert check_se_consistency(m) == []
+
+
+def test_rounding_does_not_compound_on_narrow_layers():
+    """Every prunable layer keeps about the same share of its channels: rounding to 8 happens against the round's
+    starting widths, not once per step (which took a 40-channel layer to 16 while wide ones kept 75 %)."""
+    torch.manual_seed(0)
+    m = create_model("efficientnet_lite0", 10)
+    before = widths(m)
+    base = count_macs(m, 96)
+    for mark in milestones(base, 0.5, 4):  # the prune stage's rounds, each relative to the unpruned widths
+        prune_to_macs(m, 96, 10, mark, start=before)
+    assert count_macs(m, 96) <= 0.5 * base
+    kept = {n: c.out_channels / before[n] for n, c in m.named_modules() if n in before}
+    assert min(kept.values()) >= 0.5, kept  # the old per-step rounding: 16/40 = 0.4 for the stage-2 stream
+    wide = [k for n, k in kept.items() if before[n] >= 256]
+    assert max(wide) - min(wide) < 0.05, kept  # one ratio for every wide layer
 
 
 def test_schedules():

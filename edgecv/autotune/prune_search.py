@@ -24,13 +24,13 @@ def search_prune_fraction(model: nn.Module, train_size: int, num_classes: int, m
     """Prune a copy of ``model`` in chunks of ``chunk`` x its MACs, measuring it on the runtime after each, until
     the deploy-precision latency meets ``budget`` or the MACs reach ``floor``. Returns the MAC fraction to prune
     to and every measured step."""
-    from edgecv.compress.prune import prune_to_macs
+    from edgecv.compress.prune import prune_to_macs, widths
     from edgecv.nn.graph import count_macs
 
     if budget is None:
         raise UserError("--target-macs auto needs a latency budget (--budget-ms / --budget-fps or a target's)")
     m = copy.deepcopy(model).eval()
-    base = count_macs(m, train_size)
+    base, start = count_macs(m, train_size), widths(m)
     steps: list[dict] = []
     frac = 1.0
     while True:
@@ -54,7 +54,7 @@ def search_prune_fraction(model: nn.Module, train_size: int, num_classes: int, m
             break
         frac = max(floor, frac - chunk)
         prune_to_macs(m, train_size, num_classes, int(frac * base), importance, round_to=round_to,
-                      min_channels=min_channels, grad_fn=grad_fn)
+                      min_channels=min_channels, grad_fn=grad_fn, start=start)
     met = steps[-1]["meets_budget"]
     return {"fraction": max(floor, min(1.0, steps[-1]["macs_fraction"])), "met": met, "floor": floor,
             "chunk": chunk, "budget": budget.to_dict(), "measurement": measurer.describe(), "steps": steps,

@@ -2,9 +2,9 @@
 
 DepGraph couples every layer that must lose the same channels (residual adds, depthwise convs, MobileNetV3's
 squeeze-excite ``fc2`` output and the multiplication it scales), so a pruned model stays a valid, smaller
-dense model. Pruning runs in small sub-steps (a fraction of every layer's current channels, rounded to a
-multiple of ``round_to``) until the MAC count reaches the next milestone; the caller fine-tunes between
-milestones (one-shot 50 % pruning collapses accuracy). Under torchrun the decision is made on rank 0 and
+dense model. Pruning runs in small steps (every layer to ``1 - k * ratio`` of its unpruned width, rounded down
+to a multiple of ``round_to``, so every layer keeps about the same share) until the MAC count reaches the next
+milestone; the caller fine-tunes between milestones (one-shot 50 % pruning collapses accuracy). Under torchrun the decision is made on rank 0 and
 broadcast as ``channel spec + state_dict`` so that every rank holds the identical pruned model.
 """
 
@@ -45,48 +45,68 @@ def ignored_layers(model: nn.Module, num_classes: int, min_channels: int) -> lis
     return out
 
 
-def prune_substep(model: nn.Module, img_size: int, num_classes: int, importance: str = "magnitude",
-                  ratio: float = 0.05, round_to: int = 8, min_channels: int = 16,
-                  grad_fn: Callable[[nn.Module], None] | None = None) -> None:
-    """Remove ``ratio`` of every prunable group's current channels (rounded to ``round_to``), in place.
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every dense conv, by module name: what each prune step's widths are relative to."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
 
-    ``grad_fn(model)`` must leave gradients in ``.grad`` (Taylor importance needs them).
-    """
-    import torch_pruning as tp
 
-    was = model.training
-    model.eval()  # trace with running BN statistics: the 1x1 maps at small sizes break batch-stat BN
-    p = next(model.parameters())
-    example = torch.randn(2, 3, img_size, img_size, device=p.device)
-    imp = make_importance(importance)
-    pruner = tp.pruner.BasePruner(
-        model, example, importance=imp, pruning_ratio=ratio, iterative_steps=1, global_pruning=False,
-        ignored_layers=ignored_layers(model, num_classes, min_channels), round_to=round_to)
-    if importance == "taylor":
-        if grad_fn is None:
-            raise UserError("--importance taylor needs gradients of the training loss (no grad_fn given)")
-        model.zero_grad(set_to_none=True)
-        grad_fn(model)
-    pruner.step()
-    model.zero_grad(set_to_none=True)
-    model.train(was)
+def _step_ratios(model: nn.Module, start: dict[str, int], keep: float, ignored: list[nn.Module], round_to: int,
+                 min_channels: int) -> dict[nn.Module, float]:
+    """Per-layer ratios that take each layer to ``keep`` of its starting width, rounded down to ``round_to``, never
+    below ``min_channels`` nor above its current width."""
+    out = {}
+    for name, m in model.named_modules():
+        if name not in start or m in ignored:
+            continue
+        target = max(min_channels, int(start[name] * keep) // round_to * round_to)
+        if target < m.out_channels:
+            out[m] = 1 - (target + 0.5) / m.out_channels  # + 0.5: int() of the kept count lands on target
+    return out
 
 
 def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs: int, importance: str = "magnitude",
                   ratio: float = 0.05, round_to: int = 8, min_channels: int = 16,
-                  grad_fn: Callable[[nn.Module], None] | None = None, max_substeps: int = 200) -> int:
-    """Prune in sub-steps until ``count_macs(model) <= target_macs``; returns the final MAC count."""
+                  grad_fn: Callable[[nn.Module], None] | None = None, start: dict[str, int] | None = None) -> int:
+    """Prune ``model`` in place until ``count_macs(model) <= target_macs``; returns the final MAC count.
+
+    Step k takes every prunable layer to ``1 - k * ratio`` of its width in ``start`` (default: its width now; the
+    prune stage passes the unpruned student's, :func:`widths`), rounded down to ``round_to``, so rounding never
+    compounds: a new ``ratio`` cut of the *current* widths each step, as before, rounded each step's cut up to 8
+    channels, so a 40-channel layer lost 20 % a step while a 960-channel one lost 5 %, and EfficientNet-Lite0's
+    narrow residual stream went from 40 to 16 channels on its way to half the MACs (benchmarks/RESULTS.md, "The prune
+    stage of a pretrained student"). ``grad_fn(model)`` must leave gradients in ``.grad`` (Taylor importance)."""
+    import torch_pruning as tp
+
     macs = count_macs(model, img_size)
-    for _ in range(max_substeps):
-        if macs <= target_macs:
-            return macs
-        prune_substep(model, img_size, num_classes, importance, ratio, round_to, min_channels, grad_fn)
-        new = count_macs(model, img_size)
-        if new >= macs:
-            raise UserError(f"pruning stalled at {macs:,} MACs (target {target_macs:,}): every layer is at the "
-                            f"{min_channels}-channel floor; ask for a larger --target-macs")
-        macs = new
-    return macs
+    if importance == "taylor" and grad_fn is None:
+        raise UserError("--importance taylor needs gradients of the training loss (no grad_fn given)")
+    start = start or widths(model)
+    was = model.training
+    model.eval()  # trace with running BN statistics: the 1x1 maps at small sizes break batch-stat BN
+    example = torch.randn(2, 3, img_size, img_size, device=next(model.parameters()).device)
+    try:
+        for k in range(1, int(1 / ratio)):
+            if macs <= target_macs:
+                return macs
+            ignored = ignored_layers(model, num_classes, min_channels)
+            ratios = _step_ratios(model, start, 1 - k * ratio, ignored, round_to, min_channels)
+            if not ratios:
+                continue
+            pruner = tp.pruner.BasePruner(model, example, importance=make_importance(importance), pruning_ratio=0.0,
+                                          pruning_ratio_dict=ratios, iterative_steps=1, global_pruning=False,
+                                          ignored_layers=ignored)
+            if importance == "taylor":
+                model.zero_grad(set_to_none=True)
+                grad_fn(model)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            macs = count_macs(model, img_size)
+    finally:
+        model.train(was)
+    if macs <= target_macs:
+        return macs
+    raise UserError(f"pruning stalled at {macs:,} MACs (target {target_macs:,}): every layer is at the "
+                    f"{min_channels}-channel floor; ask for a larger --target-macs")
 
 
 def pruned_copy_synced(model: nn.Module | None, arch: str, num_classes: int) -> nn.Module:

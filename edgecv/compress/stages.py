@@ -23,6 +23,7 @@ from edgecv.compress.prune import (
     prune_to_macs,
     pruned_copy_synced,
     recalibrate_bn,
+    widths,
 )
 from edgecv.data.datasets import sample_calibration
 from edgecv.errors import UserError
@@ -133,6 +134,7 @@ class _PruneRounds:
 
     def __init__(self, ctx: Context, base: nn.Module, steps: int):
         self.ctx, self.model, self.rounds, self.steps = ctx, base, [], steps
+        self.widths = widths(base)  # every round's cut is relative to the unpruned student's widths
         self.partial, self.state = ctx.out / "prune.partial.pt", ctx.out / "prune.state"
         self.start, self.finetuned = 0, True
         if ctx.resume and self.partial.is_file():
@@ -163,7 +165,7 @@ class _PruneRounds:
         if D.is_main():
             self.model.to(ctx.device)
             prune_to_macs(self.model, ctx.img_size, n, mark, c.importance, round_to=c.round_to,
-                          min_channels=c.min_channels, grad_fn=grad_fn)
+                          min_channels=c.min_channels, grad_fn=grad_fn, start=self.widths)
             self.model.to("cpu")
         self.model = pruned_copy_synced(self.model if D.is_main() else None, c.student, n)
         rec = {"round": r + 1, "macs": count_macs(self.model, ctx.img_size), "milestone": mark}
