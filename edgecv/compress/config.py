@@ -32,10 +32,6 @@ class CompressConfig:
     # prune fine-tunes; None: 0.1 with --student-pretrained / --student-init-weights, 1 from scratch
     # (training.finetune.start_lr_scale)
     student_backbone_lr_scale: float | None = None
-
-    def start_lr_scale(self) -> float:
-        """``student_backbone_lr_scale`` resolved: 0.1 with a pretrained start, 1 from scratch."""
-        return start_lr_scale(self.student_backbone_lr_scale, bool(self.student_pretrained or self.student_init_weights))
     target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
     epochs_kd: int = 10
     epochs_prune: int = 6
@@ -92,6 +88,10 @@ class CompressConfig:
     candidates: str | list | None = None  # comma list [the six registry students]
     min_time: float | None = None  # timed seconds per candidate and precision [1.0]
     select_only: bool = False  # --student auto: measure, probe, record the choice; no stages
+
+    def start_lr_scale(self) -> float:
+        """``student_backbone_lr_scale`` resolved: 0.1 with a pretrained start, 1 from scratch."""
+        return start_lr_scale(self.student_backbone_lr_scale, bool(self.student_pretrained or self.student_init_weights))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,11 @@
 """Structured channel pruning with torch-pruning's DepGraph, iterated down to a MAC target.
 
 DepGraph couples every layer that must lose the same channels (residual adds, depthwise convs, MobileNetV3's
-squeeze-excite ``fc2`` output and the multiplication it scales), so a pruned model stays a valid, smaller
-dense model. Pruning runs in small steps (every layer to ``1 - k * ratio`` of its unpruned width, rounded down
-to a multiple of ``round_to``, so every layer keeps about the same share) until the MAC count reaches the next
-milestone; the caller fine-tunes between milestones (one-shot 50 % pruning collapses accuracy). Under torchrun the decision is made on rank 0 and
-broadcast as ``channel spec + state_dict`` so that every rank holds the identical pruned model.
+squeeze-excite ``fc2`` output and the multiplication it scales), so a pruned model stays a valid, smaller dense
+model. Pruning runs in small steps (every layer to ``1 - k * ratio`` of its unpruned width, rounded down to a
+multiple of ``round_to``, so every layer keeps about the same share) until the MAC count reaches the next milestone;
+the caller fine-tunes between milestones (one-shot 50 % pruning collapses accuracy). Under torchrun the decision is
+made on rank 0 and broadcast as ``channel spec + state_dict`` so that every rank holds the identical pruned model.
 """
 
 from __future__ import annotations
