@@ -26,9 +26,8 @@ from edgecv.utils import check_writable, stderr_console
 @click.option("--student-init-weights", default=None, type=click.Path(dir_okay=False),
               help="Start the student from a local state_dict / .safetensors / edgecv checkpoint of its arch.")
 @click.option("--student-backbone-lr-scale", default=None, type=click.FloatRange(0, min_open=True),
-              help="A pretrained student's backbone learns at --lr x this in the distill stage (its head at "
-                   "--lr), every parameter in the prune fine-tunes [default: 0.1 with --student-pretrained / "
-                   "--student-init-weights, else 1].")
+              help="Distill stage: a pretrained student's backbone learns at --lr x this, its head at --lr "
+                   "[default: 0.1 with --student-pretrained / --student-init-weights, else 1].")
 @click.option("--target-macs", default=None, callback=target_macs,
               help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
                    "--budget-ms/--budget-fps needs on --target's runtime (floor 0.25) [default: 0.5].")

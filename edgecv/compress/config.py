@@ -12,7 +12,6 @@ from pathlib import Path
 
 from edgecv.contracts.rundir import STAGES
 from edgecv.errors import UserError
-from edgecv.training.finetune import start_lr_scale
 
 DEFAULT_OUT = "runs/compress"
 
@@ -28,8 +27,8 @@ class CompressConfig:
     student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
     student_pretrained: bool = False  # the student starts from its published weights (edgecv.models.pretrained)
     student_init_weights: str | None = None  # ... or from a local weights file
-    # a pretrained student's backbone lr = lr x this in the distill stage (head at lr), and every parameter's in the
-    # prune fine-tunes; None: 0.1 with --student-pretrained / --student-init-weights, 1 from scratch
+    # a pretrained student's backbone lr = lr x this in the distill stage (head at lr; the prune fine-tunes train
+    # everything at lr); None: 0.1 with --student-pretrained / --student-init-weights, 1 from scratch
     # (training.finetune.start_lr_scale)
     student_backbone_lr_scale: float | None = None
     target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
@@ -88,10 +87,6 @@ class CompressConfig:
     candidates: str | list | None = None  # comma list [the six registry students]
     min_time: float | None = None  # timed seconds per candidate and precision [1.0]
     select_only: bool = False  # --student auto: measure, probe, record the choice; no stages
-
-    def start_lr_scale(self) -> float:
-        """``student_backbone_lr_scale`` resolved: 0.1 with a pretrained start, 1 from scratch."""
-        return start_lr_scale(self.student_backbone_lr_scale, bool(self.student_pretrained or self.student_init_weights))
 
     def to_dict(self) -> dict:
         return asdict(self)
