@@ -10,7 +10,10 @@ round, BatchNorm re-estimated, val top-1 before any fine-tune (issue 24: pruning
 teacher). Criteria: ``magnitude`` / ``taylor`` are edgecv's ``--importance`` choices as ``edgecv compress`` prunes
 (every prunable channel group, the same ratio per layer); ``-hidden`` keeps the residual stream (every block's
 output channels, the stem and the head) and prunes only the blocks' inner (expanded) channels; ``-global`` ranks
-the groups' channels across layers instead of the same ratio per layer. Taylor's gradients are the KD loss's
+the groups' channels across layers instead of the same ratio per layer. The cut is edgecv's as it was when these
+figures were taken (RESULTS: a new pruner per 5 % step of the current widths, rounded to 8); it keeps its own loop
+rather than calling ``edgecv.compress.prune.prune_to_macs`` because the ``-hidden`` and ``-global`` scopes are not
+edgecv options. Taylor's gradients are the KD loss's
 (teacher logits at T, alpha as the run's config) on 8 training batches, as edgecv computes them.
 """
 
