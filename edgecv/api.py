@@ -98,8 +98,7 @@ def compress(config: CompressConfig | None = None, *, stages: str | list[str] | 
     """
     from edgecv import distributed as D
     from edgecv.autotune.run import compress as run_compress
-    from edgecv.autotune.run import resolve_config
-    from edgecv.compress.config import CompressConfig, parse_stages
+    from edgecv.compress.config import CompressConfig, parse_stages, resolve_config
     from edgecv.utils import check_writable
 
     if config is not None and config_file is not None:

@@ -8,7 +8,6 @@ selection before the stages, the prune-fraction search and the final measurement
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from edgecv import distributed as D
 from edgecv.autotune.measure import AUTO_TARGETS, Measurer, deploy_figures, meets, resolve_budget
 from edgecv.autotune.prune_search import search_prune_fraction
 from edgecv.autotune.select import ProbeSpec, parse_candidates, select_student
-from edgecv.compress.config import CompressConfig, load_config_file
+from edgecv.compress.config import CompressConfig
 from edgecv.compress.distill import KDConfig
 from edgecv.compress.pipeline import AutoHooks, Context, train_config
 from edgecv.compress.pipeline import compress as run_stages
@@ -125,23 +124,6 @@ def hooks(cfg: CompressConfig, log: Log, on_selection: Callable[[dict], None] | 
     return AutoHooks(select=select if cfg.auto_student else None,
                      prune_search=prune_search if cfg.auto_macs else None,
                      final_latency=final_latency if cfg.auto_macs else None)
-
-
-def resolve_config(options: dict | None = None, config_file: str | Path | None = None,
-                   resume: bool = False) -> CompressConfig:
-    """The configuration of a compress run; later sources win: when resuming without ``config_file``, the run's
-    own effective config (``OUT/config.yaml``, OUT from ``options["out"]`` or the default), then the YAML
-    ``config_file``, then ``options`` (a value of None is "not given"). An unknown key is a UserError."""
-    given = {k: v for k, v in (options or {}).items() if v is not None}
-    merged: dict = {}
-    if resume and config_file is None:
-        saved = Path(given.get("out") or CompressConfig.out) / "config.yaml"
-        if saved.is_file():
-            merged.update({k: v for k, v in load_config_file(saved).items() if k != "img_size" or v})
-    if config_file:
-        merged.update(load_config_file(config_file))
-    merged.update(given)
-    return CompressConfig.from_dict(merged)
 
 
 def compress(cfg: CompressConfig, stages: list[str] | None = None, resume: bool = False, log: Log | None = None,

@@ -138,8 +138,7 @@ def compress(config_path, stages, resume, skip_bad, allow_duplicates, trust_pick
     """
     from edgecv import distributed as D
     from edgecv.autotune.run import compress as run_compress
-    from edgecv.autotune.run import resolve_config
-    from edgecv.compress.config import parse_stages
+    from edgecv.compress.config import parse_stages, resolve_config
 
     switches = {"skip_bad": skip_bad, "allow_duplicates": allow_duplicates, "trust_pickle": trust_pickle,
                 "student_pretrained": student_pretrained, "select_only": select_only,

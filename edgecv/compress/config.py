@@ -29,7 +29,7 @@ class CompressConfig:
     student_init_weights: str | None = None  # ... or from a local weights file
     # a pretrained student's backbone lr = lr x this in the distill stage (head at lr; the prune fine-tunes train
     # everything at lr); None: 0.1 with --student-pretrained / --student-init-weights, 1 from scratch
-    # (training.finetune.start_lr_scale)
+    # (training.finetune.DEFAULT_PRETRAINED_LR_SCALE)
     student_backbone_lr_scale: float | None = None
     target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
     epochs_kd: int = 10
@@ -231,3 +231,20 @@ def parse_stages(s: str | None) -> list[str]:
     if bad or not out:
         raise UserError(f"--stages: unknown stage(s) {', '.join(bad) or s!r} (stages: {', '.join(STAGES)})")
     return [st for st in STAGES if st in out]
+
+
+def resolve_config(options: dict | None = None, config_file: str | Path | None = None,
+                   resume: bool = False) -> CompressConfig:
+    """The configuration of a compress run; later sources win: when resuming without ``config_file``, the run's
+    own effective config (``OUT/config.yaml``, OUT from ``options["out"]`` or the default), then the YAML
+    ``config_file``, then ``options`` (a value of None is "not given"). An unknown key is a UserError."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    merged: dict = {}
+    if resume and config_file is None:
+        saved = Path(given.get("out") or CompressConfig.out) / "config.yaml"
+        if saved.is_file():
+            merged.update({k: v for k, v in load_config_file(saved).items() if k != "img_size" or v})
+    if config_file:
+        merged.update(load_config_file(config_file))
+    merged.update(given)
+    return CompressConfig.from_dict(merged)

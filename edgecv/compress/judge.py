@@ -134,7 +134,6 @@ def zero_recall_text(info: dict) -> str:
     return f"; {z}" if z else ""
 
 
-
 def teacher_gap(run: dict) -> dict | None:
     """The teacher-student loss of run.json's content: each finished stage's val top-1 minus the teacher's (points),
     and the last one's, which is what the run delivers; None before any stage or without the teacher's top-1."""

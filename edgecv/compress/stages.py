@@ -194,8 +194,7 @@ class _PruneRounds:
         # every parameter at --lr, a pretrained student too: on cifar10-mini at 96 px (ImageNet-start
         # EfficientNet-Lite0, the same distilled student, 2,000 val images) the full rate ended the prune stage at
         # 74.85 %, x 0.1 at 61.40 %; on hymenoptera's 245 photos x 0.1 did better (docs/compress.md)
-        tcfg = ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base)
-        res = _kd_fit(ctx, self.model, train, val, tcfg,
+        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
                       self.state, ctx.resume or not self.finetuned)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
@@ -250,8 +249,7 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched,
-            "schedule_note": note,
+            "importance": c.importance, "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched, "schedule_note": note,
             "bn_batches": c.prune_bn_batches, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
 

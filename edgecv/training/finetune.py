@@ -30,14 +30,6 @@ from edgecv.errors import UserError
 
 SMALL_DATA, LARGE_DATA = 1_000, 10_000  # training images: below -> head only; up to LARGE -> last blocks
 DEFAULT_PRETRAINED_LR_SCALE = 0.1
-
-
-def start_lr_scale(requested: float | None, has_start: bool) -> float:
-    """How fast pretrained weights may move: ``requested``, else 0.1 with a start and 1 from scratch."""
-    scale = float(requested if requested is not None else (DEFAULT_PRETRAINED_LR_SCALE if has_start else 1.0))
-    if not scale > 0:
-        raise UserError(f"--backbone-lr-scale must be > 0, got {scale}")
-    return scale
 _STAGE_CONTAINERS = ("features", "blocks")  # torchvision / timm: expanded into their stages
 _STAGE_PREFIXES = ("layer", "features.", "blocks.")  # trunk stages; the head is what follows the last one
 
@@ -161,7 +153,10 @@ def apply_policy(model: nn.Module, arch: str, freeze: str, n_train: int, weights
     parameter trains at the one learning rate, as before fine-tuning existed)."""
     has_start = weights is not None
     resolved, reason = resolve_freeze(freeze, arch, model, n_train, has_start)
-    scale = start_lr_scale(backbone_lr_scale, has_start)
+    scale = float(backbone_lr_scale if backbone_lr_scale is not None
+                  else (DEFAULT_PRETRAINED_LR_SCALE if has_start else 1.0))
+    if not scale > 0:
+        raise UserError(f"--backbone-lr-scale must be > 0, got {scale}")
     cut = _cut(model, resolved)
     frozen_mods = _frozen_modules(model, cut)
     n_bn = 0
