@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 
+import pytest
 import torch
 
 from edgecv.compress.prune import prune_to_macs
@@ -157,10 +158,13 @@ def _colour_batch(n: int, size: int, gen: torch.Generator, classes: int = 4):
     return x, y
 
 
-def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
-    """mobilenet_v3_small (hardswish, SE, residual adds): every conv output the INT8 ONNX quantizes on its own
-    is a QAT-trained output fake-quant (nothing calibrated behind the QAT model's back), ORT runs int8 convs,
-    and the ONNX logits equal the torch QAT model's up to int rounding."""
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_lite0"])
+def test_int8_onnx_matches_qat_model(tmp_path, arch):
+    """mobilenet_v3_small (hardswish, SE, residual adds) and EfficientNet-Lite0 (ReLU6 = Clip, residual adds):
+    every conv output the INT8 ONNX quantizes on its own is a QAT-trained output fake-quant (nothing calibrated
+    behind the QAT model's back), a conv read through ReLU / ReLU6 by the next layer's Q takes that Q's scale
+    (``exact``: no coarse grid of its own before the clamp), ORT runs int8 convs, and the ONNX logits equal the
+    torch QAT model's up to int rounding."""
     import numpy as np
     import onnxruntime as ort
 
@@ -170,7 +174,7 @@ def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
     torch.set_num_threads(1)
     S, gen = 32, torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    m = create_model("mobilenet_v3_small", 4)
+    m = create_model(arch, 4)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     m.train()
     for _ in range(15):  # a few steps: logits that depend on the input (a random net's are nearly constant)
@@ -180,7 +184,11 @@ def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
         opt.step()
     prepare_qat(m, QuantConfig(trace_size=S))
     names = output_fq_names(m)
-    assert len(names) > 10  # hardswish / SE / residual outputs
+    if arch == "mobilenet_v3_small":
+        assert len(names) > 10  # hardswish / SE / residual outputs
+    else:  # the residual blocks' projection convs (read by an Add) and the head (ReLU6, then the global pool):
+        # every other conv is read through ReLU6 by the next layer's Q
+        assert 0 < len(names) <= 10 and all(n.endswith("conv_pwl") or n == "conv_head" for n in names), names
     calib = [_colour_batch(16, S, gen)[0] for _ in range(4)]
     calibrate(m, [(c, None) for c in calib])
     m.train()  # one QAT step: the output scales move with training like the input ones
@@ -202,6 +210,8 @@ def test_int8_onnx_matches_qat_model_hardswish_se(tmp_path):
     qdq = info["conv_output_qdq"]
     assert qdq.get("calibrated", 0) == 0 and qdq.get("skipped", 0) == 0, qdq
     assert qdq["trained"] == len(names), qdq
+    if arch == "efficientnet_lite0":
+        assert qdq["exact"] > 20, qdq
     k = ort_int8_kernels(path)
     assert k["int8_kernels"] and k["int8_ops"].get("QLinearConv", 0) > 0, k
     so = ort.SessionOptions()

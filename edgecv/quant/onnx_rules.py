@@ -215,11 +215,22 @@ def _drop_unused(g) -> None:
                 changed = True
 
 
-_PASSTHROUGH = ("Relu",)
+# Element-wise, monotone ops with constant parameters between a Conv and its reader's QuantizeLinear: quantizing the
+# Conv output with that Q's own scale changes nothing, ``Q(op(DQ(Q(x)))) == Q(op(x))`` for ReLU and for any Clip
+# with constant bounds (ReLU6: rounding and clamping are monotone and the Q rounds the bound itself), so the Conv
+# keeps its reader's fine grid instead of a range of its own (EfficientNet-Lite's ReLU6 behind a BN-folded conv
+# whose raw output reaches +-90: a grid of its own left 8 levels for [0, 6]).
+_PASSTHROUGH = ("Relu", "Clip")
+
+
+def _passes_through(node, inits, producers) -> bool:
+    if node.op_type == "Clip":  # bounds as inputs (opset >= 11) must be constants, else the op is not element-wise
+        return all(_const_value(b, inits, producers) is not None for b in node.input[1:] if b)
+    return node.op_type in _PASSTHROUGH
 
 
 def _downstream_q_scale(out_name: str, consumers, inits, producers) -> float | None:
-    """The scale of the QuantizeLinear that (through ReLU only) is the sole reader of ``out_name``."""
+    """The scale of the QuantizeLinear that (through ReLU / constant Clip only) is the sole reader of ``out_name``."""
     name = out_name
     for _ in range(3):
         cs = consumers.get(name, [])
@@ -232,7 +243,7 @@ def _downstream_q_scale(out_name: str, consumers, inits, producers) -> float | N
             if s is None or s.size != 1 or (zp is not None and np.any(zp != 0)) or (zp is not None and zp.dtype != np.int8):
                 return None
             return float(s.reshape(()))
-        if c.op_type not in _PASSTHROUGH:
+        if not _passes_through(c, inits, producers):
             return None
         name = c.output[0]
     return None
@@ -256,7 +267,7 @@ def conv_output_plan(model) -> list[dict]:
     One dict per Conv node: ``node``, ``output`` and ``how``, one of ``float_input`` (input not from a
     DequantizeLinear: not a quantized conv), ``has_q`` (its sole reader already is a QuantizeLinear),
     ``mixed_consumers`` (a QuantizeLinear next to float readers: left float), ``exact`` (``scale`` is the
-    consumer Q's scale, through ReLU only) or ``needs_range`` (a scale must come from an observed range).
+    consumer Q's scale, through ReLU / Clip only) or ``needs_range`` (a scale must come from an observed range).
     :func:`edgecv.quant.placement.prepare_qat` uses it to put a trained output fake-quant exactly where
     the deployment graph would otherwise get a calibrated one.
     """
@@ -291,7 +302,7 @@ def conv_output_plan(model) -> list[dict]:
 
 def add_output_qdq(model, calib_amax: dict[str, float] | None = None, min_scale: float = 1e-8) -> dict:
     """Insert ``Q -> DQ`` (int8, symmetric) after each quantized Conv's output. Returns counts by how the scale
-    was chosen: ``exact`` (consumer Q's scale, possibly through ReLU), ``calibrated`` (observed range) and
+    was chosen: ``exact`` (consumer Q's scale, possibly through ReLU / Clip), ``calibrated`` (observed range) and
     ``skipped`` (no scale known: the Conv output stays float); ``mixed_consumers`` are left float on purpose.
     Convs whose output already goes to a ``Q`` (e.g. a QAT-trained output fake-quant) are left as they are
     and counted as ``trained`` when that Q is not also the next layer's input Q."""
