@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # format names (ArtifactEntry.format)
-ONNX, OPENVINO, PTL, PTE, TENSORRT, TORCHSCRIPT = "onnx", "openvino", "ptl", "pte", "tensorrt", "torchscript"
+ONNX, OPENVINO, PTL, PTE, TENSORRT, TORCH = "onnx", "openvino", "ptl", "pte", "tensorrt", "torch"
 TENSORRT_SCRIPT = "tensorrt_script"  # the engine build scripts a bundle ships: a file, not a runnable model
 # runtime names (ArtifactEntry.runtime, keys of edgecv.runtimes.base.RUNTIME_MODULES)
 ONNXRUNTIME, EXECUTORCH, TORCH_CUDA = "onnxruntime", "executorch", "torch_cuda"
@@ -83,8 +83,9 @@ ROWS: tuple[Format, ...] = (
            other_exts=(".plan",)),
     Format(TENSORRT, "int8", ".engine", TENSORRT, subdir=TENSORRT, triton=_TRT_TRITON, targets=_JETSON,
            other_exts=(".plan",)),
-    # the eager-PyTorch GPU baseline next to TensorRT (fp16, channels_last, CUDA graphs); no target writes it
-    Format(TORCHSCRIPT, "fp16", ".torchscript", TORCH_CUDA, subdir=TORCHSCRIPT),
+    # the eager-PyTorch GPU baseline next to TensorRT: a TorchScript module run by torch on CUDA (fp16,
+    # channels_last, CUDA graphs); no target writes it
+    Format(TORCH, "fp16", ".torchscript", TORCH_CUDA, subdir=TORCH),
 )
 FORMATS: dict[tuple[str, str], Format] = {r.key: r for r in ROWS}
 

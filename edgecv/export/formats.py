@@ -120,7 +120,7 @@ def write_tensorrt_scripts(ex) -> ArtifactEntry:
     e = ArtifactEntry(file=str(paths[0].relative_to(ex.out)), format=F.TENSORRT_SCRIPT, precision="+".join(precs),
                       runtime=None, input_shape=["batch", 3, ex.size, ex.size], exported_with=ex.versions)
     add_companions(ex.out, e, paths[1:])
-    e.extra["onnx"] = onnx_files
+    e.extra[F.ONNX] = onnx_files
     e.extra["profile"] = dict(zip(("min", "opt", "max"), TRT_PROFILE, strict=True))
     py_compile.compile(str(paths[0]), cfile=str(ex.out / ".tmp" / "build_engine.pyc"), doraise=True)
     e.extra["py_compile"] = "ok"
@@ -168,5 +168,5 @@ WRITERS: dict[tuple[str, str], Callable[..., None]] = {
     (F.PTE, "int8"): write_pte_int8,
     (F.TENSORRT, "fp16"): write_tensorrt,
     (F.TENSORRT, "int8"): write_tensorrt,
-    (F.TORCHSCRIPT, "fp16"): write_torchscript,
+    (F.TORCH, "fp16"): write_torchscript,
 }

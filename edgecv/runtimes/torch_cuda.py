@@ -1,4 +1,4 @@
-"""PyTorch on CUDA: the ``torchscript`` artifact (a traced module, weights in its precision) run in that dtype,
+"""PyTorch on CUDA: the ``torch`` artifact (a traced TorchScript module, weights in its precision) run in that dtype,
 channels_last, with CUDA-graph replay for a fixed batch shape. The eager GPU baseline next to TensorRT. Raises
 :class:`RuntimeUnavailable` without CUDA."""
 
