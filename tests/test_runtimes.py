@@ -52,6 +52,8 @@ def test_runner_protocol(artifacts, runtime, key):
     r = load_runner(runtime, artifacts[key], threads=1)
     assert isinstance(r, Runner)
     assert r.runtime == runtime
+    # the input shape as the runtime reads it from the file (the lite interpreter's traced module records none)
+    assert r.input_shape is None if runtime == "ptl" else tuple(r.input_shape[1:]) == (3, S, S)
     out = r.predict(x)  # batch 5 even where the artifact has a fixed batch of 1 (ExecuTorch)
     assert out.shape == (5, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
@@ -89,14 +91,15 @@ def test_torch_cuda_unavailable_without_gpu(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_torch_cuda_runner(tmp_path):
-    from edgecv.data.preprocess import Preprocess
-    from edgecv.models.checkpoint import save_checkpoint
-    from edgecv.models.registry import create_model
+    """The torchscript artifact (fp16 weights) on CUDA: the dtype comes from the file, CUDA-graph replay."""
+    from edgecv.export.ptl import export_torchscript
 
-    m = create_model("resnet18", 3).eval()
-    p = save_checkpoint(tmp_path / "r.pt", m, "resnet18", ["a", "b", "c"], Preprocess(input_size=32))
-    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    r = load_runner("torch_cuda", p, device="cuda", precision="fp32")
+    m = _net()
+    p = tmp_path / "model-fp16.torchscript"
+    export_torchscript(m, p, S, "fp16")
+    x = np.random.default_rng(0).standard_normal((4, 3, S, S)).astype(np.float32)
+    r = load_runner("torch_cuda", p, device="cuda")
+    assert r.precision == "fp16"
     out = r.predict(x)
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()

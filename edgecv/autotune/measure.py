@@ -1,12 +1,12 @@
-"""Latency of candidate models on a target's runtime: export FP32 and INT8 (quick PTQ through the quant facades)
-at the deployment size with the same exporters as ``edgecv export``, then time every artifact interleaved
+"""Latency of candidate models on a target's runtime: export FP32 and INT8 (PTQ, as ``edgecv export`` does for a
+float source) at the deployment size through the writers of ``edgecv export``
+(:func:`edgecv.export.bundle.export_models`), then time every artifact interleaved
 (:mod:`edgecv.runtimes.latency`). Every figure carries ``measured_on`` and ``host_proxy``; the deploy precision of
 each model follows :func:`edgecv.targets.policy.deploy_precision`.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,7 +19,22 @@ from torch import nn
 from edgecv.errors import UserError
 
 AUTO_TARGETS = ("x86", "android", "jetson")
-TARGET_RUNTIME = {"x86": "openvino", "jetson": "onnxruntime", "android": "executorch"}
+PRECISIONS = ("fp32", "int8")  # the pair the deploy-precision rule compares
+
+
+def auto_format(target: str) -> tuple[str, str]:
+    """(runtime, format) ``--student auto`` measures ``target`` on: the first of the target's runtimes (format
+    table order) whose format has an FP32 and an INT8 row and can be written here. TensorRT (jetson's first) has
+    no FP32 engine, so jetson is measured on ONNX Runtime."""
+    from edgecv.contracts.formats import FORMATS, TARGET_RUNTIMES
+    from edgecv.export.formats import toolchain_missing
+
+    for rt in TARGET_RUNTIMES[target]:
+        for fmt in dict.fromkeys(r.format for r in FORMATS.values() if r.runtime == rt):
+            if all((fmt, p) in FORMATS for p in PRECISIONS) and toolchain_missing(fmt) is None:
+                return rt, fmt
+    raise UserError(f"--target {target}: none of its runtimes ({', '.join(TARGET_RUNTIMES[target])}) has FP32 and "
+                    "INT8 artifacts that can be written here")
 
 
 @dataclass
@@ -42,7 +57,7 @@ class Measurer:
         if self.target not in AUTO_TARGETS:
             raise UserError(f"--target must be one of {', '.join(AUTO_TARGETS)} here, got '{self.target}'")
         self.profile = get_target(self.target)
-        self.runtime = TARGET_RUNTIME[self.target]
+        self.runtime, self.format = auto_format(self.target)
         if self.threads is None:
             self.threads = min(self.profile.threads[0], os.cpu_count() or 1)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgecv-auto-")
@@ -57,47 +72,19 @@ class Measurer:
                 "deploy_size": self.size, "min_time_s": self.min_time_s, "rounds": self.rounds}
 
     # -- export -------------------------------------------------------------------------------------------
-    def _int8_model(self, model: nn.Module) -> nn.Module:
-        from edgecv.quant import ptq
-
-        return ptq(model, self.calib, self.size)[0]
-
     def export(self, model: nn.Module) -> dict[str, Path | str]:
         """FP32 and INT8 artifacts for the runtime: ``{precision: path}`` or ``{precision: "error: ..."}``."""
-        from edgecv.export import onnx as E
-        from edgecv.quant import deploy
+        from edgecv.export.bundle import export_models
 
         self._n += 1
         d = self.work / f"m{self._n}"
+        entries = export_models(model, d, self.size, self.calib, [(self.format, p) for p in PRECISIONS],
+                                threads=self.threads)
         out: dict[str, Path | str] = {}
-        model = copy.deepcopy(model).cpu().eval()
-        for prec in ("fp32", "int8"):
-            try:
-                if self.runtime == "executorch":
-                    from edgecv.export import pte as PTE
-
-                    p = d / f"model-{prec}.pte"
-                    if prec == "fp32":
-                        PTE.export_fp32(model, p, self.size)
-                    else:
-                        PTE.export_int8(deploy(self._int8_model(model)), p, self.size)
-                else:
-                    p = d / f"model-{prec}.onnx"
-                    if prec == "fp32":
-                        E.export_fp32(model, p, self.size)
-                    else:
-                        E.export_int8_qdq(deploy(self._int8_model(model)), p, self.size, calib_batches=self.calib)
-                    if self.runtime == "openvino":
-                        from edgecv.export import openvino as OV
-
-                        xml = d / "openvino" / f"model-{prec}.xml"
-                        OV.convert(p, xml)
-                        p = xml
-                out[prec] = p
-            except ImportError as e:
-                out[prec] = f"unavailable: {e}"
-            except Exception as e:  # noqa: BLE001 - recorded per candidate; the others still run
-                out[prec] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        for e in entries:
+            why = (e.error or "").splitlines()[0][:200] if e.error else ""
+            out[e.precision] = d / e.file if e.status == "ok" else (
+                f"unavailable: {why}" if e.status == "skipped" else f"export failed: {why}")
         return out
 
     # -- timing -------------------------------------------------------------------------------------------

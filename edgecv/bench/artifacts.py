@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecv.contracts import formats as F
 from edgecv.contracts.manifest import (
-    FORMAT_RUNTIME,
     MANIFEST,
     ArtifactEntry,
     Manifest,
@@ -20,9 +20,6 @@ from edgecv.contracts.manifest import (
     verify_artifact,
 )
 from edgecv.errors import UserError
-
-EXT_FORMAT = {".onnx": "onnx", ".xml": "openvino", ".ptl": "ptl", ".pte": "pte", ".engine": "tensorrt",
-              ".plan": "tensorrt"}
 
 
 @dataclass
@@ -78,12 +75,13 @@ def _name_precision(path: Path) -> str:
 
 
 def single_artifact(path: Path) -> Resolved:
-    fmt = EXT_FORMAT.get(path.suffix.lower())
+    exts = F.ext_formats()
+    fmt = exts.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: not a bundle (no {MANIFEST}) and not a known artifact type "
-                        f"({', '.join(sorted(EXT_FORMAT))})")
-    precision = _onnx_precision(path) if fmt == "onnx" else _name_precision(path)
-    entry = ArtifactEntry(file=path.name, format=fmt, precision=precision, runtime=FORMAT_RUNTIME[fmt],
+                        f"({', '.join(sorted(exts))})")
+    precision = _onnx_precision(path) if fmt == F.ONNX else _name_precision(path)
+    entry = ArtifactEntry(file=path.name, format=fmt, precision=precision, runtime=F.format_runtime(fmt),
                           size_bytes=path.stat().st_size)
     return Resolved(entry, path.resolve(), None)
 
@@ -132,34 +130,25 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, include_faile
     return src
 
 
-def _shape_from_file(path: Path, fmt: str) -> list[int] | None:
-    """The input shape stored in the artifact itself (ONNX graph, OpenVINO IR, ExecuTorch method metadata);
-    None where the format has none (TorchScript-lite) or its runtime is not installed."""
+def _shape_from_runner(res: Resolved) -> tuple[int | None, ...] | None:
+    """The input shape the artifact declares, as its runtime reads it (None: runtime missing, or not recorded)."""
+    from edgecv.runtimes.base import load_runner
+
     try:
-        if fmt == "onnx":
-            import onnx
-
-            dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-            return [d.dim_value if d.dim_value > 0 else 1 for d in dims]
-        if fmt == "openvino":
-            import openvino as ov
-
-            ps = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-            return [d.get_length() if d.is_static else 1 for d in ps]
-        if fmt == "pte":
-            from executorch.runtime import Runtime
-
-            return list(Runtime.get().load_program(path).metadata("forward").input_tensor_meta(0).sizes())
-    except Exception:  # noqa: BLE001 - unreadable or runtime missing: the caller says "shape unknown"
+        runner = load_runner(res.entry.runtime, res.path)
+    except Exception:  # noqa: BLE001 - unavailable or unreadable: the caller says "shape unknown"
         return None
-    return None
+    try:
+        return runner.input_shape
+    finally:
+        runner.close()
 
 
 def input_shape(res: Resolved, batch: int) -> tuple[int, ...]:
-    """The NCHW input shape for ``batch`` from the manifest entry / manifest / the artifact itself."""
+    """The NCHW input shape for ``batch`` from the manifest entry / manifest / the artifact's runner."""
     shape = res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
     if not shape:
-        shape = _shape_from_file(res.path, res.entry.format)
-    if not shape:
+        shape = _shape_from_runner(res)
+    if not shape or None in shape[1:]:
         raise UserError(f"{res.path}: input shape unknown (no manifest); bench a bundle instead")
     return (int(batch), *[int(s) for s in shape[1:]])

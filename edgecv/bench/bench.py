@@ -142,9 +142,10 @@ def _initial_rows(src: Source) -> tuple[dict[str, dict], list[str], list[Resolve
 def _bench_on_device(cfg: BenchConfig, live: list[Resolved], rows: dict[str, dict], threads: list[int],
                      log: Log) -> None:
     """Android device path: ExecuTorch executor_runner over adb for the .pte artifacts."""
+    from edgecv.contracts.formats import PTE
     from edgecv.targets.android import adb as ADB
 
-    for res in [r for r in live if r.entry.format == "pte"]:
+    for res in [r for r in live if r.entry.format == PTE]:
         row = rows[res.name]
         try:
             out = ADB.bench_pte(cfg.adb, res.path, runner=cfg.adb_runner, threads=threads[0],

@@ -19,9 +19,9 @@ Schema ``edgecv.manifest/1``::
       "artifacts": [ArtifactEntry...]
     }
 
-An :class:`ArtifactEntry` has ``file`` (relative to the bundle), ``format`` (onnx | openvino | ptl | pte |
-tensorrt | tensorrt_script), ``precision`` (fp32 | fp16 | int8), ``runtime`` (onnxruntime | openvino | ptl |
-executorch | tensorrt), ``status`` (ok | failed | skipped), ``error``, ``size_bytes``, ``sha256``,
+An :class:`ArtifactEntry` has ``file`` (relative to the bundle), ``format``, ``precision`` (fp32 | fp16 | int8)
+and ``runtime`` (a row of the format table :mod:`edgecv.contracts.formats`, or ``tensorrt_script`` with no
+runtime), ``status`` (ok | failed | skipped), ``error``, ``size_bytes``, ``sha256``,
 ``input_shape``, ``input_dtype``, ``layout``, ``exported_with`` (package versions), ``validation`` and
 ``extra`` (format-specific details: the OpenVINO ``.bin`` companion, the TensorRT profile...).
 """
@@ -40,14 +40,6 @@ from edgecv.utils import sha256_file, write_json_atomic
 SCHEMA = "edgecv.manifest/1"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # tensor names of every exported model
 MANIFEST = "manifest.json"
-FORMAT_RUNTIME = {
-    "onnx": "onnxruntime",
-    "openvino": "openvino",
-    "ptl": "ptl",
-    "pte": "executorch",
-    "tensorrt": "tensorrt",
-    "tensorrt_script": None,  # a build script, not a model
-}
 
 
 @dataclass

@@ -11,6 +11,7 @@ when any requested artifact failed.
 
 from __future__ import annotations
 
+import copy
 import platform
 import shutil
 import time
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from edgecv.contracts.manifest import FORMAT_RUNTIME, ArtifactEntry, Manifest
+from edgecv.contracts import formats as F
+from edgecv.contracts.formats import FORMATS
+from edgecv.contracts.manifest import ArtifactEntry, Manifest
 from edgecv.errors import UserError
-from edgecv.export.data import load_eval_data
-from edgecv.export.formats import FORMATS, TRT_DIR, finish, write_tensorrt_scripts
+from edgecv.export.data import EvalData, load_eval_data
+from edgecv.export.formats import TRT_DIR, WRITERS, finish, write_tensorrt_scripts
 from edgecv.export.outdir import TMP, check_out_dir, prepare_out_dir, remove_stale
 from edgecv.export.validate import check_reference, entry_line, torch_logits, validate_entry
 from edgecv.utils import check_writable, progress
@@ -162,8 +165,8 @@ class Exporter:
             return self._onnx[precision]
         from edgecv.export import onnx as E
 
-        rel = FORMATS[("onnx", precision)].file
-        path = self.out / rel if ("onnx", precision) in self.wanted else self.out / TMP / rel
+        rel = FORMATS[(F.ONNX, precision)].file
+        path = self.out / rel if (F.ONNX, precision) in self.wanted else self.out / TMP / rel
         if precision == "fp32":
             E.export_fp32(self.float_model(), path, self.size, self.opts.opset)
         elif precision == "fp16":
@@ -181,9 +184,9 @@ class Exporter:
     # -- artifacts ------------------------------------------------------------------------------------------
     def export_one(self, fmt: str, prec: str) -> ArtifactEntry:
         f = FORMATS[(fmt, prec)]
-        entry = ArtifactEntry(file=f.file, format=fmt, precision=prec, runtime=FORMAT_RUNTIME[fmt],
+        entry = ArtifactEntry(file=f.file, format=fmt, precision=prec, runtime=f.runtime,
                               input_shape=[1, 3, self.size, self.size], exported_with=self.versions)
-        f.write(self, entry)
+        WRITERS[f.key](self, entry)
         if entry.status == "ok":
             finish(self.out, entry)
         return entry
@@ -194,7 +197,7 @@ class Exporter:
             e = self.export_one(fmt, prec)
         except Exception as ex:  # recorded per artifact; the others still run
             e = ArtifactEntry(file=FORMATS[(fmt, prec)].file, format=fmt, precision=prec,
-                              runtime=FORMAT_RUNTIME[fmt], status="failed",
+                              runtime=FORMATS[(fmt, prec)].runtime, status="failed",
                               error=f"{type(ex).__name__}: {str(ex)[:500]}", exported_with=self.versions)
             e.extra["traceback"] = traceback.format_exc(limit=4)[-2000:]
         if e.status == "ok" and self.opts.validate and e.runtime:
@@ -208,11 +211,11 @@ class Exporter:
 
     def export_all(self) -> list[ArtifactEntry]:
         entries = [self.export_and_validate(fmt, prec) for fmt, prec in progress(self.wanted, desc="export")]
-        if any(f == "tensorrt" for f, _ in self.wanted):
+        if any(f == F.TENSORRT for f, _ in self.wanted):
             try:
                 entries.append(write_tensorrt_scripts(self))
             except Exception as ex:
-                entries.append(ArtifactEntry(file=f"{TRT_DIR}/build_engine.py", format="tensorrt_script",
+                entries.append(ArtifactEntry(file=f"{TRT_DIR}/build_engine.py", format=F.TENSORRT_SCRIPT,
                                              precision="-", runtime=None, status="failed",
                                              error=f"{type(ex).__name__}: {ex}"))
             self.log(entry_line(entries[-1]))
@@ -248,6 +251,44 @@ class Exporter:
         remove_stale(self.out, replaced, man)
         failed = [e.name for e in entries if e.status == "failed"]
         return ExportResult(self.out, man, time.perf_counter() - t0, failed)
+
+
+@dataclass
+class _ModelSource:
+    """An in-memory float model standing in for a resolved source (:class:`ModelExporter`)."""
+
+    model: nn.Module
+    is_qat: bool = False
+
+    def build(self) -> nn.Module:
+        return copy.deepcopy(self.model).cpu().eval()
+
+    def float_model(self) -> tuple[nn.Module, str]:
+        return self.build(), "in-memory model"
+
+
+class ModelExporter(Exporter):
+    """The exporter of an in-memory float model (``--student auto`` candidates): the writers, ONNX intermediates
+    and INT8 (PTQ on ``calib``) of ``edgecv export``, without a source file, labels or validation."""
+
+    def __init__(self, model: nn.Module, out: Path, size: int, calib: list[np.ndarray], keys, threads: int = 1):
+        self.log, self.out, self.size = (lambda s: None), Path(out), size
+        self.opts = ExportOptions(threads=threads, validate=False)
+        self.src, self.wanted = _ModelSource(model), list(keys)
+        self.data = EvalData(np.zeros((0, 3, size, size), np.float32), np.zeros(0, np.int64), calib, "calibration")
+        self._models, self._refs, self._onnx, self.notes, self.versions = {}, {}, {}, {}, versions()
+
+
+def export_models(model: nn.Module, out: str | Path, size: int, calib: list[np.ndarray], keys,
+                  threads: int = 1) -> list[ArtifactEntry]:
+    """Write the (format, precision) ``keys`` of the float ``model`` into ``out`` through the writers ``edgecv
+    export`` uses (not validated). A failed or skipped key is an entry with its status and error."""
+    ex = ModelExporter(model, Path(out), size, calib, keys, threads)
+    (ex.out / TMP).mkdir(parents=True, exist_ok=True)
+    try:
+        return [ex.export_and_validate(fmt, prec) for fmt, prec in ex.wanted]
+    finally:
+        shutil.rmtree(ex.out / TMP, ignore_errors=True)
 
 
 def export_bundle(source: str | Path, out: str | Path, opts: ExportOptions, log=lambda s: None) -> ExportResult:

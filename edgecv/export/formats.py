@@ -1,4 +1,5 @@
-"""The export format table: one writer per format, one registration line per (format, precision).
+"""The writers of the export formats: one function per format, registered in :data:`WRITERS` under the keys of
+the format table :data:`edgecv.contracts.formats.FORMATS` (which holds every other fact of a format).
 
 A writer ``write(ex, entry)`` writes ``ex.out / entry.file`` from the models and intermediates of the exporter
 ``ex`` (:class:`edgecv.export.bundle.Exporter`: ``float_model()``, ``qat_model()``,
@@ -6,8 +7,8 @@ A writer ``write(ex, entry)`` writes ``ex.out / entry.file`` from the models and
 mark the entry ``skipped`` (with ``entry.error``) when the toolchain is missing here. The exporter then hashes
 every file of the artifact (:func:`finish`) and validates it through its runtime.
 
-Adding a format: a writer here, a :data:`FORMATS` line, its runtime in
-:data:`edgecv.contracts.manifest.FORMAT_RUNTIME` and the (format, precision) in a target's artifact list.
+Adding a format: its rows in :mod:`edgecv.contracts.formats`, a writer here and its :data:`WRITERS` line
+(docs/architecture.md lists every file).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import py_compile
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from edgecv.contracts import formats as F
+from edgecv.contracts.formats import FORMATS
 from edgecv.contracts.manifest import ArtifactEntry
 from edgecv.utils import sha256_file
 
-TRT_DIR = "tensorrt"
+TRT_DIR = FORMATS[(F.TENSORRT, "int8")].subdir
 TRT_PROFILE = (1, 1, 8)
 
 
@@ -46,7 +48,7 @@ def write_openvino(ex, entry: ArtifactEntry) -> None:
     prec, extra, path = entry.precision, entry.extra, ex.out / entry.file
     _xml, binf = OV.convert(ex.onnx_file(prec), path, extra)
     add_companions(ex.out, entry, [binf])
-    extra["from_onnx"] = FORMATS[("onnx", prec)].file
+    extra["from_onnx"] = FORMATS[(F.ONNX, prec)].file
     extra["compress_to_fp16"] = False
     entry.input_shape = ["batch", 3, ex.size, ex.size]
     if prec == "int8":
@@ -84,7 +86,7 @@ def write_pte_int8(ex, entry: ArtifactEntry) -> None:
 
 def trt_onnx(ex, prec: str) -> Path:
     """The ONNX a TensorRT engine of ``prec`` is built from (fp16 engines from the fp16 ONNX when it is exported)."""
-    return ex.onnx_file("int8" if prec == "int8" else ("fp16" if ("onnx", "fp16") in ex.wanted else "fp32"))
+    return ex.onnx_file("int8" if prec == "int8" else ("fp16" if (F.ONNX, "fp16") in ex.wanted else "fp32"))
 
 
 def write_tensorrt(ex, entry: ArtifactEntry) -> None:
@@ -94,7 +96,7 @@ def write_tensorrt(ex, entry: ArtifactEntry) -> None:
     entry.extra["from_onnx"] = onnx.name
     entry.extra["profile"] = dict(zip(("min", "opt", "max"), TRT_PROFILE, strict=True))
     entry.extra["build_script"] = f"{TRT_DIR}/{TRT.SCRIPT}"
-    reason = TRT.tensorrt_available()
+    reason = toolchain_missing(F.TENSORRT)
     if reason:
         entry.status, entry.error = "skipped", reason
         return
@@ -105,7 +107,7 @@ def write_tensorrt_scripts(ex) -> ArtifactEntry:
     """The TensorRT build scripts (and the ONNX files they read) for every TensorRT precision of the target."""
     from edgecv.export import tensorrt as TRT
 
-    precs = [p for f, p in ex.wanted if f == "tensorrt"]
+    precs = [p for f, p in ex.wanted if f == F.TENSORRT]
     onnx_files = {}
     for p in precs:
         src = trt_onnx(ex, p)
@@ -115,10 +117,10 @@ def write_tensorrt_scripts(ex) -> ArtifactEntry:
             src = dst
         onnx_files[p] = "../" + str(src.relative_to(ex.out))
     paths = TRT.write_scripts(ex.out / TRT_DIR, onnx_files, ex.size, profile=TRT_PROFILE)
-    e = ArtifactEntry(file=str(paths[0].relative_to(ex.out)), format="tensorrt_script", precision="+".join(precs),
+    e = ArtifactEntry(file=str(paths[0].relative_to(ex.out)), format=F.TENSORRT_SCRIPT, precision="+".join(precs),
                       runtime=None, input_shape=["batch", 3, ex.size, ex.size], exported_with=ex.versions)
     add_companions(ex.out, e, paths[1:])
-    e.extra["onnx"] = onnx_files
+    e.extra[F.ONNX] = onnx_files
     e.extra["profile"] = dict(zip(("min", "opt", "max"), TRT_PROFILE, strict=True))
     py_compile.compile(str(paths[0]), cfile=str(ex.out / ".tmp" / "build_engine.pyc"), doraise=True)
     e.extra["py_compile"] = "ok"
@@ -139,21 +141,32 @@ def finish(out: Path, entry: ArtifactEntry) -> None:
     entry.sha256 = sha256_file(out / entry.file)
 
 
-@dataclass(frozen=True)
-class Format:
-    file: str  # relative to the bundle
-    write: Callable[..., None]
+def write_torchscript(ex, entry: ArtifactEntry) -> None:
+    from edgecv.export.ptl import export_torchscript
+
+    entry.extra.update(export_torchscript(ex.float_model(), ex.out / entry.file, ex.size, entry.precision))
 
 
-FORMATS: dict[tuple[str, str], Format] = {
-    ("onnx", "fp32"): Format("model-fp32.onnx", write_onnx),
-    ("onnx", "fp16"): Format("model-fp16.onnx", write_onnx),
-    ("onnx", "int8"): Format("model-int8.onnx", write_onnx),
-    ("openvino", "fp32"): Format("openvino/model-fp32.xml", write_openvino),
-    ("openvino", "int8"): Format("openvino/model-int8.xml", write_openvino),
-    ("ptl", "fp32"): Format("model-fp32.ptl", write_ptl),
-    ("pte", "fp32"): Format("model-fp32.pte", write_pte_fp32),
-    ("pte", "int8"): Format("model-int8.pte", write_pte_int8),
-    ("tensorrt", "fp16"): Format("tensorrt/model-fp16.engine", write_tensorrt),
-    ("tensorrt", "int8"): Format("tensorrt/model-int8.engine", write_tensorrt),
+def toolchain_missing(fmt: str) -> str | None:
+    """Why ``fmt`` cannot be written here (its writer marks it skipped), or None."""
+    if fmt == F.TENSORRT:
+        from edgecv.export import tensorrt as TRT
+
+        return TRT.tensorrt_available()
+    return None
+
+
+# (format, precision) of contracts.formats.FORMATS -> its writer ``write(exporter, entry)``
+WRITERS: dict[tuple[str, str], Callable[..., None]] = {
+    (F.ONNX, "fp32"): write_onnx,
+    (F.ONNX, "fp16"): write_onnx,
+    (F.ONNX, "int8"): write_onnx,
+    (F.OPENVINO, "fp32"): write_openvino,
+    (F.OPENVINO, "int8"): write_openvino,
+    (F.PTL, "fp32"): write_ptl,
+    (F.PTE, "fp32"): write_pte_fp32,
+    (F.PTE, "int8"): write_pte_int8,
+    (F.TENSORRT, "fp16"): write_tensorrt,
+    (F.TENSORRT, "int8"): write_tensorrt,
+    (F.TORCH, "fp16"): write_torchscript,
 }

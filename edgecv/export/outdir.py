@@ -12,12 +12,12 @@ import json
 import shutil
 from pathlib import Path
 
+from edgecv.contracts.formats import subdirs
 from edgecv.contracts.manifest import MANIFEST, Manifest
 from edgecv.errors import UserError
 
 TMP = ".tmp"
 SOURCE_MARK = f"{TMP}/source.json"
-_SUBDIRS = ("", "openvino", "tensorrt")
 
 
 def _owner(out: Path) -> dict | None:
@@ -63,7 +63,7 @@ def check_out_dir(out: Path, src, force: bool) -> None:
 def clean_leftovers(out: Path) -> None:
     """Temp files and folders an interrupted export (kill -9) leaves behind."""
     shutil.rmtree(out / TMP, ignore_errors=True)
-    for sub in _SUBDIRS:
+    for sub in subdirs():
         d = out / sub
         if not d.is_dir():
             continue

@@ -1,4 +1,5 @@
-"""TorchScript-lite (.ptl) for the PyTorch Mobile lite interpreter.
+"""TorchScript-lite (.ptl) for the PyTorch Mobile lite interpreter, and the full TorchScript module the torch-cuda
+runtime (the eager GPU baseline) loads.
 
 ``optimize_for_mobile`` (conv/BN fold, XNNPACK prepacking) needs a torch build with XNNPACK; x86 wheels lack it
 and the call raises. That is detected and recorded (``extra.optimize_for_mobile``), the unoptimized module is
@@ -7,6 +8,7 @@ saved instead, never a crash.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,19 @@ import torch
 from torch import nn
 
 from edgecv.utils import atomic_path
+
+
+def export_torchscript(model: nn.Module, path: Path, img_size: int, precision: str) -> dict:
+    """The traced module with its weights in ``precision`` (not frozen: the runner reads the dtype from them)."""
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            scripted = torch.jit.trace(copy.deepcopy(model).eval().to(dtype),
+                                       torch.zeros(1, 3, img_size, img_size, dtype=dtype), check_trace=False)
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp))
+    return {"method": "torch.jit.trace", "dtype": str(dtype).removeprefix("torch.")}
 
 
 def export_ptl(model: nn.Module, path: Path, img_size: int, optimize: bool = True) -> dict:

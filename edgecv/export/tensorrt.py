@@ -10,9 +10,11 @@ import os
 import stat
 from pathlib import Path
 
+from edgecv.contracts import formats as F
 from edgecv.utils import atomic_path, write_text_atomic
 
 SCRIPT = "build_engine.py"
+ENGINE_EXT = next(r.ext for r in F.FORMATS.values() if r.format == F.TENSORRT)
 SHELL = "build_engine.sh"
 README = "README.md"
 
@@ -99,10 +101,10 @@ def write_scripts(out_dir: Path, onnx_files: dict[str, str], img_size: int, inpu
     readme_cmds = []
     for prec, onnx in onnx_files.items():
         flags = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --fp16"}[prec]
-        cmd = (f'"$TRTEXEC" --onnx={onnx} --saveEngine=model-{prec}.engine{flags} '
+        cmd = (f'"$TRTEXEC" --onnx={onnx} --saveEngine=model-{prec}{ENGINE_EXT}{flags} '
                f"--minShapes={shape(mn)} --optShapes={shape(op)} --maxShapes={shape(mx)} --memPoolSize=workspace:1024")
         lines.append(cmd)
-        readme_cmds.append(f"python3 build_engine.py --onnx {onnx} --precision {prec} --out model-{prec}.engine")
+        readme_cmds.append(f"python3 build_engine.py --onnx {onnx} --precision {prec} --out model-{prec}{ENGINE_EXT}")
     sh = "\n".join(lines) + "\n"
     readme = (
         "# TensorRT engines\n\nTensorRT engines are specific to the GPU and TensorRT version that built them, so "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecv.contracts.formats import FORMATS
 from edgecv.errors import UserError
 
 THRESHOLDS = {"fp32": 99.5, "fp16": 99.5, "int8": 97.0}  # min top-1 agreement (%) with the torch reference
@@ -106,10 +107,12 @@ def validate_entry(ex, entry) -> None:
 
 
 def _saturation_hint(ex, entry) -> str:
-    """Why an ONNX/OpenVINO INT8 artifact of 8-bit weights can fail on this CPU, and the fix."""
+    """Why an INT8 artifact of 8-bit weights on CPU kernels that saturate them (ONNX Runtime, OpenVINO: the rows
+    marked ``cpu_int8_saturates`` in the format table) can fail on this CPU, and the fix."""
     from edgecv.quant import auto_weight_bits
 
-    if entry.precision != "int8" or entry.format not in ("onnx", "openvino"):
+    row = FORMATS.get((entry.format, entry.precision))
+    if row is None or not row.cpu_int8_saturates:
         return ""
     bits, _ = auto_weight_bits()
     if bits == 8 or ex.notes.get("int8_weight_bits", 8) != 8:

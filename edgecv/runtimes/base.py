@@ -27,6 +27,7 @@ class Runner(Protocol):
     device: str  # e.g. "cpu", "cuda:0", "GPU"
     threads: int | None
     batch_size: int | None  # fixed batch size the artifact accepts, None if dynamic
+    input_shape: tuple[int | None, ...] | None  # NCHW the artifact declares (None: a dynamic dim / not recorded)
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -44,6 +45,7 @@ class RunnerBase:
     device = "cpu"
     threads: int | None = None
     batch_size: int | None = None
+    input_shape: tuple[int | None, ...] | None = None  # read from the loaded artifact by each runtime
 
     def predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must implement predict")

@@ -38,8 +38,8 @@ class OpenVinoRunner(RunnerBase):
         self.inference_precision = inference_precision
         self.compiled = core.compile_model(model, dev, cfg)
         self.request = self.compiled.create_infer_request()
-        b = model.inputs[0].get_partial_shape()[0]
-        self.batch_size = b.get_length() if b.is_static else None
+        self.input_shape = tuple(d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape())
+        self.batch_size = self.input_shape[0]
         self.threads = threads
         self.device = dev
         self._ov_version = ov.get_version()

@@ -43,8 +43,8 @@ class OrtRunner(RunnerBase):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
-        b = inp.shape[0]
-        self.batch_size = b if isinstance(b, int) else None
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
+        self.batch_size = self.input_shape[0]
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.threads = threads
         self.device = device

@@ -49,7 +49,7 @@ class PteRunner(RunnerBase):
             shape = list(meta.input_tensor_meta(0).sizes())
         except Exception:
             pass
-        self.input_shape = shape
+        self.input_shape = tuple(int(s) for s in shape) if shape else None
         self.batch_size = int(shape[0]) if shape else 1
         self.threads = threads
         self.device = "cpu"
@@ -68,7 +68,7 @@ class PteRunner(RunnerBase):
     def describe(self) -> dict:
         d = super().describe()
         d["version"] = self._version
-        d["input_shape"] = self.input_shape
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
         return d
 
 

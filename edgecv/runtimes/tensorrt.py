@@ -56,6 +56,7 @@ class TensorRTRunner(RunnerBase):
         self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.in_name)))
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out_name)))
         shape = tuple(self.engine.get_tensor_shape(self.in_name))
+        self.input_shape = tuple(int(d) if d >= 0 else None for d in shape)
         if shape[0] == -1:
             mn, _opt, mx = self.engine.get_tensor_profile_shape(self.in_name, 0)
             self.max_batch = int(mx[0])

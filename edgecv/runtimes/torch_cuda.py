@@ -1,5 +1,6 @@
-"""PyTorch on CUDA: an edgecv checkpoint in fp16 (or fp32), channels_last, CUDA-graph replay for a fixed
-batch shape. The eager GPU baseline next to TensorRT. Raises :class:`RuntimeUnavailable` without CUDA."""
+"""PyTorch on CUDA: the ``torch`` artifact (a traced TorchScript module, weights in its precision) run in that dtype,
+channels_last, with CUDA-graph replay for a fixed batch shape. The eager GPU baseline next to TensorRT. Raises
+:class:`RuntimeUnavailable` without CUDA."""
 
 from __future__ import annotations
 
@@ -13,19 +14,15 @@ from edgecv.runtimes.base import RunnerBase, RuntimeUnavailable
 class TorchCudaRunner(RunnerBase):
     runtime = "torch_cuda"
 
-    def __init__(self, path: Path, threads: int | None = 1, device: str = "cuda", precision: str = "fp16",
-                 cuda_graph: bool = True, trust_pickle: bool = False):
+    def __init__(self, path: Path, threads: int | None = 1, device: str = "cuda", cuda_graph: bool = True):
         import torch
 
         if not torch.cuda.is_available():
             raise RuntimeUnavailable("torch_cuda: no CUDA GPU visible to torch")
-        from edgecv.models.checkpoint import load_checkpoint
-
         dev = torch.device(device if device.startswith("cuda") else "cuda")
-        ck = load_checkpoint(path, trust_pickle=trust_pickle)
-        model = ck.build().eval().to(dev)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        model = model.to(dtype=self.dtype, memory_format=torch.channels_last)
+        model = torch.jit.load(str(path), map_location=dev).eval()
+        self.dtype = next(model.parameters(), torch.zeros(0)).dtype
+        model = model.to(memory_format=torch.channels_last)
         self.model, self.torch, self.dev = model, torch, dev
         self.cuda_graph = cuda_graph
         self._graph = None
@@ -33,7 +30,7 @@ class TorchCudaRunner(RunnerBase):
         self.threads = threads
         self.device = str(dev)
         self.batch_size = None
-        self.precision = precision
+        self.precision = "fp16" if self.dtype == torch.float16 else "fp32"
 
     def _capture(self, shape):
         torch = self.torch

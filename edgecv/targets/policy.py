@@ -219,8 +219,10 @@ def not_deployed(comparison: list[dict]) -> set[str]:
 def int8_vs_onnx_fp32(rows: list[dict]) -> dict | None:
     """The fastest INT8 artifact (any runtime, export validation passed) against the FP32 ONNX on ONNX Runtime, at
     the primary config: the question "does INT8 pay off at all on this host", answered by one run's numbers."""
-    ok = measured_and_validated(rows)
-    ref = [r for r in ok if r["format"] == "onnx" and r["precision"] == "fp32" and r["runtime"] == "onnxruntime"]
+    from edgecv.contracts.formats import FORMATS, ONNX
+
+    ok, fp32 = measured_and_validated(rows), FORMATS[(ONNX, "fp32")]
+    ref = [r for r in ok if (r["format"], r["precision"], r["runtime"]) == (*fp32.key, fp32.runtime)]
     int8 = [r for r in ok if r["precision"] == "int8"]
     if len(ref) != 1 or not int8:
         return None
