@@ -186,8 +186,9 @@ def load_bench(path: str | Path, what: str = "bench JSON") -> tuple[BenchReport,
                         f"{' or '.join(SCHEMAS)}, as edgecv bench --json writes)")
     if found == SCHEMA:
         _check(d, path, what)
-    elif not isinstance(d.get("artifacts", []), list) or not all(isinstance(r, dict) for r in d.get("artifacts", [])):
-        raise UserError(f"{what} {path}: artifacts is not a list of objects")
+    rows = d.get("artifacts", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in rows):
+        raise UserError(f"{what} {path}: artifacts is not a list of named rows")
     notes = []
     if found in OLD_SCHEMAS:
         notes.append(f"{path.name} is an {found} file: its accuracy decisions were unpaired (top-1 percentages "
