@@ -20,7 +20,8 @@ an artifact only where the test shows it worse and the measured drop reaches the
 1-pt gap is "not distinguishable". Rows without per-image predictions (bench files of schema ``edgecv.bench/1``,
 export-validation figures) fall back to the unpaired rule: top-1 within the tolerance of the best.
 
-:func:`deploy_report` applies it once to a bench's rows: every line of the report (precision comparison, INT8
+:func:`deploy_report` applies it once to a bench's rows (typed :class:`~edgecv.contracts.bench.BenchRow` records,
+the bench contract): every line of the report (precision comparison, INT8
 notes, recommendation, accuracy calls) comes from the same decision, and :func:`reason` writes each
 recommendation's reason from the :class:`Choice` that was made. :func:`exit_code` is the bench's exit code.
 """
