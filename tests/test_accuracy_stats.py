@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edgecv.bench.gate.run import accuracy_check
-from edgecv.bench.report import load_bench, rows_for_table, to_markdown, top1_cell, validate
+from edgecv.bench.report import rows_for_table, to_markdown, top1_cell
+from edgecv.contracts.bench import BenchRow, load_bench, validate
 from edgecv.targets import stats as S
 from edgecv.targets.policy import deploy_report, judge_accuracy, recommend
 
@@ -114,7 +115,7 @@ def test_images_needed_is_where_the_test_starts_to_tell():
 def _row(name, prec, p50, correct, labels, size=1_000_000):
     pred = np.where(correct, labels, (labels + 1) % 10)
     right = int(correct.sum())
-    return {"name": name, "file": f"{name}.onnx", "format": "onnx", "precision": prec, "runtime": "onnxruntime",
+    return BenchRow.from_dict({"name": name, "file": f"{name}.onnx", "format": "onnx", "precision": prec, "runtime": "onnxruntime",
             "status": "ok", "reason": None, "size_bytes": size, "sha256": None, "measured_on": "host", "device": "cpu",
             "host_proxy": False, "profile": None,
             "latency": [{"threads": 1, "batch": 1, "n": 50, "p50_ms": p50, "p90_ms": p50 * 1.2, "p99_ms": p50 * 1.3,
@@ -124,7 +125,7 @@ def _row(name, prec, p50, correct, labels, size=1_000_000):
             "verdict": {"verdict": "none", "label": "no budget", "host_proxy": False, "value": None, "budget": None},
             "accuracy": {"top1": 100 * right / len(labels), "top1_ci": list(S.top1_interval(right, len(labels))),
                          "correct": right, "top5": 100.0, "n": len(labels), "data": "digits",
-                         "predictions": S.pack(pred)}}
+                         "predictions": S.pack(pred)}})
 
 
 def _digits_rows(both: int = 345, int8_only: int = 4, fp32_only: int = 0):
@@ -157,6 +158,7 @@ def test_reason_says_fastest_only_when_it_is():
 
 def _result(rows, labels):
     d = deploy_report(rows, None, 1.0, labels=labels)
+    rows = [r.to_dict() for r in rows]
     for r in rows:
         r["accuracy_decision"] = d["accuracy"][r["name"]]
     return {"schema": "edgecv.bench/2", "edgecv_version": "0", "created": "2026-01-01T00:00:00+00:00", "bundle": "b",
@@ -176,7 +178,7 @@ def test_reports_show_interval_sample_size_and_the_call(tmp_path):
     res = _result(rows, labels)
     validate(res)
     table = {r["artifact"].rstrip(" *"): r for r in rows_for_table(res)}
-    assert table["onnx-int8"]["top1"] == top1_cell(rows[1]["accuracy"]) == "96.94 [94.6-98.3]"
+    assert table["onnx-int8"]["top1"] == top1_cell(rows[1].accuracy) == "96.94 [94.6-98.3]"
     assert table["onnx-int8"]["vs_best"] == "reference"
     assert res["artifacts"][1]["accuracy_decision"]["verdict"] == "reference"
     assert table["onnx-fp32"]["vs_best"].startswith("not distinguishable (-1.11 pt [")
@@ -187,14 +189,15 @@ def test_reports_show_interval_sample_size_and_the_call(tmp_path):
     # written, read back: the current schema loads without a note
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(res))
-    assert load_bench(path) == (res, [])
+    rep, notes = load_bench(path)
+    assert rep.to_dict() == res and notes == []
 
 
 def test_older_bench_files_load_with_a_note(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"schema": "edgecv.bench/1", "artifacts": [], "recommended": {}}))
     d, notes = load_bench(path)
-    assert d["schema"] == "edgecv.bench/1" and len(notes) == 1 and "unpaired" in notes[0]
+    assert d.schema == "edgecv.bench/1" and len(notes) == 1 and "unpaired" in notes[0]
     path.write_text(json.dumps({"schema": "edgecv.bench/9"}))
     with pytest.raises(Exception, match="not an edgecv bench JSON"):
         load_bench(path)
@@ -203,14 +206,14 @@ def test_older_bench_files_load_with_a_note(tmp_path):
 def test_unpaired_rows_keep_the_fixed_margin():
     rows, labels = _digits_rows()
     for r in rows:
-        del r["accuracy"]["predictions"]
+        del r.accuracy["predictions"]
     calls = judge_accuracy(rows, 1.0, labels)
     assert not calls["onnx-fp32"].keeps and "unpaired" in calls["onnx-fp32"].clause
 
 
 # ------------------------------------------------------------------------------------------------ the gate
 def _acc(correct, labels):
-    return _row("x", "fp32", 1.0, correct, labels)["accuracy"]
+    return _row("x", "fp32", 1.0, correct, labels).accuracy
 
 
 @pytest.mark.parametrize("n, both, base_only, cand_only, verdict, call", [

@@ -200,20 +200,20 @@ def test_cli_too_tight_budget_exit_1_with_table(cli, data, teacher, tmp_path):
 
 
 def test_bench_precision_comparison_and_recommendation():
+    from edgecv.contracts.bench import BenchRow
     from edgecv.targets.policy import precision_comparison, recommend
 
     def row(name, fmt, prec, rt, p50):
-        return {"name": name, "format": fmt, "precision": prec, "runtime": rt, "status": "ok", "host_proxy": False,
-                "profile": "x86", "primary": {"threads": 1, "batch": 1, "p50_ms": p50, "p90_ms": p50 * 1.05,
-                                              "fps": 1000 / p50},
-                "accuracy": None, "notes": [], "verdict": {"verdict": "none", "budget": None}}
+        return BenchRow(name=name, format=fmt, precision=prec, runtime=rt, status="ok", host_proxy=False, profile="x86",
+                        primary={"threads": 1, "batch": 1, "p50_ms": p50, "p90_ms": p50 * 1.05, "fps": 1000 / p50},
+                        verdict={"verdict": "none", "budget": None})
 
     rows = [row("onnx-fp32", "onnx", "fp32", "onnxruntime", 2.0), row("onnx-int8", "onnx", "int8", "onnxruntime", 1.95),
             row("openvino-fp32", "openvino", "fp32", "openvino", 2.4), row("openvino-int8", "openvino", "int8", "openvino", 1.2)]
     cmp_ = {c["runtime"]: c for c in precision_comparison(rows)}
     assert cmp_["onnxruntime"]["faster"] == "fp32" and cmp_["onnxruntime"]["deploy"] == "onnx-fp32"
     assert cmp_["openvino"]["faster"] == "int8" and cmp_["openvino"]["int8_speedup"] == pytest.approx(2.0)
-    rows[3]["primary"]["p50_ms"] = 2.39  # now INT8 on OpenVINO is not meaningfully faster either
+    rows[3].primary["p50_ms"] = 2.39  # now INT8 on OpenVINO is not meaningfully faster either
     slower = {c["int8"] for c in precision_comparison(rows) if c["faster"] == "fp32"}
     assert slower == {"onnx-int8", "openvino-int8"}
     # onnx-int8 has the lowest p50 of all but measured not faster than its FP32 twin: its twin is recommended

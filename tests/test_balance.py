@@ -181,7 +181,8 @@ def test_bench_json_and_markdown_carry_them(tmp_path):
     import jsonschema
 
     from edgecv.bench.bench import BenchConfig, run_bench
-    from edgecv.bench.report import load_schema, to_markdown
+    from edgecv.bench.report import to_markdown
+    from edgecv.contracts.bench import load_schema
     from tests.bench_util import ColourNet, make_bundle
 
     b = make_bundle(tmp_path / "b", model=ColourNet())

@@ -13,7 +13,8 @@ import torch
 
 from edgecv.bench.accuracy import evaluate_runner, load_eval_arrays
 from edgecv.bench.bench import BenchConfig, run_bench
-from edgecv.bench.report import load_schema, to_markdown, validate, write_plot
+from edgecv.bench.report import to_markdown, write_plot
+from edgecv.contracts.bench import BenchReport, BenchRow, load_schema, validate
 from edgecv.contracts.manifest import ArtifactEntry, load_manifest
 from edgecv.runtimes.base import Runner, load_runner
 from edgecv.targets.policy import exit_code, int8_notes, recommend
@@ -69,7 +70,7 @@ def test_bench_skips_missing_runtime_and_validates(bundle, data):
         assert trt["status"] == "skipped" and "tensorrt" in trt["reason"].lower() and trt["latency"] == []
     assert arts["pte-int8"]["status"] == "not_exported" and "to_edge" in arts["pte-int8"]["reason"]
     assert res["recommended"]["x86"]["name"] == "onnx-fp32"
-    assert exit_code(res) == 0
+    assert exit_code(BenchReport.from_dict(res).artifacts) == 0
 
 
 def test_accuracy_through_runtime_matches_torch_with_fixed_batch(tmp_path, data):
@@ -148,10 +149,10 @@ def test_single_artifact_file(tmp_path, cli):
 
 
 def _row(name, fmt, prec, rt, p50, p90, top1, verdict="none", proxy=False, profile="x86"):
-    return {"name": name, "format": fmt, "precision": prec, "runtime": rt, "status": "ok", "host_proxy": proxy,
-            "profile": profile, "primary": {"threads": 1, "batch": 1, "p50_ms": p50, "p90_ms": p90, "fps": 1000 / p50},
-            "accuracy": {"top1": top1} if top1 is not None else None, "notes": [],
-            "verdict": {"verdict": verdict, "budget": {"metric": "p90_ms", "limit": 5.0} if verdict != "none" else None}}
+    return BenchRow(name=name, format=fmt, precision=prec, runtime=rt, status="ok", host_proxy=proxy, profile=profile,
+                    primary={"threads": 1, "batch": 1, "p50_ms": p50, "p90_ms": p90, "fps": 1000 / p50},
+                    accuracy={"top1": top1} if top1 is not None else None,
+                    verdict={"verdict": verdict, "budget": {"metric": "p90_ms", "limit": 5.0} if verdict != "none" else None})
 
 
 def test_int8_not_faster_note_and_recommendation():
@@ -160,11 +161,11 @@ def test_int8_not_faster_note_and_recommendation():
             _row("openvino-fp32", "openvino", "fp32", "openvino", 2.4, 2.6, 80.0, "pass"),
             _row("openvino-int8", "openvino", "int8", "openvino", 1.2, 1.3, 75.0, "pass")]
     notes = int8_notes(rows)
-    assert len(notes) == 1 and "INT8 is not faster than FP32 on onnxruntime" in notes[0]
+    assert len(notes) == 1 and notes[0][0] == "onnx-int8" and "INT8 is not faster than FP32 on onnxruntime" in notes[0][1]
     rec = recommend(rows, None, tolerance=1.0)
     # openvino-int8 is fastest but loses 5 points -> not recommended; onnx-fp32 is the fastest that keeps accuracy
     assert rec["x86"]["name"] == "onnx-fp32"
-    rows[0]["verdict"]["verdict"] = "fail"
+    rows[0].verdict["verdict"] = "fail"
     assert recommend(rows, None)["x86"]["name"] == "openvino-fp32"
     assert recommend(rows, None, tolerance=10)["x86"]["name"] == "openvino-int8"
 
@@ -178,11 +179,11 @@ def test_best_int8_vs_onnx_fp32():
             _row("onnx-int8", "onnx", "int8", "onnxruntime", 1.07, 1.2, None),
             _row("pte-int8", "pte", "int8", "executorch", 0.48, 0.5, None),
             _row("openvino-int8", "openvino", "int8", "openvino", 0.40, 0.45, None)]
-    rows[3]["notes"].append("export validation failed (benched because of --include-failed; never recommended)")
+    rows[3] = rows[3].with_notes("export validation failed (benched because of --include-failed; never recommended)")
     c = int8_vs_onnx_fp32(rows)
     assert c["int8"] == "pte-int8" and c["faster"] and abs(c["speedup"] - 0.53 / 0.48) < 1e-9
     assert "1.10x faster than onnx-fp32" in best_int8_text(c)
-    rows[2]["primary"]["p50_ms"] = 0.54
+    rows[2].primary["p50_ms"] = 0.54
     c = int8_vs_onnx_fp32(rows)
     assert not c["faster"] and "not faster than" in best_int8_text(c)
     assert int8_vs_onnx_fp32(rows[1:]) is None  # no FP32 ONNX measured

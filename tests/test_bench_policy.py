@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from edgecv.bench.report import _cmp_text, to_markdown
+from edgecv.contracts.bench import BenchRow
 from edgecv.targets import get_target
 from edgecv.targets.policy import deploy_report, not_deployed, precision_comparison, recommend
 
@@ -15,12 +18,11 @@ def _row(name, fmt, prec, rt, p50, p90, top1=None, size=None, budget=None, verdi
         if budget else None
     if budget:
         verdict = "pass" if p90 <= budget else "fail"
-    return {"name": name, "file": f"{name}.bin", "format": fmt, "precision": prec, "runtime": rt, "status": "ok",
-            "reason": None, "size_bytes": size, "sha256": None, "measured_on": "host", "device": "cpu",
-            "host_proxy": True, "profile": profile, "latency": [],
-            "primary": {"threads": 4, "batch": 1, "p50_ms": p50, "p90_ms": p90, "fps": 1000 / p50},
-            "throughput": None, "accuracy": {"top1": top1} if top1 is not None else None, "notes": [],
-            "verdict": {"verdict": verdict, "label": verdict, "host_proxy": True, "value": p90, "budget": bud}}
+    return BenchRow(name=name, file=f"{name}.bin", format=fmt, precision=prec, runtime=rt, status="ok",
+                    size_bytes=size, measured_on="host", device="cpu", host_proxy=True, profile=profile,
+                    primary={"threads": 4, "batch": 1, "p50_ms": p50, "p90_ms": p90, "fps": 1000 / p50},
+                    accuracy={"top1": top1} if top1 is not None else None,
+                    verdict={"verdict": verdict, "label": verdict, "host_proxy": True, "value": p90, "budget": bud})
 
 
 def _issue_rows():
@@ -50,7 +52,7 @@ def _result(rows, tolerance=1.0):
     d = deploy_report(rows, get_target("android"), tolerance)
     return {"schema": "edgecv.bench/2", "bundle": "b", "target": "android", "settings": {
         "threads": [4], "batches": [1], "min_runs": 5, "min_time_s": 1, "rounds": 1, "warmup": 1, "data": "d"},
-        "budget": rows[0]["verdict"]["budget"], "artifacts": rows, **d, "notes": d["notes"]}
+        "budget": rows[0].verdict["budget"], "artifacts": [r.to_dict() for r in rows], **d, "notes": d["notes"]}
 
 
 def test_issue_case_recommends_what_the_precision_line_says():
@@ -65,7 +67,7 @@ def test_issue_case_recommends_what_the_precision_line_says():
 
 def test_int8_within_noise_deploys_fp32_everywhere():
     rows = _issue_rows()
-    rows[1]["primary"]["p50_ms"] = 0.110  # INT8 only 3 % faster: noise, FP32 deployed
+    rows[1].primary["p50_ms"] = 0.110  # INT8 only 3 % faster: noise, FP32 deployed
     res = _result(rows)
     assert res["precision_comparison"][0]["deploy"] == "pte-fp32"
     assert res["recommended"]["android"]["name"] == "pte-fp32"
@@ -75,7 +77,7 @@ def test_int8_within_noise_deploys_fp32_everywhere():
 
 def test_int8_faster_but_less_accurate_is_not_deployed():
     rows = _issue_rows()
-    rows[1]["accuracy"]["top1"] = 78.5  # 1.5 pt below the best, tolerance 1 pt
+    rows[1].accuracy["top1"] = 78.5  # 1.5 pt below the best, tolerance 1 pt
     res = _result(rows)
     c = res["precision_comparison"][0]
     assert c["faster"] == "int8" and c["deploy"] == "pte-fp32"
@@ -84,7 +86,7 @@ def test_int8_faster_but_less_accurate_is_not_deployed():
     assert ", but pte-int8 is more than 1 pt" in _cmp_text(c) and "deploy pte-fp32 on this runtime" in _cmp_text(c)
     assert res["recommended"]["android"]["name"] == "pte-fp32"
     _consistent(res)
-    from edgecv.bench.report import validate
+    from edgecv.contracts.bench import validate
 
     validate({**_bench_skeleton(), **{k: res[k] for k in ("recommended", "precision_comparison")}})
 
@@ -106,11 +108,11 @@ def test_within_noise_across_runtimes_prefers_more_accurate_then_smaller():
     rec = recommend(rows, None)["x86"]
     assert rec["name"] == "onnx-fp32"  # 3 % slower on p50 is noise; it is 0.5 pt more accurate
     assert "within noise" in rec["reason"] and "openvino-fp32" in rec["reason"]
-    rows[1]["accuracy"]["top1"] = 80.0
-    rows[0]["size_bytes"] = 12_000_000
+    rows[1].accuracy["top1"] = 80.0
+    rows[0] = replace(rows[0], size_bytes=12_000_000)
     rec = recommend(rows, None)["x86"]
     assert rec["name"] == "onnx-fp32" and "within noise" in rec["reason"]  # equally accurate: the smaller
-    rows[1]["primary"]["p50_ms"] = 1.20  # clearly slower now: the fastest wins, no noise remark
+    rows[1].primary["p50_ms"] = 1.20  # clearly slower now: the fastest wins, no noise remark
     rec = recommend(rows, None)["x86"]
     assert rec["name"] == "openvino-fp32" and "within noise" not in rec["reason"]
 
@@ -133,8 +135,8 @@ def test_reports_are_consistent_on_random_rows():
 def test_faster_int8_over_budget_deploys_fp32_and_says_why():
     rows = _issue_rows()
     for r in rows:
-        r["verdict"]["budget"]["limit"] = 0.118
-        r["verdict"]["verdict"] = "pass" if r["primary"]["p90_ms"] <= 0.118 else "fail"
+        r.verdict["budget"]["limit"] = 0.118
+        r.verdict["verdict"] = "pass" if r.primary["p90_ms"] <= 0.118 else "fail"
     res = _result(rows)
     c = res["precision_comparison"][0]
     assert c["faster"] == "int8" and c["deploy"] == "pte-fp32" and c["deploy_reason"] == "pte-int8 misses the budget"
@@ -144,5 +146,5 @@ def test_faster_int8_over_budget_deploys_fp32_and_says_why():
 
 def test_comparison_without_tolerance_is_the_pure_speed_rule():
     rows = _issue_rows()
-    rows[1]["accuracy"]["top1"] = 10.0
+    rows[1].accuracy["top1"] = 10.0
     assert precision_comparison(rows)[0]["deploy"] == "pte-int8"  # autotune's per-candidate figures: speed only

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgecv.bench.gate import classify, decide, ratio_ci, trimmed_mean
-from edgecv.bench.report import load_schema
+from edgecv.contracts.bench import load_schema
 from tests.bench_util import ColourNet, TinyNet, export_onnx, make_bundle
 from tests.conftest import make_image_folder
 

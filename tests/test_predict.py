@@ -131,8 +131,13 @@ def test_auto_picks_fastest_validated_and_bench_json(tmp_path):
     p = load_predictor(b2, artifact="auto")
     assert p.entry.name == "onnx-int8"  # the deploy rule drops fp32 for accuracy, whatever its speed
     p.close()
+    # a real bench file of the bundle (read through the bench contract), its pick set to the slower artifact
+    from edgecv.bench.bench import BenchConfig, run_bench
+
+    res = run_bench(str(b), BenchConfig(min_time_s=0.02, min_runs=3, warmup=1, rounds=1, accuracy=False))
+    res["recommended"] = {"x86": {"name": "onnx-int8", "reason": "test"}}
     bj = tmp_path / "bench.json"
-    bj.write_text(json.dumps({"recommended": {"x86": {"name": "onnx-int8", "reason": "test"}}}))
+    bj.write_text(json.dumps(res))
     p = load_predictor(b, artifact="auto", bench_json=bj)
     assert p.entry.name == "onnx-int8" and p.selection["how"] == "bench-json"
     p.close()

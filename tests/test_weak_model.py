@@ -204,19 +204,19 @@ def test_bench_marks_and_never_recommends_an_artifact_that_learned_nothing():
     from tests.test_bench_policy import _row
 
     weak = _row("weak", "onnx", "fp32", "onnxruntime", 0.05, 0.06, 45.75)  # the fastest and the most accurate
-    weak["accuracy"].update(learned=False, baseline=baseline_check(np.array([[70, 0], [83, 0]]), ["ants", "bees"]))
+    weak.accuracy.update(learned=False, baseline=baseline_check(np.array([[70, 0], [83, 0]]), ["ants", "bees"]))
     ok = _row("ok", "openvino", "fp32", "openvino", 0.20, 0.25, 45.0)
     rec = recommend([weak, ok], get_target("android"))
     assert rec["android"]["name"] == "ok"
     call = judge_accuracy([weak, ok], 1.0)["weak"]
     assert not call.keeps and "no better than always answering the commonest class" in _why_not(weak, call)
-    table = {r["artifact"].rstrip(" *"): r["top1"] for r in rows_for_table({"artifacts": [weak, ok],
+    table = {r["artifact"].rstrip(" *"): r["top1"] for r in rows_for_table({"artifacts": [weak.to_dict(), ok.to_dict()],
                                                                             "recommended": rec})}
     assert table == {"weak": "45.75 !", "ok": "45.00"}
     assert recommend([weak], get_target("android"))["android"] is None
     # on a skewed set the constant answer can have the best top-1: it does not set the bar the others must keep
-    weak["accuracy"]["top1"] = 95.0
-    ok["accuracy"]["top1"] = 92.5
+    weak.accuracy["top1"] = 95.0
+    ok.accuracy["top1"] = 92.5
     assert recommend([weak, ok], get_target("android"))["android"]["name"] == "ok"
 
 

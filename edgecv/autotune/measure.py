@@ -1,7 +1,8 @@
 """Latency of candidate models on a target's runtime: export FP32 and INT8 (PTQ, as ``edgecv export`` does for a
 float source) at the deployment size through the writers of ``edgecv export``
-(:func:`edgecv.export.bundle.export_models`), then time every artifact interleaved
-(:mod:`edgecv.runtimes.latency`). Every figure carries ``measured_on`` and ``host_proxy``; the deploy precision of
+(:func:`edgecv.export.bundle.export_models`), then time every artifact interleaved through the one measuring loop
+bench and ``serve --artifact auto`` use (:func:`edgecv.runtimes.measure.measure`). Every figure carries
+``measured_on`` and ``host_proxy``; the deploy precision of
 each model follows :func:`edgecv.targets.policy.deploy_precision`.
 """
 
@@ -89,49 +90,27 @@ class Measurer:
 
     # -- timing -------------------------------------------------------------------------------------------
     def measure(self, artifacts: dict[str, dict[str, Path | str]]) -> dict[str, dict]:
-        """Time every ``{key: {precision: path}}`` artifact, all interleaved. Returns per key and precision a
-        latency dict or ``{"error": reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
-        from edgecv.runtimes.base import RuntimeUnavailable, close_all, load_runner
-        from edgecv.runtimes.introspect import measured_on
-        from edgecv.runtimes.latency import measure_interleaved
+        """Time every ``{key: {precision: path}}`` artifact, all interleaved, through the one measuring loop
+        (:func:`edgecv.runtimes.measure.measure`). Returns per key and precision a latency dict or ``{"error":
+        reason}``, plus ``measured_on``/``host_proxy``/``deploy_precision``."""
+        from edgecv.runtimes.measure import Candidate, Plan, measure
         from edgecv.targets.budget import on_target_hardware
         from edgecv.targets.policy import deploy_precision
 
         res: dict[str, dict] = {k: {} for k in artifacts}
-        runners, fns = {}, {}
-        x = np.random.default_rng(0).standard_normal((1, 3, self.size, self.size)).astype(np.float32)
-        try:
-            for key, precs in artifacts.items():
-                for prec, p in precs.items():
-                    if isinstance(p, str):
-                        res[key][prec] = {"error": p}
-                        continue
-                    try:
-                        r = load_runner(self.runtime, p, threads=self.threads, device="cpu")
-                        r.predict(x)
-                    except RuntimeUnavailable as e:
-                        res[key][prec] = {"error": f"unavailable: {e}"}
-                        continue
-                    except Exception as e:  # noqa: BLE001
-                        res[key][prec] = {"error": f"load/run failed: {type(e).__name__}: {str(e)[:200]}"}
-                        continue
-                    runners[(key, prec)] = r
-                    fns[(key, prec)] = (lambda r=r: r.predict(x))
-            if fns:
-                ms = measure_interleaved(fns, batch=1, warmup=self.warmup, min_runs=self.min_runs,
-                                         min_time_s=self.min_time_s, rounds=self.rounds,
-                                         cpu_time=self.threads == 1)
-                for (key, prec), m in ms.items():
-                    st = m.stats()
-                    host, device = measured_on(runners[(key, prec)], self.threads)
-                    proxy = not on_target_hardware(self.profile, device)
-                    res[key][prec] = {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "fps": st.fps, "n": st.n,
-                                      "cpu_p50_ms": st.cpu_p50_ms, "round_p50_spread": st.round_p50_spread,
-                                      "runtime": self.runtime, "threads": self.threads,
-                                      "measured_on": host + (" (host proxy)" if proxy else ""),
-                                      "host_proxy": proxy}
-        finally:
-            close_all(runners.values())
+        cands = []
+        for key, precs in artifacts.items():
+            for prec, p in precs.items():
+                if isinstance(p, str):
+                    res[key][prec] = {"error": p}
+                else:
+                    cands.append(Candidate((key, prec), self.runtime, Path(p),
+                                           lambda b: (b, 3, self.size, self.size)))
+        plan = Plan(threads=(self.threads,), warmup=self.warmup, min_runs=self.min_runs, min_time_s=self.min_time_s,
+                    rounds=self.rounds)
+        found = measure(cands, plan, on_target=lambda _k, device: on_target_hardware(self.profile, device))
+        for (key, prec), m in found.items():
+            res[key][prec] = self._figures(m)
         for d in res.values():
             f, i = d.get("fp32", {}), d.get("int8", {})
             if "p50_ms" in f and "p50_ms" in i:
@@ -147,6 +126,17 @@ class Measurer:
             d["deploy_precision"] = faster
             d["deploy_reason"] = why
         return res
+
+    def _figures(self, m) -> dict:
+        """One candidate's latency dict from its :class:`~edgecv.runtimes.measure.Measured`, or its error."""
+        if m.status == "skipped":
+            return {"error": f"unavailable: {m.reason}"}
+        if not m.latency:
+            return {"error": f"load/run failed: {(m.reason or 'nothing measured')[:200]}"}
+        st = m.latency[0]
+        return {**{k: st[k] for k in ("p50_ms", "p90_ms", "fps", "n", "cpu_p50_ms", "round_p50_spread")},
+                "runtime": self.runtime, "threads": self.threads,
+                "measured_on": m.measured_on + (" (host proxy)" if m.host_proxy else ""), "host_proxy": m.host_proxy}
 
     def measure_model(self, model: nn.Module) -> dict:
         return self.measure({"m": self.export(model)})["m"]

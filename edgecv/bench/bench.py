@@ -1,11 +1,12 @@
 """``edgecv bench``: every artifact of a bundle through its real runtime.
 
 Every selected artifact's sha256 is checked against the manifest first: a modified or missing artifact is bad
-input (:class:`~edgecv.errors.UserError`, exit 2) and nothing is measured. For each artifact: load it with :func:`edgecv.runtimes.base.load_runner`
-(a runtime that cannot run here -> ``skipped: <reason>``), measure latency per (threads, batch) with the
-interleaved method of :mod:`edgecv.runtimes.latency`, top-1/top-5 through the same runtime on ``--data``, and the
-budget verdict of :mod:`edgecv.targets.budget`. The result is a dict following the ``edgecv.bench/2`` JSON
-Schema (``edgecv/bench/schemas/bench.schema.json``); the recommendation, precision lines, accuracy calls and exit
+input (:class:`~edgecv.errors.UserError`, exit 2) and nothing is measured. The artifacts go through the one
+measuring loop (:func:`edgecv.runtimes.measure.measure`: a runtime that cannot run here -> ``skipped: <reason>``,
+latency per (threads, batch) timed interleaved, what it ran on, host proxies labelled by the target rule of
+:mod:`edgecv.targets.budget`); top-1/top-5 through the same runtime on ``--data``, and the budget verdict. The
+result is a typed :class:`~edgecv.contracts.bench.BenchReport` (``edgecv.bench/2``, the contract
+``gate`` and ``serve --bench-json`` read back); the recommendation, precision lines, accuracy calls and exit
 code come from :mod:`edgecv.targets.policy`. Every artifact's per-image top-1 predictions on the accuracy set are
 kept (packed) beside the set's labels, so its accuracy is compared with the others' on the same images (paired).
 """
@@ -16,23 +17,19 @@ import datetime as _dt
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass, field, replace
 
 from edgecv import __version__
 from edgecv.bench.accuracy import accuracy_set
 from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
+from edgecv.contracts.bench import FAILED_VALIDATION, SCHEMA, BenchReport, BenchRow
 from edgecv.errors import UserError
-from edgecv.runtimes.base import RuntimeUnavailable, close_all, host_description, load_runner
-from edgecv.runtimes.introspect import measured_on
-from edgecv.runtimes.latency import LatencyStats, measure_interleaved
+from edgecv.runtimes.base import host_description, load_runner
+from edgecv.runtimes.latency import LatencyStats
+from edgecv.runtimes.measure import Candidate, Measured, Plan, measure
 from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
 from edgecv.targets.policy import ACCURACY_TOLERANCE, deploy_report
-
-SCHEMA = "edgecv.bench/2"
-CONTENDED = 1.15  # wall / CPU time above this at 1 thread: the host was busy, say so
 
 
 @dataclass
@@ -68,13 +65,10 @@ class BenchConfig:
                 "skip_bad": self.skip_bad}
 
 
-def _skip_row(res: Resolved, status: str, reason: str) -> dict:
+def _skip_row(res: Resolved, status: str, reason: str | None) -> BenchRow:
     e = res.entry
-    return {"name": res.name, "file": e.file, "format": e.format, "precision": e.precision, "runtime": e.runtime,
-            "size_bytes": e.size_bytes, "sha256": e.sha256, "status": status, "reason": reason,
-            "measured_on": None, "device": None, "host_proxy": None, "profile": None, "latency": [],
-            "primary": None, "throughput": None, "accuracy": None, "accuracy_decision": None, "verdict": None,
-            "notes": []}
+    return BenchRow(name=res.name, file=e.file, format=e.format, precision=e.precision, runtime=e.runtime,
+                    size_bytes=e.size_bytes, sha256=e.sha256, status=status, reason=reason)
 
 
 Log = Callable[[str], None]
@@ -116,10 +110,10 @@ def _refuse_invalid(src: Source) -> None:
         raise UserError("; ".join(bad) + " (re-export the bundle, or leave the artifact out with --artifacts)")
 
 
-def _initial_rows(src: Source) -> tuple[dict[str, dict], list[str], list[Resolved]]:
+def _initial_rows(src: Source) -> tuple[dict[str, BenchRow], list[str], list[Resolved]]:
     """Rows for every manifest entry (in order) and the artifacts to measure."""
     man = src.manifest
-    rows: dict[str, dict] = {}
+    rows: dict[str, BenchRow] = {}
     order: list[str] = []
     for e in src.not_ok:
         if e.status == "ok":  # written fine but nothing to run (the TensorRT build script)
@@ -134,179 +128,152 @@ def _initial_rows(src: Source) -> tuple[dict[str, dict], list[str], list[Resolve
         order.append(res.name)
         rows[res.name] = _skip_row(res, "ok", None)
         if res.failed_validation:
-            rows[res.name]["notes"].append(f"export validation failed (benched because of --include-failed; never "
-                                           f"recommended): {res.failed_validation}")
+            rows[res.name] = rows[res.name].with_notes(
+                f"{FAILED_VALIDATION} (benched because of --include-failed; never recommended): {res.failed_validation}")
     return rows, order, list(src.artifacts)
 
 
-def _bench_on_device(cfg: BenchConfig, live: list[Resolved], rows: dict[str, dict], threads: list[int],
-                     log: Log) -> None:
+OnTarget = Callable[..., bool]
+
+
+def _on_target(live: list[Resolved], profile: TargetProfile | None) -> OnTarget:
+    """``on_target(name, device, on_device=False)``: whether a figure measured on ``device`` is one of the hardware
+    the artifact's target profile budgets for (:func:`edgecv.targets.budget.on_target_hardware`); else a host proxy."""
+    entries = {r.name: r.entry for r in live}
+
+    def on_target(name: str, device: str, on_device: bool = False) -> bool:
+        e = entries[name]
+        return B.on_target_hardware(B.profile_for_artifact(e.format, e.precision, e.runtime, profile), device,
+                                    on_device=on_device)
+
+    return on_target
+
+
+def _bench_on_device(cfg: BenchConfig, live: list[Resolved], threads: list[int], on_target: OnTarget,
+                     log: Log) -> dict[str, Measured]:
     """Android device path: ExecuTorch executor_runner over adb for the .pte artifacts."""
     from edgecv.contracts.formats import PTE
     from edgecv.targets.android import adb as ADB
 
+    out: dict[str, Measured] = {}
     for res in [r for r in live if r.entry.format == PTE]:
-        row = rows[res.name]
         try:
-            out = ADB.bench_pte(cfg.adb, res.path, runner=cfg.adb_runner, threads=threads[0],
+            run = ADB.bench_pte(cfg.adb, res.path, runner=cfg.adb_runner, threads=threads[0],
                                 warmup=cfg.warmup, iterations=max(cfg.min_runs, 10), log=log)
         except ADB.AdbError as ex:
-            row.update(status="skipped", reason=f"adb: {ex}")
+            out[res.name] = Measured(status="skipped", reason=f"adb: {ex}")
             continue
-        st = LatencyStats.from_samples_ns([int(ms * 1e6) for ms in out.iterations_ms], batch=1)
-        row["latency"].append({"threads": threads[0], **st.to_dict()})
-        row.update(measured_on=f"Android device {cfg.adb} ({out.device_model}), {threads[0]} thread(s), "
-                               "ExecuTorch executor_runner", device=f"adb:{cfg.adb}", host_proxy=False,
-                   on_device=True)
-        row["notes"].append(f"measured on device over adb; model load {out.load_ms:.1f} ms"
-                            if out.load_ms is not None else "measured on device over adb")
+        st = LatencyStats.from_samples_ns([int(ms * 1e6) for ms in run.iterations_ms], batch=1)
+        device = f"adb:{cfg.adb}"
+        out[res.name] = Measured(
+            latency=[{"threads": threads[0], **st.to_dict()}], device=device,
+            measured_on=f"Android device {cfg.adb} ({run.device_model}), {threads[0]} thread(s), ExecuTorch "
+                        "executor_runner", host_proxy=not on_target(res.name, device, on_device=True),
+            notes=[f"measured on device over adb; model load {run.load_ms:.1f} ms" if run.load_ms is not None
+                   else "measured on device over adb"])
+    return out
 
 
-def _load_runners(cfg: BenchConfig, live: list[Resolved], rows: dict[str, dict], t: int, log: Log) -> dict:
-    runners: dict[str, object] = {}
-    for res in live:
-        row = rows[res.name]
-        if row["status"] != "ok" or row.get("on_device"):
-            continue
-        try:
-            runners[res.name] = load_runner(res.entry.runtime, res.path, threads=t, device=cfg.device)
-        except RuntimeUnavailable as ex:
-            row.update(status="skipped", reason=str(ex))
-            log(f"{res.name}: skipped: {ex}")
-        except Exception as ex:  # noqa: BLE001 - a broken artifact must not stop the others
-            row.update(status="error", reason=f"load failed: {type(ex).__name__}: {ex}")
-            log(f"{res.name}: load failed: {ex}")
-    return runners
-
-
-class _Inputs:
-    """One seeded random input per shape, shared by every artifact of that shape."""
-
-    def __init__(self, seed: int):
-        self.rng, self.cache = np.random.default_rng(seed), {}
-
-    def __call__(self, res: Resolved, b: int) -> np.ndarray:
-        shp = input_shape(res, b)
-        if shp not in self.cache:
-            self.cache[shp] = self.rng.standard_normal(shp).astype(np.float32)
-        return self.cache[shp]
-
-
-def _batch_calls(runners: dict, by_name: dict[str, Resolved], rows: dict[str, dict], b: int, inputs: _Inputs) -> dict:
-    """The timed call of every runner that accepts batch ``b`` (a runner whose predict fails is dropped)."""
-    fns = {}
-    for name, runner in list(runners.items()):
-        row = rows[name]
-        fixed = getattr(runner, "batch_size", None)
-        if fixed and fixed != b:
-            row["notes"].append(f"batch {b} not measured: the artifact has a fixed batch size of {fixed}")
-            continue
-        x = inputs(by_name[name], b)
-        try:
-            runner.predict(x)  # validates the input before timing
-        except Exception as ex:  # noqa: BLE001
-            row.update(status="error", reason=f"predict failed at batch {b}: {type(ex).__name__}: {ex}")
-            runners.pop(name)
-            continue
-        fns[name] = (lambda r=runner, x=x: r.predict(x))
-    return fns
-
-
-def _time_batch(cfg: BenchConfig, fns: dict, rows: dict[str, dict], t: int, b: int, primary: bool, log: Log) -> None:
-    log(f"timing {len(fns)} artifact(s), threads={t}, batch={b} "
-        f"(>= {cfg.min_runs} runs and >= {cfg.min_time_s:g}s each, {cfg.rounds} interleaved rounds)")
-    ms = measure_interleaved(fns, batch=b, warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time_s,
-                             rounds=cfg.rounds, cpu_time=(t == 1 and cfg.device == "cpu"))
-    for name, m in ms.items():
-        st = m.stats()
-        rows[name]["latency"].append({"threads": t, **st.to_dict()})
-        c = st.contention
-        if c is not None and c > CONTENDED and primary:
-            rows[name]["notes"].append(
-                f"host was contended while timing: p50 wall {st.p50_ms:.3f} ms vs CPU {st.cpu_p50_ms:.3f} ms "
-                f"({c:.2f}x); wall-clock figures are inflated by other load")
-
-
-def _accuracy(row: dict, runner, ev, name: str) -> None:
+def _bench_host(cfg: BenchConfig, live: list[Resolved], threads: list[int], batches: list[int], ev,
+                on_target: OnTarget, log: Log) -> tuple[dict[str, Measured], dict[str, dict]]:
+    """Every artifact through the one measuring loop (:func:`edgecv.runtimes.measure.measure`); accuracy once per
+    artifact, while its runner is open. Returns the measurements and the accuracies by name."""
     from edgecv.bench.accuracy import evaluate_runner
 
-    try:
-        row["accuracy"] = evaluate_runner(runner, ev, desc=f"{name} accuracy")
-    except Exception as ex:  # noqa: BLE001
-        row["notes"].append(f"accuracy failed: {type(ex).__name__}: {ex}")
+    acc: dict[str, dict] = {}
+
+    def score(name: str, runner, m: Measured) -> None:
+        if ev is not None and name not in acc:
+            try:
+                acc[name] = evaluate_runner(runner, ev, desc=f"{name} accuracy")
+            except Exception as ex:  # noqa: BLE001
+                m.notes.append(f"accuracy failed: {type(ex).__name__}: {ex}")
+
+    cands = [Candidate(r.name, r.entry.runtime, r.path, lambda b, r=r: input_shape(r, b)) for r in live]
+    plan = Plan(tuple(threads), tuple(batches), cfg.device, cfg.warmup, cfg.min_runs, cfg.min_time_s, cfg.rounds,
+                cfg.seed)
+    return measure(cands, plan, on_target=on_target, visit=score, log=log), acc
 
 
-def _bench_host(cfg: BenchConfig, live: list[Resolved], rows: dict[str, dict], threads: list[int],
-                batches: list[int], ev, log: Log) -> None:
-    """One runner per (artifact, threads); batches interleaved across artifacts; accuracy once per artifact."""
-    inputs = _Inputs(cfg.seed)
-    by_name = {r.name: r for r in live}
-    for t in threads:
-        runners = _load_runners(cfg, live, rows, t, log)
-        try:
-            for b in batches:
-                fns = _batch_calls(runners, by_name, rows, b, inputs)
-                if fns:
-                    _time_batch(cfg, fns, rows, t, b, (t, b) == (threads[0], batches[0]), log)
-            for name, runner in runners.items():
-                row = rows[name]
-                if row["measured_on"] is None:
-                    row["measured_on"], row["device"] = measured_on(runner, t)
-                if ev is not None and row["accuracy"] is None and row["status"] == "ok":
-                    _accuracy(row, runner, ev, name)
-        finally:
-            close_all(runners.values())
-
-
-def _device_accuracy(live: list[Resolved], rows: dict[str, dict], threads: list[int], ev) -> None:
+def _device_accuracy(live: list[Resolved], meas: dict[str, Measured], acc: dict[str, dict], threads: list[int],
+                     ev) -> None:
     """Accuracy for artifacts timed on the device: through the host runtime when it exists here."""
     from edgecv.bench.accuracy import evaluate_runner
 
     for res in live:
-        row = rows[res.name]
-        if row.get("on_device") and row["accuracy"] is None:
+        m = meas.get(res.name)
+        if m is not None and (m.device or "").startswith("adb:") and m.status == "ok" and res.name not in acc:
             try:
                 with load_runner(res.entry.runtime, res.path, threads=threads[0]) as r:
-                    row["accuracy"] = evaluate_runner(r, ev, desc=f"{res.name} accuracy")
-                    row["notes"].append("accuracy computed with the host ExecuTorch runtime (same program)")
+                    acc[res.name] = evaluate_runner(r, ev, desc=f"{res.name} accuracy")
+                    m.notes.append("accuracy computed with the host ExecuTorch runtime (same program)")
             except Exception as ex:  # noqa: BLE001 - RuntimeUnavailable included
-                row["notes"].append(f"accuracy not measured: {ex}")
+                m.notes.append(f"accuracy not measured: {ex}")
 
 
-def _summarize(row: dict, cfg: BenchConfig, profile: TargetProfile | None, primary: tuple[int, int]) -> None:
+def _merge(row: BenchRow, m: Measured | None, acc: dict | None) -> BenchRow:
+    """The row with what the measurement found; measured but no latency at all is an error."""
+    if m is None:
+        return row
+    status, reason = m.status, m.reason
+    if status == "ok" and not m.latency:
+        status, reason = "error", reason or "nothing measured"
+    return replace(row, status=status, reason=reason, latency=tuple(m.latency), measured_on=m.measured_on,
+                   device=m.device, host_proxy=m.host_proxy if status == "ok" else None, accuracy=acc,
+                   notes=(*row.notes, *m.notes))
+
+
+def _summarize(row: BenchRow, cfg: BenchConfig, profile: TargetProfile | None, primary: tuple[int, int]) -> BenchRow:
     """Primary figures, throughput, profile and budget verdict of one measured row."""
-    lat = row["latency"]
+    lat = row.latency
     prim = next((x for x in lat if (x["threads"], x["batch"]) == primary), lat[0])
-    row["primary"] = {k: prim[k] for k in ("threads", "batch", "p50_ms", "p90_ms", "fps")}
     big = max(lat, key=lambda x: (x["batch"], x["fps"]))
-    row["throughput"] = {k: big[k] for k in ("threads", "batch", "fps")} if big["batch"] > prim["batch"] else None
-    prof = B.profile_for_artifact(row["format"], row["precision"], row["runtime"], profile)
-    row["profile"] = prof.name if prof else None
+    prof = B.profile_for_artifact(row.format, row.precision, row.runtime, profile)
     bud = B.budget_from(prof, cfg.budget_ms, cfg.budget_fps)
-    on_target = B.on_target_hardware(prof, row["device"] or "cpu", on_device=str(row["device"]).startswith("adb:"))
-    row["host_proxy"] = not on_target
-    if row["host_proxy"] and prof is not None:
-        row["notes"].append(f"latency is a host proxy: measured on {row['measured_on']}, "
-                            f"not on the {prof.hardware} the budget refers to")
-    row["verdict"] = B.verdict(bud, prim["p90_ms"], prim["fps"], row["host_proxy"]).to_dict()
+    notes = []
+    if row.host_proxy and prof is not None:
+        notes.append(f"latency is a host proxy: measured on {row.measured_on}, "
+                     f"not on the {prof.hardware} the budget refers to")
+    return replace(row, primary={k: prim[k] for k in ("threads", "batch", "p50_ms", "p90_ms", "fps")},
+                   throughput={k: big[k] for k in ("threads", "batch", "fps")} if big["batch"] > prim["batch"] else None,
+                   profile=prof.name if prof else None,
+                   verdict=B.verdict(bud, prim["p90_ms"], prim["fps"], row.host_proxy).to_dict()).with_notes(*notes)
 
 
-def _proxy_notes(rows: list[dict], profile: TargetProfile | None) -> list[str]:
+def _proxy_notes(rows: list[BenchRow], profile: TargetProfile | None) -> list[str]:
     """One note per target hardware whose budget was judged on host-proxy figures."""
-    by_hw: dict[str, list[dict]] = {}
+    by_hw: dict[str, list[BenchRow]] = {}
     for r in rows:
-        if r["status"] == "ok" and r["host_proxy"]:
-            p = B.profile_for_artifact(r["format"], r["precision"], r["runtime"], profile)
+        if r.status == "ok" and r.host_proxy:
+            p = B.profile_for_artifact(r.format, r.precision, r.runtime, profile)
             if p:
                 by_hw.setdefault(p.hardware, []).append(r)
-    return [f"host proxy: {', '.join(r['name'] for r in rs)} measured on "
-            f"{'; '.join(sorted({r['measured_on'] for r in rs}))}, not on the {hw} the budget "
+    return [f"host proxy: {', '.join(r.name for r in rs)} measured on "
+            f"{'; '.join(sorted({r.measured_on for r in rs}))}, not on the {hw} the budget "
             "refers to; the verdict is labelled (host proxy)" for hw, rs in sorted(by_hw.items())]
 
 
-def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
-    """Benchmark every artifact of ``bundle`` (a bundle folder or one artifact file): the bench result
-    (``SCHEMA``). Bad input (a modified artifact, both budgets, unreadable data) is a UserError before measuring."""
+def _measure_rows(cfg: BenchConfig, src: Source, profile: TargetProfile | None, threads: list[int],
+                  batches: list[int], ev, log: Log) -> list[BenchRow]:
+    """Every row of the bundle, measured (on the device over adb, then on this host) and summarized."""
+    rows, order, live = _initial_rows(src)
+    on_target = _on_target(live, profile)
+    meas = _bench_on_device(cfg, live, threads, on_target, log) if cfg.adb else {}
+    host, acc = _bench_host(cfg, [r for r in live if r.name not in meas], threads, batches, ev, on_target, log)
+    meas.update(host)
+    if cfg.adb and ev is not None:
+        _device_accuracy(live, meas, acc, threads, ev)
+    out = []
+    for name in order:
+        row = _merge(rows[name], meas.get(name), acc.get(name))
+        out.append(_summarize(row, cfg, profile, (threads[0], batches[0])) if row.status == "ok" else row)
+    return out
+
+
+def bench_report(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> BenchReport:
+    """Benchmark every artifact of ``bundle`` (a bundle folder or one artifact file): the typed bench result
+    (``edgecv.bench/2``). Bad input (a modified artifact, both budgets, unreadable data) is a UserError before
+    measuring."""
     if cfg.budget_ms is not None and cfg.budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")
     src = resolve_source(bundle, cfg.artifacts, include_failed=cfg.include_failed)
@@ -317,41 +284,23 @@ def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
     notes: list[str] = []
     threads, batches = _threads_batches(cfg, profile, notes)
     ev = _eval_set(cfg, man, notes, log)
-    rows, order, live = _initial_rows(src)
-    if cfg.adb:
-        _bench_on_device(cfg, live, rows, threads, log)
-    _bench_host(cfg, live, rows, threads, batches, ev, log)
-    if cfg.adb and ev is not None:
-        _device_accuracy(live, rows, threads, ev)
-    for name in order:
-        row = rows[name]
-        row.pop("on_device", None)
-        if row["status"] == "ok" and not row["latency"]:
-            row.update(status="error", reason=row["reason"] or "nothing measured")
-        if row["status"] == "ok":
-            _summarize(row, cfg, profile, (threads[0], batches[0]))
-    arts = [rows[n] for n in order]
+    arts = _measure_rows(cfg, src, profile, threads, batches, ev, log)
     deploy = deploy_report(arts, profile, cfg.accuracy_tolerance, labels=ev.y if ev is not None else None)
-    for r in arts:
-        r["accuracy_decision"] = deploy["accuracy"].get(r["name"])
+    arts = [replace(r, accuracy_decision=deploy["accuracy"].get(r.name)).with_notes(*deploy["row_notes"].get(r.name, ()))
+            for r in arts]
     budget = B.budget_from(profile, cfg.budget_ms, cfg.budget_fps)
-    return {
-        "schema": SCHEMA,
-        "edgecv_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "bundle": str(src.path),
-        "bundle_target": man.target if man else None,
-        "source": (man.source if man else None),
-        "target": profile.name if profile else None,
-        "target_hardware": profile.hardware if profile else None,
-        "host": host_description(),
-        "machine": platform.machine(),
-        "settings": {**cfg.settings(), "threads": threads, "batches": batches},
-        "budget": budget.to_dict() if budget else None,
-        "accuracy_set": accuracy_set(ev) if ev is not None else None,
-        "artifacts": arts,
-        "recommended": deploy["recommended"],
-        "precision_comparison": deploy["precision_comparison"],
-        "int8_vs_onnx_fp32": deploy["int8_vs_onnx_fp32"],
-        "notes": notes + _proxy_notes(arts, profile) + deploy["notes"],
-    }
+    return BenchReport(
+        schema=SCHEMA, edgecv_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), bundle=str(src.path),
+        bundle_target=man.target if man else None, source=man.source if man else None,
+        target=profile.name if profile else None, target_hardware=profile.hardware if profile else None,
+        host=host_description(), machine=platform.machine(),
+        settings={**cfg.settings(), "threads": threads, "batches": batches},
+        budget=budget.to_dict() if budget else None, accuracy_set=accuracy_set(ev) if ev is not None else None,
+        artifacts=tuple(arts), recommended=deploy["recommended"], precision_comparison=deploy["precision_comparison"],
+        int8_vs_onnx_fp32=deploy["int8_vs_onnx_fp32"], notes=(*notes, *_proxy_notes(arts, profile), *deploy["notes"]))
+
+
+def run_bench(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> dict:
+    """:func:`bench_report` as its JSON form (what ``edgecv bench --json`` writes)."""
+    return bench_report(bundle, cfg, log).to_dict()

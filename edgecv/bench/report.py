@@ -1,57 +1,14 @@
-"""Bench output: rich table, JSON (schema ``edgecv.bench/2``, validated), Markdown, Pareto PNG; reading a bench JSON
-back (:func:`load_bench`, which also reads ``edgecv.bench/1`` files, with a note that their decisions were
-unpaired)."""
+"""Bench output: rich table, JSON (schema ``edgecv.bench/2``, written and read back by the contract,
+:mod:`edgecv.contracts.bench`), Markdown, Pareto PNG."""
 
 from __future__ import annotations
 
-import json
-from functools import cache
 from pathlib import Path
 
+from edgecv.contracts.bench import write_bench
 from edgecv.data.metrics import weak_message
 from edgecv.targets.budget import budget_text
-from edgecv.utils import atomic_path, dumps_json, stderr_console, write_text_atomic
-
-SCHEMA_DIR = Path(__file__).parent / "schemas"
-
-
-@cache
-def load_schema(name: str = "bench") -> dict:
-    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
-
-
-def validate(result: dict, name: str = "bench") -> None:
-    """Raise ``jsonschema.ValidationError`` when ``result`` does not follow its schema.
-
-    ``jsonschema`` is a dev/test dependency; without it this is a no-op (the writer is schema-driven anyway).
-    """
-    try:
-        import jsonschema
-    except ImportError:
-        return
-    jsonschema.validate(result, load_schema(name))
-
-
-SCHEMAS = ("edgecv.bench/2", "edgecv.bench/1")  # current first; older ones still load
-
-
-def load_bench(path: str | Path, what: str = "bench JSON") -> tuple[dict, list[str]]:
-    """A bench result written by ``edgecv bench --json`` (any schema of :data:`SCHEMAS`) and its notes: one line
-    when it predates paired accuracy decisions. Bad input: :class:`~edgecv.errors.UserError` (exit 2)."""
-    from edgecv.errors import UserError
-
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} {path}: not readable JSON ({e})") from None
-    if not isinstance(d, dict) or d.get("schema") not in SCHEMAS:
-        raise UserError(f"{what} {path}: not an edgecv bench JSON (schema {' or '.join(SCHEMAS)})")
-    notes = []
-    if d["schema"] == "edgecv.bench/1":
-        notes.append(f"{path.name} is an edgecv.bench/1 file: its accuracy decisions were unpaired (top-1 percentages "
-                     "against a fixed margin, no per-image predictions); re-run edgecv bench for paired ones")
-    return d, notes
+from edgecv.utils import atomic_path, stderr_console, write_text_atomic
 
 
 def _mb(n: int | None) -> str:
@@ -224,13 +181,8 @@ def to_markdown(result: dict) -> str:
 
 
 def write_json(result: dict, path: str) -> None:
-    validate(result)
-    if path == "-":
-        import click
-
-        click.echo(dumps_json(result))
-    else:
-        write_text_atomic(path, dumps_json(result) + "\n")
+    """The bench result as JSON ('-' = stdout), schema-checked: :func:`edgecv.contracts.bench.write_bench`."""
+    write_bench(result, path)
 
 
 def write_markdown(result: dict, path: str) -> None:

@@ -63,7 +63,7 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
       edgecv bench model.onnx --threads 1,2
     """
     from edgecv.bench import report
-    from edgecv.bench.bench import BenchConfig, run_bench
+    from edgecv.bench.bench import BenchConfig, bench_report
     from edgecv.errors import CheckFailed
     from edgecv.targets.policy import exit_code
 
@@ -76,7 +76,8 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
                       accuracy=not no_accuracy, max_images=max_images, accuracy_tolerance=accuracy_tolerance,
                       device=device, adb=adb_serial, adb_runner=adb_runner, include_failed=include_failed,
                       allow_duplicates=allow_duplicates, skip_bad=skip_bad)
-    result = run_bench(bundle, cfg, log=log)
+    rep = bench_report(bundle, cfg, log=log)
+    result = rep.to_dict()
     from edgecv.utils import is_quiet
 
     if not is_quiet():
@@ -87,6 +88,6 @@ def bench(bundle, target, data, threads, batches, min_time, min_runs, warmup, ro
         report.write_markdown(result, markdown)
     if plot:
         report.write_plot(result, plot)
-    if exit_code(result):
+    if exit_code(rep.artifacts):
         raise CheckFailed("no artifact passes the latency budget")
     return 0

@@ -58,7 +58,7 @@ def gate(baseline, candidate, max_latency_regression, max_accuracy_drop, metric,
       edgecv gate --baseline bench_main.json --candidate bundle/     # stored baseline: less reliable
     """
     from edgecv.bench import gate as G
-    from edgecv.bench.report import validate
+    from edgecv.contracts.bench import validate
     from edgecv.errors import CheckFailed
     from edgecv.utils import dumps_json, is_quiet, write_text_atomic
 

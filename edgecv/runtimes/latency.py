@@ -1,6 +1,7 @@
 """Latency measurement that holds up on a small, shared, noisy machine.
 
-Method (used by ``edgecv bench``, ``edgecv gate``, ``--student auto`` and ``edgecv serve --artifact auto``):
+Method (used by ``edgecv gate``'s paired rounds, and through the one measuring loop
+:func:`edgecv.runtimes.measure.measure` by ``edgecv bench``, ``--student auto`` and ``edgecv serve --artifact auto``):
 
 * every call is timed on its own with :func:`time.perf_counter_ns` (no averaging of a loop, so the
   percentiles are real per-call percentiles);

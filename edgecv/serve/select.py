@@ -3,30 +3,29 @@
 The decision is :func:`edgecv.targets.policy.deploy_report` (the one deploy rule): the fastest validated artifact
 whose export-validation top-1 is within ``tolerance`` points of the best, INT8 only where it beats its FP32 twin
 by the noise margin, ties within noise going to the more accurate, then the smaller one. Speed comes either from
-a bench JSON (``--bench-json``: its ``recommended`` entry is taken as-is) or from a quick interleaved measurement
-here (:func:`edgecv.runtimes.latency.measure_interleaved`, the method bench uses, with a shorter budget).
+a bench JSON (``--bench-json``, read by the bench contract :func:`edgecv.contracts.bench.load_bench`: its
+``recommended`` entry is taken as-is) or from a quick measurement here through the loop bench uses
+(:func:`edgecv.runtimes.measure.measure`, with a shorter budget), judged as bench rows.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
+from edgecv.contracts.bench import BenchRow, load_bench
 from edgecv.contracts.manifest import ArtifactEntry
 from edgecv.errors import UserError
-from edgecv.runtimes.base import RuntimeUnavailable, close_all, runner_for_entry
-from edgecv.runtimes.latency import measure_interleaved
+from edgecv.runtimes.base import close_all, runner_for_entry
+from edgecv.runtimes.measure import Candidate, Measured, Plan, measure
 from edgecv.targets.policy import deploy_report
+
+QUICK = Plan(warmup=3, min_runs=50, min_time_s=0.5, rounds=5)  # a short budget: this runs at every server start
 
 
 def _from_bench_json(path: Path, runnable: list[ArtifactEntry]) -> ArtifactEntry:
-    try:
-        rec = json.loads(Path(path).read_text()).get("recommended") or {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--bench-json {path}: cannot read ({e})") from None
-    picks = [v["name"] for v in rec.values() if v]
+    rep, _ = load_bench(path, "--bench-json")
+    picks = [v["name"] for v in rep.recommended.values() if v]
     if not picks:
         raise UserError(f"--bench-json {path}: no recommended artifact in it")
     by_name = {e.name: e for e in runnable}
@@ -41,17 +40,23 @@ def _accuracy(e: ArtifactEntry) -> float | None:
     return v.get("accuracy") if v.get("status") == "passed" else None
 
 
-def _rows(by_name: dict[str, ArtifactEntry], stats: dict) -> list[dict]:
-    """Bench-style rows (the shape :mod:`edgecv.targets.policy` judges) from this host's quick measurement; the
-    accuracy is the export validation's (same images for every artifact of the bundle)."""
-    rows = []
-    for n, st in stats.items():
-        e = by_name[n]
-        acc = _accuracy(e)
-        rows.append({"name": n, "format": e.format, "precision": e.precision, "runtime": e.runtime, "status": "ok",
-                     "primary": st.to_dict(), "notes": [], "profile": None, "verdict": None, "host_proxy": False,
-                     "accuracy": {"top1": acc} if acc is not None else None, "size_bytes": e.size_bytes})
-    return rows
+def _row(e: ArtifactEntry, m: Measured) -> BenchRow:
+    """The bench row (what :mod:`edgecv.targets.policy` judges) of this host's quick measurement; the accuracy is
+    the export validation's (same images for every artifact of the bundle). The host is the target here."""
+    acc = _accuracy(e)
+    fig = m.latency[0]
+    return BenchRow(name=e.name, file=e.file, format=e.format, precision=e.precision, runtime=e.runtime,
+                    size_bytes=e.size_bytes, sha256=e.sha256, measured_on=m.measured_on, device=m.device,
+                    host_proxy=m.host_proxy, latency=tuple(m.latency),
+                    primary={k: fig[k] for k in ("threads", "batch", "p50_ms", "p90_ms", "fps")},
+                    accuracy={"top1": acc} if acc is not None else None)
+
+
+def _measure(bundle: Path, entries: list[ArtifactEntry], input_size: int, threads, device) -> dict[str, Measured]:
+    """The entries through the one measuring loop, their runners left open (sha256-verified when loaded)."""
+    cands = [Candidate(e.name, e.runtime, bundle / e.file, lambda b: (b, 3, input_size, input_size),
+                       load=lambda t, dev, e=e: runner_for_entry(bundle, e, threads=t, device=dev)) for e in entries]
+    return measure(cands, replace(QUICK, threads=(threads,), device=device), keep=True, time_alone=False)
 
 
 def choose(bundle: Path, runnable: list[ArtifactEntry], input_size: int, threads=1, device="cpu", bench_json=None,
@@ -63,27 +68,22 @@ def choose(bundle: Path, runnable: list[ArtifactEntry], input_size: int, threads
         e = _from_bench_json(Path(bench_json), runnable)
         return e, None, {"how": "bench-json", "from": str(bench_json)}
     validated = [e for e in runnable if _accuracy(e) is not None] or runnable
-    runners, skipped = {}, {}
-    for e in validated:
-        try:
-            runners[e.name] = runner_for_entry(bundle, e, threads=threads, device=device)
-        except RuntimeUnavailable as ex:
-            skipped[e.name] = str(ex)
-    if not runners:
-        raise UserError(f"{bundle}: no artifact can run here ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
     by_name = {e.name: e for e in validated}
-    if len(runners) == 1:
-        name = next(iter(runners))
-        return by_name[name], runners[name], {"how": "auto", "only_candidate": name, "skipped": skipped}
-    x = np.zeros((1, 3, input_size, input_size), np.float32)
-    inputs = {n: x if not r.batch_size else np.zeros((r.batch_size, *x.shape[1:]), np.float32)
-              for n, r in runners.items()}
-    meas = measure_interleaved({n: (lambda r=r, a=inputs[n]: r.predict(a)) for n, r in runners.items()},
-                               warmup=3, min_runs=50, min_time_s=0.5, rounds=5)
-    stats = {n: m.stats() for n, m in meas.items()}
-    p50 = {n: st.p50_ms for n, st in stats.items()}
-    name = deploy_report(_rows(by_name, stats), None, tolerance)["recommended"]["host"]["name"]
-    close_all(r for n, r in runners.items() if n != name)
+    res = _measure(bundle, validated, input_size, threads, device)
+    live = {n: m for n, m in res.items() if m.runner is not None}
+    skipped = {n: m.reason for n, m in res.items() if m.runner is None}
+    if not live:
+        raise UserError(f"{bundle}: no artifact can run here ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
+    if len(live) == 1:
+        name = next(iter(live))
+        return by_name[name], live[name].runner, {"how": "auto", "only_candidate": name, "skipped": skipped}
+    timed = {n: m for n, m in live.items() if m.latency}
+    if not timed:
+        close_all(m.runner for m in live.values())
+        raise UserError(f"{bundle}: no artifact could be timed at batch 1 here")
+    name = deploy_report([_row(by_name[n], m) for n, m in timed.items()], None, tolerance)["recommended"]["host"]["name"]
+    close_all(m.runner for n, m in live.items() if n != name)
+    p50 = {n: m.latency[0]["p50_ms"] for n, m in timed.items()}
     log(f"auto: {name} (p50 {', '.join(f'{k} {v:.3f} ms' for k, v in sorted(p50.items(), key=lambda kv: kv[1]))})")
-    return by_name[name], runners[name], {"how": "auto", "p50_ms": {k: round(v, 4) for k, v in p50.items()},
-                                          "skipped": skipped}
+    return by_name[name], live[name].runner, {"how": "auto", "p50_ms": {k: round(v, 4) for k, v in p50.items()},
+                                              "skipped": skipped}

@@ -14,7 +14,7 @@ from edgecv.bench.artifacts import Resolved, Source, resolve_source
 from edgecv.bench.gate.compat import check_same_task
 from edgecv.bench.gate.config import SCHEMA, GateConfig
 from edgecv.bench.gate.measure import SessionPairs, paired_rounds, session_plan, stored_rounds
-from edgecv.bench.report import load_bench
+from edgecv.contracts.bench import BenchReport, BenchRow, load_bench
 from edgecv.errors import UserError
 from edgecv.runtimes.base import RuntimeUnavailable, host_description
 
@@ -57,11 +57,11 @@ class _Plan:
     bpath: Path
     cand: Source
     base_src: Source | None
-    stored: dict | None
+    stored: BenchReport | None
     pairs: list[tuple[Resolved | None, Resolved]]
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    smap: dict[str, dict] = field(default_factory=dict)  # stored baseline: its ok artifacts by name
+    smap: dict[str, BenchRow] = field(default_factory=dict)  # stored baseline: its ok artifacts by name
 
 
 def _check_settings(cfg: GateConfig) -> None:
@@ -80,13 +80,13 @@ def _verified(arg: str) -> Source:
     return src
 
 
-def _stored_plan(bpath: Path, cand: Source, stored: dict, cfg: GateConfig, notes: list[str]) -> _Plan:
+def _stored_plan(bpath: Path, cand: Source, stored: BenchReport, cfg: GateConfig, notes: list[str]) -> _Plan:
     notes = [*notes, "baseline is a stored bench JSON: measured at another time (maybe on another machine), "
              f"so noise does not cancel; limit widened by x{cfg.stored_noise:g}. Less reliable than a "
              "same-job bundle-vs-bundle gate."]
-    if stored.get("host") != host_description():
-        notes.append(f"stored baseline was measured on '{stored.get('host')}', this is '{host_description()}'")
-    smap = {a["name"]: a for a in stored["artifacts"] if a["status"] == "ok"}
+    if stored.host != host_description():
+        notes.append(f"stored baseline was measured on '{stored.host}', this is '{host_description()}'")
+    smap = {a.name: a for a in stored.artifacts if a.status == "ok"}
     return _Plan(bpath, cand, None, stored, [(None, c) for c in cand.artifacts], notes=notes, smap=smap)
 
 
@@ -123,8 +123,8 @@ def _eval_set(plan: _Plan, cfg: GateConfig, log: Log):
                             skip_bad=cfg.skip_bad, log=log)
 
 
-def _stored_ms(stored_row: dict, cfg: GateConfig) -> float | None:
-    lat = [x for x in stored_row["latency"] if x["batch"] == 1]
+def _stored_ms(stored_row: BenchRow, cfg: GateConfig) -> float | None:
+    lat = [x for x in stored_row.latency if x["batch"] == 1]
     pick = next((x for x in lat if x["threads"] == cfg.threads), lat[0] if lat else None)
     return None if pick is None else pick["p90_ms" if cfg.metric == "p90" else "p50_ms"]
 
@@ -156,7 +156,7 @@ def _stored_labels(plan: _Plan, ev):
     order), else None (the comparison is then unpaired)."""
     from edgecv.targets.stats import unpack
 
-    s = plan.stored.get("accuracy_set") if plan.stored else None
+    s = plan.stored.accuracy_set if plan.stored else None
     if not s:
         return None
     labels = unpack(s["labels"])
@@ -175,7 +175,7 @@ def _gate_accuracy(row: dict, sessions: SessionPairs, plan: _Plan, cfg: GateConf
         base = evaluate_runner(sessions.base, ev, desc=f"{name} baseline accuracy")
         basis = "same images, same runtime, same job (paired)"
     else:
-        base = plan.smap[name].get("accuracy")
+        base = plan.smap[name].accuracy
         if not base:
             row["accuracy"] = {"skipped": "the stored baseline has no accuracy"}
             return
@@ -197,8 +197,7 @@ def accuracy_check(base: dict, cand: dict, labels, max_drop: float, basis: str) 
     paired on ``labels``' images where both carry predictions (:func:`edgecv.targets.policy.call_against`)."""
     from edgecv.targets.policy import call_against
 
-    call = call_against({"name": "the baseline", "accuracy": base}, {"name": "candidate", "accuracy": cand},
-                        max_drop, labels)
+    call = call_against(BenchRow("the baseline", accuracy=base), BenchRow("candidate", accuracy=cand), max_drop, labels)
     return {"baseline_top1": base["top1"], "candidate_top1": cand["top1"],
             "baseline_top1_ci": base.get("top1_ci"), "candidate_top1_ci": cand.get("top1_ci"),
             "drop": base["top1"] - cand["top1"], "max_drop": max_drop,
