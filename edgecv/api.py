@@ -25,13 +25,10 @@ if TYPE_CHECKING:
     from edgecv.export.bundle import ExportOptions, ExportResult
     from edgecv.serve.app import ServeConfig
     from edgecv.serve.predictor import Predictor
-    from edgecv.training.loop import TrainConfig
+    from edgecv.training.config import TrainConfig
     from edgecv.training.teacher import StartWeights, TrainOutcome
 
 Log = Callable[[str], None]
-# `edgecv train`'s defaults where they differ from TrainConfig's (which compress's stages start from);
-# tests/test_api.py compares every default of train() with the command's flags
-TRAIN_DEFAULTS = {"batch_size": None, "channels_last_cpu": True}
 
 
 def _quiet(msg: str) -> None:
@@ -67,12 +64,12 @@ def train(data: str = "digits", arch: str = "resnet18", out: str | Path = "teach
     >>> res.fit.best_top1
     """
     from edgecv import distributed as D
-    from edgecv.training.loop import TrainConfig
+    from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
     from edgecv.training.teacher import train_classifier
     from edgecv.utils import check_writable
 
-    if config is None:
-        config = TrainConfig(desc=arch, **TRAIN_DEFAULTS)
+    if config is None:  # the command's defaults (tests/test_api.py compares them with its flags)
+        config = TrainConfig(desc=arch, **COMMAND_DEFAULTS)
     cfg = _config(TrainConfig, config, options)
     check_writable(out)
     if cfg.tensorboard:

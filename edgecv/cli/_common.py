@@ -70,22 +70,27 @@ def _not_given(ctx, param, value):
     return value or None  # a switch left off is "not given": a YAML file or the resumed run keeps its value
 
 
-def _option(name: str, o: Option, callback=None):
+def _option(name: str, o: Option, callback=None, dest: str | None = None, default=None):
+    """The click option of field ``name``; ``default`` shown by --help when not None, else "not given"."""
+    dest, help_, shown = dest or name, o.help or None, True if default is not None else None
     if o.switch:
-        return click.option(o.flag(name), name, is_flag=True, callback=_not_given, help=o.help)
+        return click.option(o.flag(name), dest, is_flag=True, callback=_not_given, help=help_)
     decl = o.decl or o.flag(name)
-    if "/" in decl:  # an on/off pair: both unset = not given
-        return click.option(decl, name, default=None, help=o.help)
+    if "/" in decl:  # an on/off pair
+        return click.option(decl, dest, default=default, show_default=shown, help=help_)
     # a callback parses the text itself (e.g. "500ms", "auto")
-    return click.option(decl, name, default=None, type=None if callback else _click_type(o), callback=callback,
-                        metavar=o.metavar, help=o.help)
+    return click.option(decl, dest, default=default, show_default=shown, type=None if callback else _click_type(o),
+                        callback=callback, metavar=o.metavar, help=help_)
 
 
-def config_options(cls: type, callbacks: dict | None = None, before: dict | None = None):
-    """Decorator: a click option per field of the config dataclass ``cls`` (edgecv.options), in field order, each
-    defaulting to None ("not given": the config's default, a YAML file or a resumed run decide). ``callbacks``:
-    field -> click callback parsing its text; ``before``: field -> hand-written CLI-only options placed before it.
-    Fields marked ``api_only`` get none."""
+def config_options(cls: type, callbacks: dict | None = None, before: dict | None = None,
+                   dests: dict | None = None, defaults: dict | None = None):
+    """Decorator: a click option per field of the config dataclass ``cls`` (edgecv.options), in field order.
+    ``defaults`` None: each defaults to None, "not given" (the config's default, a YAML file or a resumed run
+    decide; the help says the default); a dict: each defaults to the field's default (or the dict's), shown by
+    --help. ``callbacks``: field -> click callback parsing its text; ``before``: field -> hand-written CLI-only
+    options placed before it; ``dests``: field -> the command's parameter name where it differs. Fields marked
+    ``api_only`` get none."""
 
     def apply(f):
         decorators = []
@@ -93,8 +98,10 @@ def config_options(cls: type, callbacks: dict | None = None, before: dict | None
             o = spec_of(fld)
             if o is None or o.api_only:
                 continue
+            default = None if defaults is None else defaults.get(fld.name, fld.default)
             decorators += (before or {}).get(fld.name, [])
-            decorators.append(_option(fld.name, o, (callbacks or {}).get(fld.name)))
+            decorators.append(_option(fld.name, o, (callbacks or {}).get(fld.name), (dests or {}).get(fld.name),
+                                      default))
         for d in reversed(decorators):  # click lists options in the reverse order of decoration
             f = d(f)
         return f

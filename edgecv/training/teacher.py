@@ -90,7 +90,8 @@ def train_classifier(
 ) -> TrainOutcome:
     """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the fine-tuning
     policy (default: from scratch, everything trains); ``decode_cache``: auto | off (:mod:`edgecv.data.cache`)."""
-    arch_info(arch)  # validate early: a bad arch or device is one line before anything is logged
+    arch_info(arch)  # validate early: a bad arch, value or device is one line before anything is logged
+    cfg.validate()
     resolve_device(cfg.device)
     start = start or StartWeights()
     parse_freeze(start.freeze)
