@@ -62,7 +62,6 @@ def owned(module: str, name: str, auto: bool = False, text: bool = False) -> Cal
         values = tuple(getattr(importlib.import_module(module), name))
         return (("auto",) if auto else ()) + (tuple(map(str, values)) if text else values)
 
-    read.__qualname__ = f"{module}.{name}"
     return read
 
 
@@ -106,7 +105,7 @@ def check_value(name: str, v, o: Option):
     if ok and o.hi is not None:
         ok = v <= o.hi
     if not ok:
-        raise UserError(f"{flag} must be {kind}{_range_text(o)}, got {v!r}")
+        raise UserError(f"{flag} must be {kind}{_range_text(o)}{' or auto' if o.auto else ''}, got {v!r}")
     return v
 
 
