@@ -103,8 +103,7 @@ def train_classifier(
     bundle.scan.log(log)
     if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
         raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
-    # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
-    # single-process run is reproducible
+    # the same seed on every rank: the same initial weights (DDP broadcasts rank 0's too); reproducible
     seed_everything(cfg.seed)
     model, source = starting_model(arch, bundle.num_classes, start.pretrained, start.init_weights,
                                    bundle.class_names, start.trust_pickle, log)
