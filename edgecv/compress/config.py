@@ -25,9 +25,6 @@ def _targets() -> tuple[str, ...]:
     return tuple(sorted(TARGETS, key=lambda t: t != "x86"))
 
 
-_ANY_WEIGHTS = "--student-pretrained / --student-init-weights"
-
-
 @dataclass
 class CompressConfig:
     """Every option of a compress run, in the order ``edgecv compress --help`` lists them (each field's
@@ -38,7 +35,7 @@ class CompressConfig:
         help="Teacher: edgecv checkpoint, bare state_dict (with --teacher-arch) or TorchScript file "
              "[default: train a resnet18 on the fly, cached].")
     teacher_arch: str | None = option(None, optional=True, help="Architecture of a bare state_dict teacher.")
-    # (training.metrics.learned_record)
+    # a teacher no better than the commonest class (training.metrics.learned_record)
     allow_weak_teacher: bool = option(
         False, kind=bool, switch=True,
         help="Distil from a teacher no better on val than always answering the commonest class (refused "
@@ -59,7 +56,7 @@ class CompressConfig:
     student_backbone_lr_scale: float | None = option(
         None, kind=float, lo=0, lo_open=True, optional=True,
         help="Distill stage: a pretrained student's backbone learns at --lr x this, its head at --lr "
-             f"[default: 0.1 with {_ANY_WEIGHTS}, else 1].")
+             "[default: 0.1 with --student-pretrained / --student-init-weights, else 1].")
     target_macs: float | str = option(
         0.5, kind=float, lo=0, hi=1, lo_open=True, auto=True,
         help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
