@@ -54,7 +54,7 @@ def train(data: str = "digits", arch: str = "resnet18", out: str | Path = "teach
           log: Log = _quiet, **options) -> TrainOutcome:
     """``edgecv train``: train ``arch`` on ``data`` into the checkpoint ``out``.
 
-    ``config`` (or keywords naming :class:`~edgecv.training.loop.TrainConfig` fields: ``epochs``, ``lr``,
+    ``config`` (or keywords naming :class:`~edgecv.training.config.TrainConfig` fields: ``epochs``, ``lr``,
     ``batch_size``, ``augment``, ``balance``, ``loss``, ``device``, ``seed``...) sets the training; ``start``
     (:class:`~edgecv.training.teacher.StartWeights`) pretrained / local weights and the fine-tuning policy.
     Under torchrun every process calls it (DDP); only rank 0 writes. Returns a

@@ -22,8 +22,9 @@ from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoin
 from edgecv.models.pretrained import starting_model, weights_preprocess
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.config import TrainConfig
 from edgecv.training.finetune import apply_policy, parse_freeze
-from edgecv.training.loop import FitResult, TrainConfig, fit, resolve_batch_size
+from edgecv.training.loop import FitResult, fit, resolve_batch_size
 from edgecv.training.metrics import learned_record
 from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
