@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from edgecv.bench.gate.config import GateConfig
     from edgecv.compress.config import CompressConfig
     from edgecv.export.bundle import ExportOptions, ExportResult
-    from edgecv.serve.app import ServeConfig
+    from edgecv.serve.config import ServeConfig
     from edgecv.serve.predictor import Predictor
     from edgecv.training.config import TrainConfig
     from edgecv.training.teacher import StartWeights, TrainOutcome
@@ -194,12 +194,12 @@ def serve(bundle: str | Path, config: ServeConfig | None = None, *, artifact: st
           log: Log = _stderr, **options) -> None:
     """``edgecv serve`` (without ``--ray``): serve a bundle over HTTP until SIGINT/SIGTERM (which drain).
 
-    ``config`` (a :class:`~edgecv.serve.app.ServeConfig`) or keywords naming its fields (``max_batch``,
+    ``config`` (a :class:`~edgecv.serve.config.ServeConfig`) or keywords naming its fields (``max_batch``,
     ``max_delay_ms``, ``max_queue``, ``api_key``...). Blocks; returns when the server has stopped.
 
     >>> edgecv.serve("bundle", port=8000, max_batch=16)
     """
-    from edgecv.serve.app import ServeConfig
+    from edgecv.serve.config import ServeConfig
     from edgecv.serve.server import serve as run_server
 
     cfg = _config(ServeConfig, config, options)

@@ -16,6 +16,7 @@ from edgecv.cli import cli
 from edgecv.compress.config import CompressConfig, resolve_config
 from edgecv.errors import UserError
 from edgecv.options import Option, check_fields, spec_of
+from edgecv.serve.config import ServeConfig
 from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
 
 # command -> (its config dataclass, the options it declares by hand: not a field of the config)
@@ -24,7 +25,10 @@ COMMANDS = {
     "train": (TrainConfig, {"data", "arch", "img_size", "skip_bad", "allow_duplicates", "decode_cache", "resume",
                             "pretrained", "init_weights", "freeze", "backbone_lr_scale", "trust_pickle", "out",
                             "as_json", "quiet"}),
+    "serve": (ServeConfig, {"bundle", "artifact", "bench_json", "host", "port", "max_body_mb", "max_decode_mb",
+                            "threads", "api_key_env", "use_ray", "replicas", "address", "quiet"}),
 }
+ARGUMENTS = {"serve": ["bundle"]}  # a command's required arguments
 CASES = [(cmd, f.name) for cmd, (cls, _) in COMMANDS.items() for f in fields(cls)]
 
 
@@ -77,7 +81,7 @@ def _argv(o: Option, name: str, value) -> list[str]:
 
 def _parse(command: str, argv: list[str]) -> dict:
     """The config options' values from ``argv`` as click hands them to the command (no run); not its own."""
-    params = cli.commands[command].make_context(command, list(argv)).params
+    params = cli.commands[command].make_context(command, ARGUMENTS.get(command, []) + list(argv)).params
     return {k: v for k, v in params.items() if k not in COMMANDS[command][1]}
 
 
@@ -117,7 +121,7 @@ def test_choices_are_their_owners_lists():
     owners = {"importance": IMPORTANCES, "teacher_precision": TEACHER_PRECISIONS, "augment": ("auto", *PRESETS),
               "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
               "int8_weight_bits": ("auto", *map(str, WEIGHT_BITS))}
-    for cls in (CompressConfig, TrainConfig):
+    for cls in (CompressConfig, TrainConfig, ServeConfig):
         for f in fields(cls):
             o = spec_of(f)
             if o.choices is not None and f.name != "target":
