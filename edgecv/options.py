@@ -105,7 +105,7 @@ def check_value(name: str, v, o: Option):
     if ok and o.hi is not None:
         ok = v <= o.hi
     if not ok:
-        raise UserError(f"{flag} must be {kind}{_range_text(o)}{' or auto' if o.auto else ''}, got {v!r}")
+        raise UserError(f"{flag} must be {kind}{_range_text(o)}, got {v!r}")
     return v
 
 

@@ -213,6 +213,11 @@ class CompressConfig:
         from edgecv.models.pretrained import check_start
         from edgecv.models.registry import STUDENTS, arch_info
 
+        if isinstance(self.target_macs, str) and self.target_macs != "auto":  # a fraction written as text
+            try:
+                self.target_macs = float(self.target_macs)
+            except ValueError:
+                raise UserError(f"--target-macs must be a fraction in (0, 1] or 'auto', got '{self.target_macs}'") from None
         check_fields(self)
         parse_teacher_cache(self.teacher_cache)
         check_start(self.student_pretrained, self.student_init_weights, "student-")
