@@ -23,15 +23,12 @@ if TYPE_CHECKING:
     from edgecv.bench.gate.config import GateConfig
     from edgecv.compress.config import CompressConfig
     from edgecv.export.bundle import ExportOptions, ExportResult
-    from edgecv.serve.app import ServeConfig
+    from edgecv.serve.config import ServeConfig
     from edgecv.serve.predictor import Predictor
-    from edgecv.training.loop import TrainConfig
+    from edgecv.training.config import TrainConfig
     from edgecv.training.teacher import StartWeights, TrainOutcome
 
 Log = Callable[[str], None]
-# `edgecv train`'s defaults where they differ from TrainConfig's (which compress's stages start from);
-# tests/test_api.py compares every default of train() with the command's flags
-TRAIN_DEFAULTS = {"batch_size": None, "channels_last_cpu": True}
 
 
 def _quiet(msg: str) -> None:
@@ -57,7 +54,7 @@ def train(data: str = "digits", arch: str = "resnet18", out: str | Path = "teach
           log: Log = _quiet, **options) -> TrainOutcome:
     """``edgecv train``: train ``arch`` on ``data`` into the checkpoint ``out``.
 
-    ``config`` (or keywords naming :class:`~edgecv.training.loop.TrainConfig` fields: ``epochs``, ``lr``,
+    ``config`` (or keywords naming :class:`~edgecv.training.config.TrainConfig` fields: ``epochs``, ``lr``,
     ``batch_size``, ``augment``, ``balance``, ``loss``, ``device``, ``seed``...) sets the training; ``start``
     (:class:`~edgecv.training.teacher.StartWeights`) pretrained / local weights and the fine-tuning policy.
     Under torchrun every process calls it (DDP); only rank 0 writes. Returns a
@@ -67,12 +64,12 @@ def train(data: str = "digits", arch: str = "resnet18", out: str | Path = "teach
     >>> res.fit.best_top1
     """
     from edgecv import distributed as D
-    from edgecv.training.loop import TrainConfig
+    from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
     from edgecv.training.teacher import train_classifier
     from edgecv.utils import check_writable
 
-    if config is None:
-        config = TrainConfig(desc=arch, **TRAIN_DEFAULTS)
+    if config is None:  # the command's defaults (tests/test_api.py compares them with its flags)
+        config = TrainConfig(desc=arch, **COMMAND_DEFAULTS)
     cfg = _config(TrainConfig, config, options)
     check_writable(out)
     if cfg.tensorboard:
@@ -197,12 +194,12 @@ def serve(bundle: str | Path, config: ServeConfig | None = None, *, artifact: st
           log: Log = _stderr, **options) -> None:
     """``edgecv serve`` (without ``--ray``): serve a bundle over HTTP until SIGINT/SIGTERM (which drain).
 
-    ``config`` (a :class:`~edgecv.serve.app.ServeConfig`) or keywords naming its fields (``max_batch``,
+    ``config`` (a :class:`~edgecv.serve.config.ServeConfig`) or keywords naming its fields (``max_batch``,
     ``max_delay_ms``, ``max_queue``, ``api_key``...). Blocks; returns when the server has stopped.
 
     >>> edgecv.serve("bundle", port=8000, max_batch=16)
     """
-    from edgecv.serve.app import ServeConfig
+    from edgecv.serve.config import ServeConfig
     from edgecv.serve.server import serve as run_server
 
     cfg = _config(ServeConfig, config, options)

@@ -87,6 +87,8 @@ def _predict(tmp_path: Path) -> None:
     (lambda t: edgecv.compress(bogus=1), "unknown key"),
     (lambda t: edgecv.compress(stages="distill,shrink", out=str(t / "r")), "--stages: unknown stage"),
     (lambda t: edgecv.train(out=t / "t.pt", bogus=1), "TrainConfig: unknown option"),
+    (lambda t: edgecv.train(out=t / "t.pt", label_smoothing=2), "--label-smoothing must be a number in \\[0, 1\\]"),
+    (lambda t: edgecv.train(out=t / "t.pt", loss="hinge"), "--loss must be one of ce, focal"),
     (lambda t: edgecv.export(t / "none", t / "b", target="mars"), "mars"),
     (lambda t: edgecv.export(t / "none", t / "b", precisions="int4"), "int4"),
     (lambda t: edgecv.bench(t / "none", budget_ms=1, budget_fps=10), "not both"),
@@ -112,12 +114,12 @@ def _cli_defaults(command: str) -> dict:
 def test_train_defaults_are_the_commands():
     import inspect
 
-    from edgecv.training.loop import TrainConfig
+    from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
     from edgecv.training.teacher import StartWeights
 
     flags = _cli_defaults("train")
     sig = {k: p.default for k, p in inspect.signature(api.train).parameters.items()}
-    cfg = TrainConfig(**api.TRAIN_DEFAULTS).to_dict()
+    cfg = TrainConfig(**COMMAND_DEFAULTS).to_dict()
     cfg["loss_kind"], cfg["channels_last"] = cfg["loss"], cfg["channels_last_cpu"]
     cfg.update(vars(StartWeights()))  # pretrained, init_weights, trust_pickle, freeze, backbone_lr_scale
     assert set(flags) - set(sig) - set(cfg) == {"as_json"}  # every flag has its default here

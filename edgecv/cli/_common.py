@@ -1,10 +1,15 @@
-"""Shared CLI plumbing: output helpers, the --json/--quiet options, rank-aware logging and option callbacks."""
+"""Shared CLI plumbing: output helpers, the --json/--quiet options, the options generated from a config
+dataclass's fields (:func:`config_options`), rank-aware logging and option callbacks."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
 
 import click
 
 from edgecv.distributed import rank
+from edgecv.options import Option, spec_of
 from edgecv.utils import dumps_json, is_quiet, set_quiet
 
 
@@ -32,6 +37,76 @@ def quiet_option(f):
 def log(msg: str) -> None:
     if not is_quiet() and rank() == 0:  # under torchrun only rank 0 logs
         echo(msg)
+
+
+# ---------------------------------------------------------------------------------------------- generated options
+class LazyChoice(click.Choice):
+    """A click Choice whose list (its owner's, e.g. training.losses.LOSSES) is read on first use, so that
+    building the CLI imports no torch. It describes itself as the Choice it is."""
+
+    def __init__(self, read: Callable[[], tuple[str, ...]]):
+        self._read, self.case_sensitive = read, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self._read()
+
+    def to_info_dict(self) -> dict:
+        return {**super().to_info_dict(), "param_type": "Choice"}
+
+
+def _click_type(o: Option):
+    if o.choices is not None:
+        return LazyChoice(o.choices)
+    if o.path:
+        return click.Path(dir_okay=o.path != "file", file_okay=o.path != "dir")
+    if o.kind in (int, float) and (o.lo is not None or o.hi is not None):
+        rng = click.IntRange if o.kind is int else click.FloatRange
+        return rng(o.lo, o.hi, min_open=o.lo_open)
+    return {int: click.INT, float: click.FLOAT}.get(o.kind)
+
+
+def _not_given(ctx, param, value):
+    return value or None  # a switch left off is "not given": a YAML file or the resumed run keeps its value
+
+
+def _option(name: str, o: Option, callback=None, dest: str | None = None, default=None):
+    """The click option of field ``name``; ``default`` shown by --help when not None, else "not given"."""
+    dest, help_, shown = dest or name, o.help or None, True if default is not None else None
+    if o.switch:
+        return click.option(o.flag(name), dest, is_flag=True, callback=_not_given, help=help_)
+    decl = o.decl or o.flag(name)
+    if "/" in decl:  # an on/off pair
+        return click.option(decl, dest, default=default, show_default=shown, help=help_)
+    # a callback parses the text itself (e.g. "500ms", "auto")
+    return click.option(decl, dest, default=default, show_default=shown, type=None if callback else _click_type(o),
+                        callback=callback, metavar=o.metavar, help=help_)
+
+
+def config_options(cls: type, callbacks: dict | None = None, before: dict | None = None,
+                   dests: dict | None = None, defaults: dict | None = None):
+    """Decorator: a click option per field of the config dataclass ``cls`` (edgecv.options), in field order.
+    ``defaults`` None: each defaults to None, "not given" (the config's default, a YAML file or a resumed run
+    decide; the help says the default); a dict: each defaults to the field's default (or the dict's), shown by
+    --help. ``callbacks``: field -> click callback parsing its text; ``before``: field -> hand-written CLI-only
+    options placed before it; ``dests``: field -> the command's parameter name where it differs. Fields marked
+    ``api_only`` get none."""
+
+    def apply(f):
+        decorators = []
+        for fld in fields(cls):
+            o = spec_of(fld)
+            if o is None or o.api_only:
+                continue
+            default = None if defaults is None else defaults.get(fld.name, fld.default)
+            decorators += (before or {}).get(fld.name, [])
+            decorators.append(_option(fld.name, o, (callbacks or {}).get(fld.name), (dests or {}).get(fld.name),
+                                      default))
+        for d in reversed(decorators):  # click lists options in the reverse order of decoration
+            f = d(f)
+        return f
+
+    return apply
 
 
 # ---------------------------------------------------------------------------------------------- option callbacks

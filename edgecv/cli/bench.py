@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from edgecv.cli._common import duration, int_list, log, quiet_option
+from edgecv.targets import TARGET_NAMES
 from edgecv.utils import check_writable
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--target", type=click.Choice(["android", "jetson", "x86", "all"]), default=None,
+@click.option("--target", type=click.Choice(TARGET_NAMES), default=None,
               help="Target profile for budgets and threads [default: the bundle's target].")
 @click.option("--data", default=None, help="Evaluation data for top-1/top-5 through each runtime (ImageFolder or 'digits').")
 @click.option("--threads", callback=int_list, default=None, help="Comma-separated thread counts [default: the target's].")

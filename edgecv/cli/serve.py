@@ -6,9 +6,10 @@ import os
 
 import click
 
-from edgecv.cli._common import echo, log, quiet_option
+from edgecv.cli._common import config_options, echo, log, quiet_option
 from edgecv.errors import UserError
 from edgecv.serve import limits as L
+from edgecv.serve.config import ServeConfig
 from edgecv.utils import is_quiet
 
 
@@ -20,48 +21,28 @@ from edgecv.utils import is_quiet
               help="With --artifact auto: take the recommendation of this 'edgecv bench --json' result.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024),
-              help="Dynamic batching: at most this many images per runner call (1 = no batching).")
-@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 10_000),
-              help="Dynamic batching: how long the oldest request may wait for others.")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
-              help="Images waiting at most; beyond it requests get 503 + Retry-After.")
-@click.option("--max-wait-ms", default=None, type=click.FloatRange(0, min_open=True),
-              help="Also answer 503 while --max-batch or more requests are in progress and the oldest has been in "
-                   "the server longer than this: under overload the answered requests then take about this long "
-                   "(default: the --max-queue bound only).")
-@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001, 4096),
-              help="Largest request body, on the wire and after gzip/deflate decoding (413 beyond).")
-@click.option("--body-timeout-s", default=L.BODY_TIMEOUT_S, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="The whole body must arrive within this after the headers (408 and close beyond); a request "
-                   "counts against --max-queue only once its body is in.")
-@click.option("--header-timeout-s", default=L.HEADER_TIMEOUT_S, show_default=True,
-              type=click.FloatRange(0, min_open=True),
-              help="A request's headers must be complete within this after its first byte (408 and close beyond).")
-@click.option("--keep-alive-s", default=L.KEEP_ALIVE_S, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Close a connection that sends nothing for this long (before its first request or between two).")
-@click.option("--max-connections", default=L.MAX_CONNECTIONS, show_default=True, type=click.IntRange(1, 1_000_000),
-              help="Open connections at most; a new one beyond it closes the longest-idle one.")
-@click.option("--max-decode-mb", default=L.MAX_DECODE_MB, show_default=True, type=click.FloatRange(1, 1_000_000),
-              help="Decoded image memory in flight across requests (503 + Retry-After beyond it; 413 for one image "
-                   "that needs more). Large JPEGs decode at reduced scale toward the model's input size.")
-@click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
-@click.option("--api-key-env", metavar="VAR", help="Require the API key held in this environment variable.")
-@click.option("--model-name", default="edgecv", show_default=True, help="Model name on the v2 endpoints.")
+@config_options(ServeConfig, defaults={}, before={"body_timeout_s": [
+    click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001, 4096),
+                 help="Largest request body, on the wire and after gzip/deflate decoding (413 beyond)."),
+], "model_name": [
+    click.option("--max-decode-mb", default=L.MAX_DECODE_MB, show_default=True, type=click.FloatRange(1, 1_000_000),
+                 help="Decoded image memory in flight across requests (503 + Retry-After beyond it; 413 for one "
+                      "image that needs more). Large JPEGs decode at reduced scale toward the model's input size."),
+    click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's)."),
+    click.option("--api-key-env", metavar="VAR", help="Require the API key held in this environment variable."),
+]})
 @click.option("--ray", "use_ray", is_flag=True, help="Serve as a Ray Serve deployment (needs the ray[serve] extra).")
 @click.option("--replicas", default=None, type=click.IntRange(1, 1024), help="With --ray: replicas [default: 1].")
 @click.option("--address", default=None, metavar="ADDR",
               help="With --ray: join this Ray cluster (e.g. 127.0.0.1:6379 or 'auto') [default: a private local one].")
 @quiet_option
-def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max_queue, max_wait_ms, max_body_mb,
-          body_timeout_s, header_timeout_s, keep_alive_s, max_connections, max_decode_mb, threads, api_key_env,
-          model_name, use_ray, replicas, address):
+def serve(bundle, artifact, bench_json, host, port, max_body_mb, max_decode_mb, threads, api_key_env, use_ray, replicas,
+          address, **options):
     """Serve BUNDLE over HTTP: POST /predict, the Open Inference Protocol (v2) and /metrics; OpenAPI at /docs.
 
     SIGTERM drains: queued and in-flight requests are answered, then exit 0. With --ray the same app runs as
     --replicas Ray Serve replicas behind Ray's HTTP proxy on --host/--port.
     """
-    from edgecv.serve.app import ServeConfig
     from edgecv.serve.predictor import load_predictor
     from edgecv.serve.server import serve as run_server
 
@@ -72,10 +53,8 @@ def serve(bundle, artifact, bench_json, host, port, max_batch, max_delay_ms, max
         key = os.environ.get(api_key_env)
         if not key:
             raise UserError(f"--api-key-env {api_key_env}: the variable is not set or empty")
-    cfg = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, max_wait_ms=max_wait_ms,
-                      max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=key, model_name=model_name,
-                      body_timeout_s=body_timeout_s, header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s,
-                      max_connections=max_connections, max_decode_bytes=int(max_decode_mb * 1024 * 1024))
+    cfg = ServeConfig(**options, max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=key,
+                      max_decode_bytes=int(max_decode_mb * 1024 * 1024))
     if use_ray:
         from edgecv.serve.ray_app import serve_ray
 

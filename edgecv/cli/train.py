@@ -4,50 +4,44 @@ from __future__ import annotations
 
 import click
 
-from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option, warn_unlearned
+from edgecv.cli._common import (
+    LazyChoice,
+    config_options,
+    echo,
+    emit_json,
+    json_option,
+    log,
+    quiet_option,
+    warn_unlearned,
+)
+from edgecv.options import owned
+from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
 from edgecv.utils import check_writable
 
 
 @click.command()
-@click.option("--data", default="digits", show_default=True,
-              help="ImageFolder root (train/ + val/, or class folders) or a built-in dataset name (digits).")
-@click.option("--arch", default="resnet18", show_default=True, help="Architecture from the registry (see 'edgecv archs').")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(0))
-@click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Input size [default: 32 for digits, 224 otherwise].")
-@click.option("--batch-size", default=None, type=click.IntRange(1),
-              help="Per process (torchrun: x world size) [default: 64, halved for a small dataset until an epoch has "
-                   ">= 10 steps, min 8].")
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Peak learning rate (AdamW). Scale it with the effective batch: see docs/distributed.md.")
-@click.option("--warmup-epochs", default=1.0, show_default=True, type=click.FloatRange(0),
-              help="Linear learning-rate warm-up before the cosine decay (use more with large effective batches).")
-@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(0))
-@click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader workers [default: auto].")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--skip-bad", is_flag=True,
-              help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
-@click.option("--allow-duplicates", is_flag=True,
-              help="Train even when byte-identical images sit in two splits or classes (recorded in the checkpoint).")
-@click.option("--decode-cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
-                   "$EDGECV_CACHE (augmentation on top); off: decode every epoch.")
-@click.option("--augment", default="auto", show_default=True,
-              type=click.Choice(["auto", "none", "light", "standard", "strong"]),
-              help="Augmentation preset, saved in the checkpoint (compress reuses it): none = centre crop; light = "
-                   "pad + random crop + flip; standard = RandomResizedCrop + flip + mild colour jitter; strong = "
-                   "standard + TrivialAugment + random erasing + MixUp/CutMix. auto: light up to 64 px, else standard.")
-@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "sampler", "weights"]),
-              help="Skewed classes: sampler = class-balanced sampling (every class equally often per epoch); "
-                   "weights = a loss weighted by inverse class frequency (mean weight 1).")
-@click.option("--loss", "loss_kind", default="ce", show_default=True, type=click.Choice(["ce", "focal"]),
-              help="ce = cross-entropy; focal = focal loss (gamma 2), with --label-smoothing and --balance weights.")
-@click.option("--channels-last/--no-channels-last", "channels_last", default=True, show_default=True,
-              help="The training step in channels_last memory format on the CPU too (on CUDA always): measured "
-                   "faster here (benchmarks/RESULTS.md).")
-@click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run.")
-@click.option("--tensorboard", type=click.Path(file_okay=False), default=None, help="Write TensorBoard scalars here.")
+@config_options(TrainConfig, defaults=COMMAND_DEFAULTS, dests={"loss": "loss_kind", "channels_last_cpu": "channels_last"},
+                before={"epochs": [
+    click.option("--data", default="digits", show_default=True,
+                 help="ImageFolder root (train/ + val/, or class folders) or a built-in dataset name (digits)."),
+    click.option("--arch", default="resnet18", show_default=True,
+                 help="Architecture from the registry (see 'edgecv archs')."),
+], "batch_size": [
+    click.option("--img-size", type=click.IntRange(8, 4096), default=None,
+                 help="Input size [default: 32 for digits, 224 otherwise]."),
+], "augment": [
+    click.option("--skip-bad", is_flag=True,
+                 help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping."),
+    click.option("--allow-duplicates", is_flag=True,
+                 help="Train even when byte-identical images sit in two splits or classes (recorded in the "
+                      "checkpoint)."),
+    click.option("--decode-cache", type=LazyChoice(owned("edgecv.data.cache", "MODES")), default="auto",
+                 show_default=True,
+                 help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
+                      "$EDGECV_CACHE (augmentation on top); off: decode every epoch."),
+], "tensorboard": [
+    click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run."),
+]})
 @click.option("--pretrained", is_flag=True,
               help="Start from the arch's published ImageNet weights (torchvision / timm cache; offline: one line "
                    "says which file to put where). Preprocessing follows the weights'. See docs/finetune.md.")
@@ -64,9 +58,8 @@ from edgecv.utils import check_writable
 @click.option("--out", default="teacher.pt", show_default=True, type=click.Path(dir_okay=False))
 @json_option
 @quiet_option
-def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_decay, label_smoothing, workers, seed, device,
-          skip_bad, allow_duplicates, decode_cache, augment, balance, loss_kind, channels_last, resume, tensorboard, pretrained, init_weights, freeze, backbone_lr_scale, trust_pickle, out,
-          as_json):
+def train(data, arch, img_size, skip_bad, allow_duplicates, decode_cache, resume, pretrained, init_weights, freeze,
+          backbone_lr_scale, trust_pickle, out, as_json, loss_kind, channels_last, **options):
     """Train a classifier (the teacher) on DATA.
 
     Start from published ImageNet weights (--pretrained) or a local weights file (--init-weights); --freeze and
@@ -87,21 +80,17 @@ def train(data, arch, epochs, img_size, batch_size, lr, warmup_epochs, weight_de
     from edgecv import distributed as D
     from edgecv.models.pretrained import check_start
     from edgecv.training.finetune import parse_freeze
-    from edgecv.training.loop import TrainConfig
     from edgecv.training.teacher import StartWeights, train_classifier
 
     parse_freeze(freeze)
     check_start(pretrained, init_weights)
     start = StartWeights(pretrained, init_weights, trust_pickle, freeze, backbone_lr_scale)
+    cfg = TrainConfig(**options, loss=loss_kind, channels_last_cpu=channels_last, desc=arch)
     check_writable(out)
-    if tensorboard:
-        check_writable(tensorboard, directory=True)
-    with D.session(device):
+    if cfg.tensorboard:
+        check_writable(cfg.tensorboard, directory=True)
+    with D.session(cfg.device):
         main_rank = D.is_main()
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
-                          weight_decay=weight_decay, label_smoothing=label_smoothing, workers=workers, seed=seed, device=device,
-                          tensorboard=tensorboard, desc=arch, augment=augment, balance=balance, loss=loss_kind,
-                          channels_last_cpu=channels_last)
         res = train_classifier(data, arch, out, cfg, img_size=img_size, skip_bad=skip_bad, resume=resume, log=log,
                                start=start, decode_cache=decode_cache, allow_duplicates=allow_duplicates)
     if not main_rank:  # under torchrun only rank 0 prints the result / --json

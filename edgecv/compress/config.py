@@ -1,5 +1,6 @@
-"""The ``edgecv compress`` configuration: options, their types and ranges (one table, shared by a ``--config``
-YAML file and the flags), the YAML loader and the ``--stages`` parser.
+"""The ``edgecv compress`` configuration: every option with its type, range, choices and help on its field (the
+one table: the command's flags are generated from it, ``--config`` YAML files, resumed runs and the Python API are
+checked against it), the YAML loader, the ``--stages`` parser and the resume/YAML/flag merge.
 
 The target-aware options (``--student auto``, ``--target-macs auto`` and the flags that go with them) are stored
 here as plain values; their combinations are validated by :mod:`edgecv.autotune.run`, which runs them.
@@ -10,83 +11,175 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from edgecv.contracts.rundir import STAGES
+from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, STAGES
 from edgecv.errors import UserError
+from edgecv.options import check_fields, option, owned
 
 DEFAULT_OUT = "runs/compress"
 
 
+def _targets() -> tuple[str, ...]:
+    """The target profiles (edgecv.targets), x86 -- the host's own kind of machine -- first, as --help lists them."""
+    from edgecv.targets import TARGETS
+
+    return tuple(sorted(TARGETS, key=lambda t: t != "x86"))
+
+
 @dataclass
 class CompressConfig:
-    teacher: str | None = None  # None: train one on the fly (cached)
-    teacher_arch: str | None = None  # for a bare state_dict teacher
-    # distil from a teacher no better than always answering the commonest class (training.metrics.learned_record);
-    # its students are then reported, not stopped, when they are no better either
-    allow_weak_teacher: bool = False
-    data: str = "digits"
-    student: str = "mobilenet_v3_small"  # or "auto": chosen for --target by measured latency + a KD probe
-    student_pretrained: bool = False  # the student starts from its published weights (edgecv.models.pretrained)
-    student_init_weights: str | None = None  # ... or from a local weights file
-    # a pretrained student's backbone lr = lr x this in the distill stage (head at lr; the prune fine-tunes train
-    # everything at lr); None: 0.1 with --student-pretrained / --student-init-weights, 1 from scratch
-    # (training.finetune.DEFAULT_PRETRAINED_LR_SCALE)
-    student_backbone_lr_scale: float | None = None
-    target_macs: float | str = 0.5  # fraction of the unpruned student's MACs, or "auto" (from the measured budget)
-    epochs_kd: int = 10
-    epochs_prune: int = 6
-    epochs_qat: int = 3
-    img_size: int | None = None  # default: the teacher's input size, else the data default
-    batch_size: int | None = None  # per process; None = auto_batch_size of the training set (64 unless it is small)
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    workers: int | None = None
-    device: str = "auto"
-    # distillation
-    temperature: float = 4.0
-    alpha: float = 0.8
-    feature_kd: float = 0.0  # weight of feature-map KD (0 = off)
-    teacher_cache: str = "auto"  # off | auto | views=K: the teacher's soft labels stored once (compress/softlabels)
-    teacher_precision: str = "auto"  # auto (bf16 where the CPU has AVX512-BF16/AMX) | fp32 | bf16: the teacher's CPU forward
-    channels_last: bool = True  # the student's (and the live teacher's) CPU step in channels_last (measured faster)
-    decode_cache: str = "auto"  # auto | off: every image decoded + resized once, memory-mapped (data/cache)
-    # training data / loss of every stage (and of the on-the-fly teacher)
-    augment: str = "auto"  # auto (the teacher's recorded preset, else by input size) | none | light | standard | strong
-    balance: str = "none"  # none | sampler (every stage) | weights (the hard-label part of the KD loss)
-    loss: str = "ce"  # ce | focal: the hard-label part of the KD loss
+    """Every option of a compress run, in the order ``edgecv compress --help`` lists them (each field's
+    :func:`~edgecv.options.option`: its kind, range, choices and help; docs/api.md)."""
+
+    teacher: str | None = option(  # None: train one on the fly (cached)
+        None, optional=True, path="file",
+        help="Teacher: edgecv checkpoint, bare state_dict (with --teacher-arch) or TorchScript file "
+             "[default: train a resnet18 on the fly, cached].")
+    teacher_arch: str | None = option(None, optional=True, help="Architecture of a bare state_dict teacher.")
+    # a teacher no better than the commonest class (training.metrics.learned_record)
+    allow_weak_teacher: bool = option(
+        False, kind=bool, switch=True,
+        help="Distil from a teacher no better on val than always answering the commonest class (refused "
+             "otherwise, exit 2); a student no better either is then reported, not stopped (docs/errors.md).")
+    data: str = option("digits", help="ImageFolder root or built-in name [default: digits].")
+    student: str = option(
+        "mobilenet_v3_small",
+        help="Student arch from the registry, or 'auto': measure the candidates on --target's runtime, drop "
+             "those over the budget, pick the best by a short KD probe [default: mobilenet_v3_small].")
+    student_pretrained: bool = option(  # edgecv.models.pretrained
+        False, kind=bool, switch=True,
+        help="Start the student from its published ImageNet weights (docs/finetune.md; offline: one line "
+             "says which file to put where).")
+    student_init_weights: str | None = option(
+        None, optional=True, path="file",
+        help="Start the student from a local state_dict / .safetensors / edgecv checkpoint of its arch.")
+    # None: training.finetune.DEFAULT_PRETRAINED_LR_SCALE with a pretrained start, 1 from scratch
+    student_backbone_lr_scale: float | None = option(
+        None, kind=float, lo=0, lo_open=True, optional=True,
+        help="Distill stage: a pretrained student's backbone learns at --lr x this, its head at --lr "
+             "[default: 0.1 with --student-pretrained / --student-init-weights, else 1].")
+    target_macs: float | str = option(
+        0.5, kind=float, lo=0, hi=1, lo_open=True, auto=True,
+        help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
+             "--budget-ms/--budget-fps needs on --target's runtime (floor 0.25) [default: 0.5].")
+    # target-aware choices (--student auto, --target-macs auto; edgecv.autotune); None = not given
+    target: str | None = option(
+        None, optional=True, choices=_targets,
+        help="With --student/--target-macs auto: whose runtime latency is measured on "
+             "(x86: OpenVINO CPU; android: ExecuTorch; jetson: ONNX Runtime, host proxy).")
+    budget_ms: float | None = option(
+        None, kind=float, lo=0, lo_open=True, optional=True,
+        help="p90 latency budget in ms at --deploy-size, batch 1 (as edgecv bench) [default: the target's].")
+    budget_fps: float | None = option(None, kind=float, lo=0, lo_open=True, optional=True,
+                                      help="Frame-rate budget instead.")
+    deploy_size: int | None = option(
+        None, kind=int, lo=8, hi=4096, optional=True,
+        help="Input size latency is measured at (separate from --img-size) [default: 224].")
+    probe_epochs: int | None = option(
+        None, kind=int, lo=0, optional=True,
+        help="--student auto: KD probe epochs per in-budget candidate (0: rank by latency) [default: 2].")
+    probe_images: int | None = option(
+        None, kind=int, lo=1, optional=True,
+        help="--student auto: training images of each probe (class-balanced subset) [default: 1000].")
+    probe_val_images: int | None = option(None, kind=int, lo=1, optional=True,
+                                          help="--student auto: val images each probe is scored on [default: 500].")
+    candidates: str | list | None = option(
+        None, kind=(str, list), optional=True,
+        help="--student auto: comma-separated students to consider [default: the six registry students].")
+    min_time: float | None = option(  # seconds
+        None, kind=float, lo=0, lo_open=True, optional=True,
+        help="Timed duration per candidate and precision (1s, 500ms) [default: 1s].")
+    select_only: bool = option(False, kind=bool, switch=True,
+                               help="--student auto: measure, probe and record the choice in "
+                                    "RUN_DIR/run.json, run no stage.")
+    epochs_kd: int = option(10, kind=int, lo=0, help="Distillation epochs [default: 10].")
+    epochs_prune: int = option(6, kind=int, lo=0,
+                               help="Fine-tune epochs of the pruning stage, spread over its steps [default: 6].")
+    epochs_qat: int = option(3, kind=int, lo=0, help="QAT epochs [default: 3].")
+    img_size: int | None = option(None, kind=int, lo=8, hi=4096, optional=True,
+                                  help="Student input size [default: the teacher's, else the data default].")
+    # per process; None = training.loop.auto_batch_size of the training set
+    batch_size: int | None = option(
+        None, kind=int, lo=1, optional=True,
+        help="Per process [default: 64, halved for a small dataset until an epoch has >= 10 steps, min 8].")
+    lr: float = option(2e-3, kind=float, lo=0, lo_open=True, help="Learning rate (QAT uses lr x 0.1) [default: 2e-3].")
+    seed: int = option(0, kind=int, help="[default: 0]")
+    workers: int | None = option(None, kind=int, lo=0, optional=True, help="DataLoader workers [default: auto].")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N [default: auto].")
     # pruning
-    importance: str = "magnitude"
-    prune_steps: int = 4
-    prune_bn_batches: int = 32  # BatchNorm statistics re-estimated on this many training batches after each cut
-    round_to: int = 8
-    min_channels: int = 16
+    importance: str = option("magnitude", choices=owned("edgecv.compress.prune", "IMPORTANCES"),
+                             help="Channel importance for pruning [default: magnitude].")
+    prune_steps: int = option(
+        4, kind=int, lo=1,
+        help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch].")
+    prune_bn_batches: int = option(
+        32, kind=int, lo=0,
+        help="Re-estimate BatchNorm statistics on this many training batches after each prune cut, "
+             "0 = off [default: 32].")
+    # distillation
+    temperature: float = option(4.0, kind=float, lo=0, lo_open=True, help="KD temperature [default: 4].")
+    alpha: float = option(0.8, kind=float, lo=0, hi=1, help="Weight of the KD term [default: 0.8].")
+    feature_kd: float = option(0.0, kind=float, lo=0,
+                               help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
+    decode_cache: str = option(  # edgecv.data.cache
+        "auto", choices=owned("edgecv.data.cache", "MODES"),
+        help="auto: decode + resize every image of a folder dataset once, into a memory-mapped cache under "
+             "$EDGECV_CACHE (augmentation on top); off: decode every epoch [default: auto].")
+    teacher_cache: str = option(  # edgecv.compress.softlabels.parse_teacher_cache
+        "auto", metavar="off|auto|views=K",
+        help="Teacher soft labels: K augmented views per training image and the teacher's logits, computed "
+             "once, cached and replayed by every KD stage, --resume and later runs (off: the live teacher "
+             "every batch; auto: K = total epochs / 4, in [2, 8], or / 2, in [2, 16], where the teacher runs "
+             "in bf16) [default: auto].")
+    teacher_precision: str = option(
+        "auto", choices=owned("edgecv.compress.softlabels", "TEACHER_PRECISIONS"),
+        help="The frozen teacher's CPU forward (live, or building the soft labels): auto = bf16 autocast "
+             "where the CPU has AVX512-BF16/AMX (measured 1.95x faster there), else fp32 [default: auto].")
+    # training data / loss of every stage (and of the on-the-fly teacher)
+    augment: str = option(
+        "auto", choices=owned("edgecv.data.augment", "PRESETS", auto=True),
+        help="Augmentation preset of the KD, prune fine-tune and QAT stages (see 'edgecv train --help'); auto: "
+             "the one the teacher checkpoint was trained with, else by input size [default: auto].")
+    balance: str = option(
+        "none", choices=owned("edgecv.training.balance", "BALANCES"),
+        help="Skewed classes: sampler = class-balanced sampling in every stage; weights = inverse-frequency "
+             "class weights on the hard-label part of the KD loss [default: none].")
+    loss: str = option("ce", choices=owned("edgecv.training.losses", "LOSSES"),
+                       help="Hard-label part of the KD loss: ce or focal (gamma 2) [default: ce].")
+    channels_last: bool = option(
+        True, kind=bool, decl="--channels-last/--no-channels-last",
+        help="The student's training step (and the live teacher) in channels_last memory format on the CPU "
+             "(measured faster here: docs/compress-speed.md) [default: on].")
     # quantization
-    calib_size: int = 512
-    qat_lr_scale: float = 0.1
-    freeze_bn_at: float = 0.5  # fraction of QAT epochs after which BN statistics freeze
-    freeze_observers_at: float = 0.7  # ... and activation ranges freeze
-    # quantize the image stem too (default float: faster on ORT and XNNPACK, slower on OpenVINO; RESULTS.md)
-    int8_stem: bool = False
-    # INT8 weight range: "auto" (7-bit on x86 CPUs without VNNI/AMX, whose int8 kernels saturate 8-bit
-    # weights; else 8), 7 or 8 (edgecv.quant.scheme.auto_weight_bits)
-    int8_weight_bits: str | int = "auto"
-    # the on-the-fly teacher (no --teacher)
-    teacher_epochs: int = 3
-    skip_bad: bool = False
-    allow_duplicates: bool = False  # byte-identical images in two splits or classes: go on (recorded in run.json)
-    trust_pickle: bool = False
-    out: str = DEFAULT_OUT
-    # target-aware choices (--student auto, --target-macs auto); None = not given
-    target: str | None = None  # x86 | android | jetson: the runtime latency is measured on
-    budget_ms: float | None = None  # p90 latency budget (ms), as in edgecv bench
-    budget_fps: float | None = None
-    deploy_size: int | None = None  # input size latency is measured at [224]
-    probe_epochs: int | None = None  # KD probe epochs per in-budget candidate [2]
-    probe_images: int | None = None  # training images of a probe [1000]
-    probe_val_images: int | None = None  # val images a probe is scored on [500]
-    candidates: str | list | None = None  # comma list [the six registry students]
-    min_time: float | None = None  # timed seconds per candidate and precision [1.0]
-    select_only: bool = False  # --student auto: measure, probe, record the choice; no stages
+    calib_size: int = option(512, kind=int, lo=1, help="PTQ calibration images [default: 512].")
+    int8_stem: bool = option(
+        False, kind=bool, decl="--int8-stem/--float-stem",
+        help="Quantize the 3-channel stem conv too. Default float: faster INT8 on ONNX Runtime and "
+             "ExecuTorch, slower on OpenVINO (benchmarks/RESULTS.md).")
+    # auto: edgecv.quant.scheme.auto_weight_bits
+    int8_weight_bits: str | int = option(
+        "auto", kind=(str, int), choices=owned("edgecv.quant.scheme", "WEIGHT_BITS", auto=True, text=True),
+        help="INT8 weight range: 7 = within +-63, exact on x86 CPUs without VNNI/AMX (their int8 kernels "
+             "saturate 8-bit weights); auto = 7 on such a CPU, else 8 [default: auto] (docs/int8.md).")
+    teacher_epochs: int = option(3, kind=int, lo=0,
+                                 help="Epochs of the on-the-fly teacher (no --teacher) [default: 3].")
+    skip_bad: bool = option(
+        False, kind=bool, switch=True,
+        help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
+    allow_duplicates: bool = option(  # recorded in run.json
+        False, kind=bool, switch=True,
+        help="Go on when byte-identical images sit in two splits or classes (recorded in run.json).")
+    trust_pickle: bool = option(False, kind=bool, switch=True,
+                                help="Allow a pickled teacher (only for files you trust).")
+    out: str = option(DEFAULT_OUT, path="dir", help="RUN_DIR [default: runs/compress].")
+    # Python API and --config only (no flag): settings with a good default that a run rarely changes
+    weight_decay: float = option(0.05, kind=float, lo=0, api_only="AdamW's decay: the default suits every stage")
+    round_to: int = option(8, kind=int, lo=1, api_only="pruned widths rounded to this many channels (kernel-friendly)")
+    min_channels: int = option(16, kind=int, lo=1, api_only="no pruned layer narrower than this")
+    qat_lr_scale: float = option(0.1, kind=float, lo=0, lo_open=True, api_only="QAT's lr = --lr x this")
+    freeze_bn_at: float = option(  # fraction of QAT epochs after which BN statistics freeze
+        0.5, kind=float, lo=0, hi=1, api_only="fraction of the QAT epochs after which BatchNorm freezes")
+    freeze_observers_at: float = option(  # ... and activation ranges freeze
+        0.7, kind=float, lo=0, hi=1, api_only="fraction of the QAT epochs after which activation ranges freeze")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,102 +201,28 @@ class CompressConfig:
     def auto_macs(self) -> bool:
         return self.target_macs == "auto"
 
+    @property
+    def stage_epochs(self) -> dict[str, int]:
+        """Each stage's epochs, for :func:`edgecv.contracts.rundir.epoch_base`."""
+        return {DISTILL: self.epochs_kd, PRUNE: self.epochs_prune, QUANTIZE: self.epochs_qat}
+
     def validate(self) -> None:
-        """Types and ranges of every value (the same as the flags'); UserError (exit 2) naming the first bad one."""
-        from edgecv.compress.prune import IMPORTANCES
+        """Types, ranges and choices of every value (the same as the flags': the fields' options), then the
+        values with a syntax of their own; UserError (exit 2) naming the first bad one."""
+        from edgecv.compress.softlabels import parse_teacher_cache
+        from edgecv.models.pretrained import check_start
         from edgecv.models.registry import STUDENTS, arch_info
 
-        for name, rule in RULES.items():
-            setattr(self, name, check_value(name, getattr(self, name), *rule))
-        if isinstance(self.target_macs, str) and self.target_macs != "auto":
+        if isinstance(self.target_macs, str) and self.target_macs != "auto":  # a fraction written as text
             try:
                 self.target_macs = float(self.target_macs)
             except ValueError:
                 raise UserError(f"--target-macs must be a fraction in (0, 1] or 'auto', got '{self.target_macs}'") from None
-        if not self.auto_macs:
-            check_value("target_macs", self.target_macs, float, 0, 1, True)
-        from edgecv.compress.softlabels import check_teacher_precision, parse_teacher_cache
-
+        check_fields(self)
         parse_teacher_cache(self.teacher_cache)
-        check_teacher_precision(self.teacher_precision)
-        from edgecv.data.cache import check_mode
-
-        check_mode(self.decode_cache)
-        from edgecv.data.augment import resolve_preset
-        from edgecv.training.balance import check_balance
-        from edgecv.training.losses import LOSSES
-
-        resolve_preset(self.augment, 224)  # validates the name
-        check_balance(self.balance)
-        if str(self.int8_weight_bits) not in ("auto", "7", "8"):
-            raise UserError(f"--int8-weight-bits must be auto, 7 or 8, got {self.int8_weight_bits!r}")
-        if self.loss not in LOSSES:
-            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
-        if self.importance not in IMPORTANCES:
-            raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
-        from edgecv.models.pretrained import check_start
-
         check_start(self.student_pretrained, self.student_init_weights, "student-")
         if self.student not in STUDENTS and not self.auto_student:
             arch_info(self.student)  # unknown arch -> UserError listing them
-
-
-# name: (type, min, max, min_open) -- the flags' click types; None: no bound. Optional values may be None.
-RULES: dict[str, tuple] = {
-    "teacher": (str,), "teacher_arch": (str,), "data": (str,), "student": (str,), "device": (str,),
-    "importance": (str,), "out": (str,), "target": (str,), "teacher_cache": (str,),
-    "teacher_precision": (str,),
-    "augment": (str,), "balance": (str,), "loss": (str,),
-    "decode_cache": (str,),
-    "epochs_kd": (int, 0), "epochs_prune": (int, 0), "epochs_qat": (int, 0), "teacher_epochs": (int, 0),
-    "img_size": (int, 8, 4096), "batch_size": (int, 1), "seed": (int,), "workers": (int, 0),
-    "prune_steps": (int, 1), "prune_bn_batches": (int, 0), "round_to": (int, 1), "min_channels": (int, 1), "calib_size": (int, 1),
-    "deploy_size": (int, 8, 4096), "probe_epochs": (int, 0), "probe_images": (int, 1), "probe_val_images": (int, 1),
-    "lr": (float, 0, None, True), "student_backbone_lr_scale": (float, 0, None, True), "weight_decay": (float, 0), "temperature": (float, 0, None, True),
-    "alpha": (float, 0, 1), "feature_kd": (float, 0), "qat_lr_scale": (float, 0, None, True),
-    "freeze_bn_at": (float, 0, 1), "freeze_observers_at": (float, 0, 1),
-    "budget_ms": (float, 0, None, True), "budget_fps": (float, 0, None, True), "min_time": (float, 0, None, True),
-    "int8_stem": (bool,), "channels_last": (bool,), "skip_bad": (bool,), "allow_duplicates": (bool,), "trust_pickle": (bool,), "student_pretrained": (bool,),
-    "student_init_weights": (str,), "select_only": (bool,), "allow_weak_teacher": (bool,),
-    "candidates": ((str, list),), "int8_weight_bits": ((str, int),),
-}
-OPTIONAL = {"student_backbone_lr_scale", "teacher", "teacher_arch", "img_size", "batch_size", "workers", "target", "budget_ms", "budget_fps", "deploy_size",
-            "probe_epochs", "probe_images", "probe_val_images", "candidates", "min_time", "student_init_weights"}
-
-
-def check_value(name: str, v, typ, lo=None, hi=None, lo_open: bool = False):
-    """One option's type and range, as its flag checks them; returns the value (a number written as a string,
-    e.g. YAML's ``1e-3``, converted as the flag would)."""
-    flag = "--" + name.replace("_", "-")
-    if v is None and name in OPTIONAL:
-        return v
-    if typ in (int, float) and isinstance(v, str):
-        try:
-            v = typ(v.strip())
-        except ValueError:
-            pass
-    if typ is float:
-        ok = isinstance(v, int | float) and not isinstance(v, bool) and v == v  # no NaN
-        kind = "a number"
-    elif typ is int:
-        ok = isinstance(v, int) and not isinstance(v, bool)
-        kind = "an integer"
-    elif typ is bool:
-        ok, kind = isinstance(v, bool), "true or false"
-    else:
-        ok = isinstance(v, typ)
-        kind = "a string" if typ is str else "a comma-separated string or a list"
-    if ok and lo is not None:
-        ok = v > lo if lo_open else v >= lo
-    if ok and hi is not None:
-        ok = v <= hi
-    if not ok:
-        rng = ""
-        if lo is not None or hi is not None:
-            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
-            rng = (f" in {'(' if lo_open else '['}{lo:g}, {hi:g}]" if lo is not None and hi is not None else f" {lo_s}")
-        raise UserError(f"{flag} must be {kind}{rng}, got {v!r}")
-    return v
 
 
 def load_config_file(path: str | Path) -> dict:

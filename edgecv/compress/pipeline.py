@@ -49,7 +49,8 @@ from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.balance import class_weights, labels_of
-from edgecv.training.loop import TrainConfig, evaluate_top1, resolve_batch_size
+from edgecv.training.config import TrainConfig
+from edgecv.training.loop import evaluate_top1, resolve_batch_size
 from edgecv.training.losses import ClassificationLoss
 from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
 from edgecv.utils import resolve_device, sha256_file, write_text_atomic

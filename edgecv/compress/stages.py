@@ -25,6 +25,7 @@ from edgecv.compress.prune import (
     recalibrate_bn,
     widths,
 )
+from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, epoch_base
 from edgecv.data.datasets import sample_calibration
 from edgecv.errors import UserError
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
@@ -69,13 +70,13 @@ def stage_distill(ctx: Context) -> dict:
     # fine-tunes a pretrained teacher: docs/finetune.md, docs/compress.md); from scratch one rate (groups None)
     policy, groups = apply_policy(model, c.student, "none", len(ctx.bundle.train), source and source.to_dict(),
                                   c.student_backbone_lr_scale, ctx.log)
-    state = ctx.out / "distill.state"
-    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, "distill"), state, ctx.resume, groups)
+    state = ctx.out / f"{DISTILL}.state"
+    res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, DISTILL), state, ctx.resume, groups)
     top1 = res.best_top1 if res.history else ctx.evaluate(model, "distill val")
     info = {**ctx.model_stats(model), "val_top1": top1, **res.best_metrics, "epochs": c.epochs_kd,
             "history": res.history, "backbone_lr_scale": policy.backbone_lr_scale,
             "kd": KDConfig(c.temperature, c.alpha, c.feature_kd).to_dict()}
-    ck, sha = ctx.save("distill", model, {"val_top1": top1}, {"stage": "distill", "kd": info["kd"]})
+    ck, sha = ctx.save(DISTILL, model, {"val_top1": top1}, {"stage": DISTILL, "kd": info["kd"]})
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**info, "checkpoint": ck, "sha256": sha, "val_confusion": res.best_confusion}  # popped by compress.judge
@@ -113,7 +114,7 @@ def _prune_fraction(ctx: Context, base: nn.Module, grad_fn) -> tuple[float, dict
     c = ctx.cfg
     if not c.auto_macs:
         return c.target_macs, None
-    search = ctx.run.stage("prune").get("latency_search") if ctx.resume else None
+    search = ctx.run.stage(PRUNE).get("latency_search") if ctx.resume else None
     if search is None:
         if ctx.hooks.prune_search is None:
             raise UserError("--target-macs auto needs a latency search: run it through edgecv.autotune.run.compress")
@@ -123,7 +124,7 @@ def _prune_fraction(ctx: Context, base: nn.Module, grad_fn) -> tuple[float, dict
             finally:
                 base.to("cpu")
         search = D.broadcast_object(search)
-        ctx.run.set_stage("prune", latency_search=search)
+        ctx.run.set_stage(PRUNE, latency_search=search)
     ctx.log(f"prune: --target-macs auto -> {search['fraction']:.3f} of the MACs "
             f"({'meets' if search['met'] else 'misses'} the budget on {search['measurement']['runtime']})")
     return search["fraction"], search
@@ -135,7 +136,7 @@ class _PruneRounds:
     def __init__(self, ctx: Context, base: nn.Module, steps: int):
         self.ctx, self.model, self.rounds, self.steps = ctx, base, [], steps
         self.widths = widths(base)  # every round's cut is relative to the unpruned student's widths
-        self.partial, self.state = ctx.out / "prune.partial.pt", ctx.out / "prune.state"
+        self.partial, self.state = ctx.out / f"{PRUNE}.partial.pt", ctx.out / f"{PRUNE}.state"
         self.start, self.finetuned = 0, True
         if ctx.resume and self.partial.is_file():
             ck = load_checkpoint(self.partial)
@@ -217,9 +218,9 @@ def _final_latency(ctx: Context, model: nn.Module, search: dict | None) -> dict:
 def stage_prune(ctx: Context) -> dict:
     c = ctx.cfg
     train, val = ctx.datasets()
-    base = ctx.load_stage_model("distill")
+    base = ctx.load_stage_model(DISTILL)
     base_stats = ctx.model_stats(base)
-    baseline_top1 = ctx.run.data["stages"]["distill"].get("val_top1")
+    baseline_top1 = ctx.run.data["stages"][DISTILL].get("val_top1")
     grad_fn = _taylor_grads(ctx, train)
     fraction, search = _prune_fraction(ctx, base, grad_fn)
     target = int(fraction * base_stats["macs"])
@@ -232,7 +233,7 @@ def stage_prune(ctx: Context) -> dict:
     for r in range(pr.start, steps):
         if pr.finetuned:
             t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn, train)
-        pr.finetune(r, sched[r], train, val, epoch_base=c.epochs_kd + sum(sched[:r]))
+        pr.finetune(r, sched[r], train, val, epoch_base=epoch_base(PRUNE, c.stage_epochs) + sum(sched[:r]))
     model, rounds = pr.model, pr.rounds
     problems = check_se_consistency(model)
     if problems:
@@ -242,8 +243,8 @@ def stage_prune(ctx: Context) -> dict:
         raise UserError(f"prune: reached {stats['macs']:,} MACs, above the target {target:,}")
     top1 = rounds[-1]["top1_after_finetune"]
     auto_info = _final_latency(ctx, model, search)
-    ck, sha = ctx.save("prune", model, {"val_top1": top1},
-                       {"stage": "prune", "channel_spec": channel_spec_of(model), "rounds": rounds})
+    ck, sha = ctx.save(PRUNE, model, {"val_top1": top1},
+                       {"stage": PRUNE, "channel_spec": channel_spec_of(model), "rounds": rounds})
     if D.is_main():
         pr.partial.unlink(missing_ok=True)
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
@@ -261,8 +262,8 @@ def _calibrate_ptq(ctx: Context, model: nn.Module, fp32_top1) -> float | None:
     (Not :func:`edgecv.quant.ptq`: that calibrates on the CPU, and the seeded CUDA runs must stay identical.)
     On resume the fit state restores weights, observers and freeze flags; the PTQ figure comes from run.json."""
     c = ctx.cfg
-    if ctx.resume and (ctx.out / "quantize.state").is_file():
-        return ctx.run.stage("quantize").get("ptq_top1")
+    if ctx.resume and (ctx.out / f"{QUANTIZE}.state").is_file():
+        return ctx.run.stage(QUANTIZE).get("ptq_top1")
     calib = sample_calibration(ctx.bundle.train, c.calib_size, c.seed).with_transform(
         ctx.bundle.preprocess.eval_transform())
     loader = torch.utils.data.DataLoader(calib, batch_size=c.batch_size, shuffle=False)
@@ -272,15 +273,15 @@ def _calibrate_ptq(ctx: Context, model: nn.Module, fp32_top1) -> float | None:
     ptq_top1 = ctx.evaluate(model, "ptq val")
     fp = f"{fp32_top1:.2f}%" if fp32_top1 is not None else "-"
     ctx.log(f"quantize: PTQ (calibrated on {n_cal} images) val top-1 {ptq_top1:.2f}% (FP32 pruned {fp})")
-    ctx.run.set_stage("quantize", ptq_top1=ptq_top1, calib_images=n_cal)
+    ctx.run.set_stage(QUANTIZE, ptq_top1=ptq_top1, calib_images=n_cal)
     return ptq_top1
 
 
 def stage_quantize(ctx: Context) -> dict:
     c = ctx.cfg
     train, val = ctx.datasets()
-    model = ctx.load_stage_model("prune")
-    fp32_top1 = ctx.run.data["stages"]["prune"].get("val_top1")
+    model = ctx.load_stage_model(PRUNE)
+    fp32_top1 = ctx.run.data["stages"][PRUNE].get("val_top1")
     stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
     spec = channel_spec_of(model)
     bits, why = _weight_bits(c.int8_weight_bits)
@@ -297,8 +298,8 @@ def stage_quantize(ctx: Context) -> dict:
         if epoch >= obs_epoch:
             set_observers(m, False)
 
-    state = ctx.out / "quantize.state"
-    cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=c.epochs_kd + c.epochs_prune)
+    state = ctx.out / f"{QUANTIZE}.state"
+    cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=epoch_base(QUANTIZE, c.stage_epochs))
     res = _kd_fit(ctx, model, train, val, cfg, state, ctx.resume, on_epoch_start=on_epoch_start)
     if E > 0:
         # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed
@@ -306,8 +307,8 @@ def stage_quantize(ctx: Context) -> dict:
         set_observers(model, False)
     qat_top1 = res.best_top1 if res.history else ptq_top1
     qmeta = model.edgecv_quant  # the config with the resolved output fake-quant placement
-    meta = {"stage": "quantize", "channel_spec": spec, "quant": qmeta}
-    ck, sha = ctx.save("quantize", model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
+    meta = {"stage": QUANTIZE, "channel_spec": spec, "quant": qmeta}
+    ck, sha = ctx.save(QUANTIZE, model, {"val_top1": qat_top1, "ptq_top1": ptq_top1}, meta)
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
@@ -324,4 +325,4 @@ def _weight_bits(setting) -> tuple[int, str]:
     return int(setting), f"{int(setting)}-bit weights (--int8-weight-bits {setting})"
 
 
-STAGE_FN = {"distill": stage_distill, "prune": stage_prune, "quantize": stage_quantize}
+STAGE_FN = {DISTILL: stage_distill, PRUNE: stage_prune, QUANTIZE: stage_quantize}

@@ -2,7 +2,8 @@
 
 Schema ``edgecv.run/1``: ``{"schema", "config", "stages": {name: {"status", "checkpoint", ...}}, "completed"}``;
 the stages run in ``STAGES`` order, each from the checkpoint of ``STAGE_INPUT[name]``. Every mutation is written
-atomically, by rank 0 only under torchrun.
+atomically, by rank 0 only under torchrun. The stage names and their epoch bookkeeping live here: everything else
+reads ``DISTILL``/``PRUNE``/``QUANTIZE``, ``STAGES``, :func:`epoch_base` and :func:`float_inputs`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,25 @@ from edgecv.errors import UserError
 from edgecv.utils import write_json_atomic
 
 SCHEMA = "edgecv.run/1"
-STAGES = ("distill", "prune", "quantize")
-STAGE_INPUT = {"distill": None, "prune": "distill", "quantize": "prune"}
+DISTILL, PRUNE, QUANTIZE = "distill", "prune", "quantize"
+STAGES = (DISTILL, PRUNE, QUANTIZE)
+STAGE_INPUT = {DISTILL: None, PRUNE: DISTILL, QUANTIZE: PRUNE}
+QUANTIZED = (QUANTIZE,)  # the stages whose checkpoint is a QAT model (export also wants a float one)
+
+
+def epoch_base(stage: str, epochs: dict[str, int]) -> int:
+    """The first epoch of ``stage`` in the whole run: the epochs of every stage before it (``epochs``: each
+    stage's count), so each stage draws new shuffles, augmentations and stored views (TrainConfig.epoch_base)."""
+    return sum(epochs[s] for s in STAGES[:STAGES.index(stage)])
+
+
+def float_inputs(stage: str) -> list[str]:
+    """The float stages a quantized ``stage`` was built from, nearest first (none for a float stage)."""
+    out, s = [], STAGE_INPUT[stage] if stage in QUANTIZED else None
+    while s is not None:
+        out.append(s)
+        s = STAGE_INPUT[s]
+    return out
 
 
 class Run:

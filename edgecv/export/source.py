@@ -96,7 +96,7 @@ def resolve_source(source: str | Path, stage: str | None = None, trust_pickle: b
     rj = p / "run.json"
     if not rj.is_file():
         raise UserError(f"{p}: not a compress run directory (no run.json)")
-    from edgecv.contracts.rundir import STAGES, Run
+    from edgecv.contracts.rundir import QUANTIZED, STAGES, Run, float_inputs
 
     run = Run.load(p).data  # the one reader of run.json: bad JSON or another schema -> UserError
     stages = run.get("stages") or {}
@@ -124,8 +124,8 @@ def resolve_source(source: str | Path, stage: str | None = None, trust_pickle: b
 
     ck, ck_path, digest = stage_ck(chosen)
     src = ExportSource(p, "run", ck, ck_path, digest, stage=chosen, run=run)
-    if chosen == "quantize":
-        for fs in ("prune", "distill"):
+    if chosen in QUANTIZED:
+        for fs in float_inputs(chosen):
             if fs in done:
                 src.float_checkpoint, _, _ = stage_ck(fs)
                 src.float_stage = fs

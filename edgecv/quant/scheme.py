@@ -44,9 +44,12 @@ WQMIN, WQMAX = -127, 127
 EXACT_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+WEIGHT_BITS = (7, 8)  # the weight ranges the scheme supports (--int8-weight-bits)
+
+
 def weight_qmax(bits: int) -> int:
     """Largest |int| of a ``bits``-bit symmetric weight: 127 for 8, 63 for 7."""
-    if bits not in (7, 8):
+    if bits not in WEIGHT_BITS:
         raise ValueError(f"weight bits must be 7 or 8, got {bits}")
     return 2 ** (bits - 1) - 1
 

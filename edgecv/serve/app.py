@@ -12,7 +12,6 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -23,9 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecv import __version__
 from edgecv.data.decode import ImageError
-from edgecv.serve import limits
 from edgecv.serve.batcher import Batcher, BatchRun, QueueFull
 from edgecv.serve.body import BodyError, Disconnected, has_body, read_body
+from edgecv.serve.config import ServeConfig
 from edgecv.serve.limits import DecodeBudget, DecodeBusy, DecodeTooLarge
 from edgecv.serve.metrics import Metrics, endpoint_label
 from edgecv.serve.predictor import Predictor
@@ -42,29 +41,6 @@ OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/", "/docs", "/docs/oauth2
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format and --quiet apply
 
 
-@dataclass
-class ServeConfig:
-    max_batch: int = 8
-    max_delay_ms: float = 2.0
-    max_queue: int = 64
-    # refuse (503) while max_batch or more requests are in progress and the oldest has been in the server longer
-    # than this: under overload the answered requests then take about this long instead of max_queue / throughput;
-    # None: the count bound only
-    max_wait_ms: float | None = None
-    max_body_bytes: int = 32 * 1024 * 1024  # on the wire and after Content-Encoding is decoded
-    max_pixels: int | None = None  # None: edgecv.data.decode.DEFAULT_MAX_PIXELS
-    # availability limits (defaults and flags: edgecv.serve.limits); the connection ones act in uvicorn's protocol
-    # (edgecv.serve.conn), the others in the app
-    body_timeout_s: float = limits.BODY_TIMEOUT_S
-    max_decode_bytes: int = int(limits.MAX_DECODE_MB * 1024 * 1024)
-    keep_alive_s: float = limits.KEEP_ALIVE_S
-    header_timeout_s: float = limits.HEADER_TIMEOUT_S
-    max_connections: int = limits.MAX_CONNECTIONS
-    api_key: str | None = None
-    model_name: str = "edgecv"
-    topk: int = 5
-
-
 class RuntimeFailure(Exception):
     """The runner raised: 500 for the requests of that batch."""
 
@@ -77,6 +53,7 @@ class Service:
     """What the routes share: predictor, config, batcher, metrics, readiness and the admission count."""
 
     def __init__(self, predictor: Predictor, cfg: ServeConfig):
+        cfg.validate()  # the flags' checks, for the Python API too
         self.predictor, self.cfg = predictor, cfg
         self.metrics = Metrics()
         self.stats = ModelStats()  # Triton's statistics extension

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,42 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 from edgecv import distributed as D
 from edgecv.errors import TrainingError, UserError
 from edgecv.training.balance import BalancedSampler, check_balance, class_weights, labels_of
+from edgecv.training.config import TrainConfig
 from edgecv.training.losses import ClassificationLoss, mix_batch
 from edgecv.training.metrics import evaluate_classifier
 from edgecv.utils import atomic_path, progress, resolve_device, seed_everything
 
 # (logits, targets, images[, extra]): ``extra`` (a dict of tensors) only when the dataset yields a third field
 LossFn = Callable[..., torch.Tensor]
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int | None = 64  # per process; None = auto_batch_size of the training set
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0
-    workers: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
-    channels_last_cpu: bool = False  # channels_last on the CPU too (compress: measured faster there)
-    tensorboard: str | None = None
-    desc: str = "train"
-    # the augmentation preset of the data (edgecv.data.augment; "strong" adds MixUp/CutMix per batch here);
-    # "auto" = decided by the caller from the input size (train_classifier resolves it before fit)
-    augment: str = "auto"
-    balance: str = "none"  # none | sampler | weights (edgecv.training.balance)
-    loss: str = "ce"  # ce | focal (edgecv.training.losses; gamma 2)
-    # this fit's start in a longer schedule (compress's stages): epoch e draws epoch_base + e's shuffle/views
-    epoch_base: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -336,6 +307,16 @@ def _tensorboard(cfg: TrainConfig):
     return SummaryWriter(cfg.tensorboard) if D.is_main() else None
 
 
+def _report(tr: _Trainer, cfg: TrainConfig, rec: dict, epoch: int, writer) -> None:
+    """Rank 0: an epoch's log line and its TensorBoard scalars."""
+    tr.log(f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
+           f"val top-1 {rec['val_top1']:.2f}% (best {tr.best:.2f}%) balanced {rec['val_balanced_acc']:.2f}% "
+           f"macro-F1 {rec['val_macro_f1']:.2f}% {rec['epoch_s']:.1f}s")
+    if writer is not None:
+        for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_balanced_acc", "val_macro_f1", "lr"):
+            writer.add_scalar(f"{cfg.desc}/{k}", rec[k], epoch + 1)
+
+
 def fit(
     model: nn.Module,
     train_ds: Dataset,
@@ -383,13 +364,7 @@ def fit(
             tr.best, tr.best_epoch, tr.best_confusion = top1, epoch, cm
             tr.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if D.is_main():
-            tr.log(f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-                   f"val top-1 {top1:.2f}% (best {tr.best:.2f}%) balanced {rec['val_balanced_acc']:.2f}% "
-                   f"macro-F1 {rec['val_macro_f1']:.2f}% {rec['epoch_s']:.1f}s")
-            if writer is not None:
-                for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_balanced_acc", "val_macro_f1",
-                          "lr"):
-                    writer.add_scalar(f"{cfg.desc}/{k}", rec[k], epoch + 1)
+            _report(tr, cfg, rec, epoch, writer)
             if improved and on_best is not None:
                 on_best(model, {"val_top1": top1, "epoch": epoch + 1})
             if state_path:

@@ -22,8 +22,9 @@ from edgecv.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoin
 from edgecv.models.pretrained import starting_model, weights_preprocess
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
+from edgecv.training.config import TrainConfig
 from edgecv.training.finetune import apply_policy, parse_freeze
-from edgecv.training.loop import FitResult, TrainConfig, fit, resolve_batch_size
+from edgecv.training.loop import FitResult, fit, resolve_batch_size
 from edgecv.training.metrics import learned_record
 from edgecv.utils import cache_dir, resolve_device, seed_everything, sha256_file
 
@@ -90,7 +91,8 @@ def train_classifier(
 ) -> TrainOutcome:
     """Train ``arch`` on ``data`` into the checkpoint ``out``; ``start``: pretrained / init weights and the fine-tuning
     policy (default: from scratch, everything trains); ``decode_cache``: auto | off (:mod:`edgecv.data.cache`)."""
-    arch_info(arch)  # validate early: a bad arch or device is one line before anything is logged
+    arch_info(arch)  # validate early: a bad arch, value or device is one line before anything is logged
+    cfg.validate()
     resolve_device(cfg.device)
     start = start or StartWeights()
     parse_freeze(start.freeze)
@@ -102,8 +104,7 @@ def train_classifier(
     bundle.scan.log(log)
     if cfg.epochs < 1:  # after the data checks: those still report on a bad data tree
         raise UserError(f"--epochs {cfg.epochs}: no epoch to train, nothing written (give --epochs >= 1)")
-    # same seed on every rank -> same initial weights (DDP also broadcasts rank 0's at construction) and a
-    # single-process run is reproducible
+    # the same seed on every rank: the same initial weights (DDP broadcasts rank 0's too); reproducible
     seed_everything(cfg.seed)
     model, source = starting_model(arch, bundle.num_classes, start.pretrained, start.init_weights,
                                    bundle.class_names, start.trust_pickle, log)
