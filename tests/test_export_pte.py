@@ -38,7 +38,9 @@ class _Net(nn.Module):
         return self.fc(self.pool(self.head(x)).flatten(1))
 
 
-def _qat_model():
+def _qat_model(relu6_range: bool = False):
+    """``relu6_range``: pw also gets a trained output range before its ReLU6, as QAT placed it before December 2026
+    (such checkpoints record it in ``meta.quant.output_fq``); today pw takes dw's input scale."""
     from edgecv.quant import QuantConfig, calibrate, prepare_qat
 
     torch.manual_seed(0)
@@ -48,7 +50,8 @@ def _qat_model():
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
             mod.weight.data.uniform_(0.5, 1.5)
-    prepare_qat(m, QuantConfig(trace_size=S))
+    # today's placement for this net is pwl (read by the add) and head (read by hardswish)
+    prepare_qat(m, QuantConfig(trace_size=S, output_fq=["pw.0", "pwl.0", "head.0"] if relu6_range else None))
     calibrate(m, [(torch.randn(16, 3, S, S) * 4, None)])  # large enough for ReLU6 to clamp
     return m.eval()
 
@@ -56,7 +59,10 @@ def _qat_model():
 def test_qdq_graph_writes_the_qat_quantization():
     from edgecv.quant import deploy
 
-    qat = _qat_model()
+    # today's placement: pw takes dw's input scale, so its ReLU6 needs no guard
+    cur = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(_qat_model())), S)
+    assert cur.edgecv_qdq["requantizing_act_guards"] == 0 and cur.edgecv_qdq["int8_gemms"] == 4
+    qat = _qat_model(relu6_range=True)
     gm = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(qat)), S)
     qd = torch.ops.quantized_decomposed
     ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
