@@ -152,8 +152,9 @@ def _float64_logits(gm: torch.fx.GraphModule, x: np.ndarray, bs: int = 50) -> np
 
 
 def _with_cut_outputs(gm: torch.fx.GraphModule) -> tuple[list, int]:
-    """Every dequantize_per_tensor gets a twin read only by the graph's output (an XNNPACK convert of its own, so
-    the int8 kernels and their fusions are unchanged). Returns (the original dequantize nodes, #model outputs)."""
+    """Every dequantize_per_tensor gets a twin read only by the graph's output (an XNNPACK convert of its own: the
+    int8 kernels stay, but nothing fuses across that tensor any more, which :func:`cut_report` checks on the
+    logits). Returns (the original dequantize nodes, how many outputs the model has)."""
     qd, g = _qd(), gm.graph
     dqs = [n for n in g.nodes if n.op == "call_function" and n.target == qd.dequantize_per_tensor.default]
     out = next(n for n in g.nodes if n.op == "output")
@@ -170,6 +171,10 @@ def _with_cut_outputs(gm: torch.fx.GraphModule) -> tuple[list, int]:
 
 class Capture(torch.fx.Interpreter):
     """Runs the graph in torch and keeps every node's value."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.values: dict = {}
 
     def run_node(self, n):
         v = super().run_node(n)
@@ -223,14 +228,14 @@ def _exact(n, values: dict, stop: set, memo: dict):
     return memo[n]
 
 
-def _cut_images(gm, dqs: list, n_out: int, runner, x: np.ndarray, stats: dict) -> None:
+def _cut_images(gm, dqs: list, n_out: int, runner, x: np.ndarray, stats: dict) -> np.ndarray:
     """One image: pte vs torch at every cut, in LSBs; per quantizer the flips new there (inputs equal), their
-    distance to a rounding boundary in the QAT model's value and which run the float64 value agrees with."""
+    distance to a rounding boundary in the QAT model's value and which run the float64 value agrees with.
+    Returns the cut .pte's logits."""
     with torch.no_grad():
         xi = torch.from_numpy(x)
         pte = [t.numpy() for t in runner.method.execute([xi])]
         cap = Capture(gm)
-        cap.values = {}
         ref = [t.numpy() for t in cap.run(xi)]
     lsb = {n: (np.round(pte[n_out + k] / float(n.args[1])), np.round(ref[n_out + k] / float(n.args[1])))
            for k, n in enumerate(dqs)}
@@ -254,6 +259,7 @@ def _cut_images(gm, dqs: list, n_out: int, runner, x: np.ndarray, stats: dict) -
             exact = np.clip(np.round(_exact(q.args[0], cap.values, stop, {}).numpy() / s), q.args[3], q.args[4])[new]
             st["pte_exact"] += int((lsb[n][0][new] == exact).sum())
             st["qat_exact"] += int((lsb[n][1][new] == exact).sum())
+    return pte[0]
 
 
 def cut_report(qat: torch.nn.Module, img_size: int, x: np.ndarray, bundle_pte: Path | None) -> dict:
@@ -269,10 +275,7 @@ def cut_report(qat: torch.nn.Module, img_size: int, x: np.ndarray, bundle_pte: P
     with tempfile.TemporaryDirectory() as td:
         info = lower_int8(gm, Path(td) / "cuts.pte", img_size)
         runner = PteRunner(Path(td) / "cuts.pte")
-        logits = np.concatenate([runner.method.execute([torch.from_numpy(x[i : i + 1])])[0].numpy()
-                                 for i in range(len(x))])
-        for i in range(len(x)):
-            _cut_images(gm, dqs, n_out, runner, x[i : i + 1], stats)
+        logits = np.concatenate([_cut_images(gm, dqs, n_out, runner, x[i : i + 1], stats) for i in range(len(x))])
     same = None if bundle_pte is None else float(np.abs(logits - PteRunner(bundle_pte).predict(x)).max())
     rows = [{"quantizer": k, "node": n.name, "after": n.args[0].args[0].target.__name__,
              "scale": float(n.args[1]), "flips_pct": round(100 * st["flips"] / st["elements"], 4),

@@ -60,10 +60,10 @@ def test_qdq_graph_writes_the_qat_quantization():
     from edgecv.quant import deploy
 
     # today's placement: pw takes dw's input scale, so its ReLU6 needs no guard
-    cur = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(_qat_model())), S)
+    cur = pte.int8_qdq_graph(deploy(_qat_model()), S)
     assert cur.edgecv_qdq["requantizing_act_guards"] == 0 and cur.edgecv_qdq["int8_gemms"] == 4
     qat = _qat_model(relu6_range=True)
-    gm = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(qat)), S)
+    gm = pte.int8_qdq_graph(deploy(qat), S)
     qd = torch.ops.quantized_decomposed
     ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
     assert pte_qdq.FQ_TENSOR not in ops and pte_qdq.FQ_CHANNEL not in ops
