@@ -60,10 +60,10 @@ def test_qdq_graph_writes_the_qat_quantization():
     from edgecv.quant import deploy
 
     # today's placement: pw takes dw's input scale, so its ReLU6 needs no guard
-    cur = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(_qat_model())), S)
+    cur = pte.int8_qdq_graph(deploy(_qat_model()), S)
     assert cur.edgecv_qdq["requantizing_act_guards"] == 0 and cur.edgecv_qdq["int8_gemms"] == 4
     qat = _qat_model(relu6_range=True)
-    gm = pte_qdq.qat_qdq_graph(pte._weights_as_parameters(deploy(qat)), S)
+    gm = pte.int8_qdq_graph(deploy(qat), S)
     qd = torch.ops.quantized_decomposed
     ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
     assert pte_qdq.FQ_TENSOR not in ops and pte_qdq.FQ_CHANNEL not in ops
@@ -124,3 +124,47 @@ def test_android_pte_int8_from_a_qat_checkpoint_validates_against_the_qat_model(
     assert k["int8_kernels"] and k["xnnpack_partitions"] == 1 and k["quantized_ops_outside_delegate"] == {}, k
     assert k["int8_gemms"] > 0 and a.extra["qdq_nodes"]["activation_qdq"] > 0
     assert not any("conv" in op or "linear" in op for op in a.extra["ops_outside_delegate"]), a.extra
+
+
+def _fidelity_probe():
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import int8_fidelity
+
+    return int8_fidelity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guarded", [True, False])
+def test_cut_probe_tells_rounding_ties_from_a_fused_rounding(tmp_path, monkeypatch, guarded):
+    """``benchmarks/int8_fidelity.py --cuts``: guarded, pte-int8 cut at every dequantize computes the .pte's own
+    numbers and each int8 value equals the QAT model's or differs at a rounding tie. Without the ReLU6 guard (a
+    checkpoint whose pw has a trained range before its ReLU6), XNNPACK folds the clamp into pw and skips a rounding;
+    observing pw's output prevents that fold, so the probe reports that the cut .pte no longer computes the .pte's
+    numbers: a fusion across a cut, not a per-layer difference."""
+    from edgecv.quant import deploy
+
+    fid = _fidelity_probe()
+    if not guarded:
+        monkeypatch.setattr(pte_qdq, "_guard_requantizing_acts", lambda gm: 0)
+    qat = _qat_model(relu6_range=True)
+    path = tmp_path / "m.pte"
+    pte.export_int8(deploy(qat), path, S)
+    x = np.random.default_rng(0).standard_normal((4, 3, S, S)).astype(np.float32) * 4
+    rep = fid.cut_report(qat, S, x, path)
+    assert rep["xnnpack"]["xnnpack_partitions"] == 1
+    # stem, pw, dw's input, dw, pwl, the add, head, the pooled features
+    assert [r["after"].split(".")[0] for r in rep["quantizers"]] == [
+        "hardtanh", "conv2d", "hardtanh", "relu", "conv2d", "add", "conv2d", "flatten"], rep["quantizers"]
+    if guarded:
+        assert rep["cut_pte_vs_bundle_pte_max_abs_dlogit"] == 0.0, rep
+        assert rep["max_lsb_from_boundary"] is None or rep["max_lsb_from_boundary"] < 1e-3, rep
+    else:
+        assert rep["cut_pte_vs_bundle_pte_max_abs_dlogit"] > 1e-4, rep
+    with torch.no_grad():
+        ref = qat(torch.from_numpy(x)).numpy()
+    f64 = fid._float64_logits(fid._batchable(pte.int8_qdq_graph(deploy(qat), S)), x)
+    assert np.abs(f64 - ref).max() < 1e-3  # the q/dq graph in float64: the QAT model without its fp32 rounding

@@ -85,11 +85,15 @@ def lower_int8(qdq: nn.Module, path: Path, img_size: int, float_modules: list[st
     return info
 
 
+def int8_qdq_graph(qat_deploy: nn.Module, img_size: int) -> torch.fx.GraphModule:
+    """The q/dq graph ``pte-int8`` lowers (:func:`edgecv.export.pte_qdq.qat_qdq_graph` of ``qat_deploy``)."""
+    from edgecv.export.pte_qdq import qat_qdq_graph
+
+    return qat_qdq_graph(_weights_as_parameters(qat_deploy), img_size)
+
+
 def export_int8(qat_deploy: nn.Module, path: Path, img_size: int) -> dict:
     """The INT8 .pte of a QAT model's deployment form (:func:`edgecv.quant.deploy`): its fake-quants written as
     quantize/dequantize nodes (:func:`edgecv.export.pte_qdq.qat_qdq_graph`), lowered to XNNPACK. It computes
     what the QAT model computes, so it is validated against the QAT model like every INT8 artifact."""
-    from edgecv.export.pte_qdq import qat_qdq_graph
-
-    gm = qat_qdq_graph(_weights_as_parameters(qat_deploy), img_size)
-    return lower_int8(gm, path, img_size, float_module_names(qat_deploy))
+    return lower_int8(int8_qdq_graph(qat_deploy, img_size), path, img_size, float_module_names(qat_deploy))
