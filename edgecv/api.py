@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from edgecv.bench.bench import BenchConfig
     from edgecv.bench.gate.config import GateConfig
     from edgecv.compress.config import CompressConfig
-    from edgecv.export.bundle import ExportOptions, ExportResult
+    from edgecv.export.bundle import ExportResult
+    from edgecv.export.config import ExportOptions
     from edgecv.serve.config import ServeConfig
     from edgecv.serve.predictor import Predictor
     from edgecv.training.config import TrainConfig
@@ -112,7 +113,7 @@ def export(source: str | Path, out: str | Path, options: ExportOptions | None = 
            **keywords) -> ExportResult:
     """``edgecv export``: a compress run directory or a checkpoint to a validated bundle folder ``out``.
 
-    ``options`` (an :class:`~edgecv.export.bundle.ExportOptions`) or keywords naming its fields (``target``,
+    ``options`` (an :class:`~edgecv.export.config.ExportOptions`) or keywords naming its fields (``target``,
     ``precisions`` as a tuple or "int8,fp32", ``img_size``, ``data``, ``num_val``...). Returns an
     :class:`~edgecv.export.bundle.ExportResult`; an artifact that failed validation is named in ``.failed``
     (the command exits 1 on it), not raised.
@@ -120,10 +121,9 @@ def export(source: str | Path, out: str | Path, options: ExportOptions | None = 
     >>> res = edgecv.export("runs/r1", "bundle", target="x86", precisions="int8,fp32")
     >>> [(e.name, e.status) for e in res.manifest.artifacts]
     """
-    from edgecv.export.bundle import ExportOptions, export_bundle, parse_precisions
+    from edgecv.export.bundle import export_bundle
+    from edgecv.export.config import ExportOptions
 
-    if isinstance(keywords.get("precisions"), str):
-        keywords["precisions"] = parse_precisions(keywords["precisions"])
     return export_bundle(source, out, _config(ExportOptions, options, keywords), log=log)
 
 

@@ -71,6 +71,9 @@ TARGETS: dict[str, TargetProfile] = {
     ),
 }
 TARGET_NAMES = (*TARGETS, "all")
+# the host's own kind of machine: what export writes unless told otherwise, listed first where targets are chosen
+DEFAULT_TARGET = "x86"
+PROFILES = tuple(sorted(TARGETS, key=lambda t: t != DEFAULT_TARGET))  # the profiles, the default first
 
 
 def get_target(name: str) -> TargetProfile:
