@@ -79,7 +79,9 @@ def _kind_ok(v, kind) -> tuple[bool, str]:
         return isinstance(v, int) and not isinstance(v, bool), "an integer"
     if kind is bool:
         return isinstance(v, bool), "true or false"
-    return isinstance(v, kind), "a string" if kind is str else "a comma-separated string or a list"
+    if isinstance(kind, tuple):
+        return isinstance(v, kind), "a comma-separated string or a list" if str in kind else "a list"
+    return isinstance(v, kind), "a string"
 
 
 def _range_text(o: Option) -> str:

@@ -17,11 +17,12 @@ import datetime as _dt
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from edgecv import __version__
 from edgecv.bench.accuracy import accuracy_set
 from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
+from edgecv.bench.config import BenchConfig
 from edgecv.contracts.bench import FAILED_VALIDATION, SCHEMA, BenchReport, BenchRow
 from edgecv.errors import UserError
 from edgecv.runtimes.base import host_description, load_runner
@@ -29,40 +30,7 @@ from edgecv.runtimes.latency import LatencyStats
 from edgecv.runtimes.measure import Candidate, Measured, Plan, measure
 from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
-from edgecv.targets.policy import ACCURACY_TOLERANCE, deploy_report
-
-
-@dataclass
-class BenchConfig:
-    target: str | None = None
-    data: str | None = None
-    threads: list[int] | None = None
-    batches: list[int] = field(default_factory=lambda: [1])
-    min_time_s: float = 2.0
-    min_runs: int = 50
-    warmup: int = 10
-    rounds: int = 5
-    budget_ms: float | None = None
-    budget_fps: float | None = None
-    artifacts: list[str] | None = None
-    accuracy: bool = True
-    max_images: int | None = None
-    accuracy_tolerance: float = ACCURACY_TOLERANCE  # top-1 points an artifact may be shown to lose vs the best
-    device: str = "cpu"
-    adb: str | None = None
-    adb_runner: str | None = None
-    seed: int = 0
-    include_failed: bool = False  # also run artifacts whose export validation failed (labelled, never recommended)
-    allow_duplicates: bool = False  # score --data even with byte-identical images in two splits or classes
-    skip_bad: bool = False  # unreadable images / unlistable folders of --data: listed, not fatal
-
-    def settings(self) -> dict:
-        return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
-                "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
-                "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
-                "accuracy_tolerance": self.accuracy_tolerance,
-                "device": self.device, "adb": self.adb, "allow_duplicates": self.allow_duplicates,
-                "skip_bad": self.skip_bad}
+from edgecv.targets.policy import deploy_report
 
 
 def _skip_row(res: Resolved, status: str, reason: str | None) -> BenchRow:
@@ -272,8 +240,9 @@ def _measure_rows(cfg: BenchConfig, src: Source, profile: TargetProfile | None, 
 
 def bench_report(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> BenchReport:
     """Benchmark every artifact of ``bundle`` (a bundle folder or one artifact file): the typed bench result
-    (``edgecv.bench/2``). Bad input (a modified artifact, both budgets, unreadable data) is a UserError before
-    measuring."""
+    (``edgecv.bench/2``). Bad input (a setting out of its range, a modified artifact, both budgets, unreadable
+    data) is a UserError before measuring."""
+    cfg.validate()
     if cfg.budget_ms is not None and cfg.budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")
     src = resolve_source(bundle, cfg.artifacts, include_failed=cfg.include_failed)

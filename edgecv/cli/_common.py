@@ -158,6 +158,11 @@ def duration(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def duration_text(seconds: float) -> str:
+    """A duration in seconds as its flag spells it, e.g. a default for --help: 2.0 -> "2s", 0.08 -> "80ms"."""
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
 def opt_duration(ctx, param, value):
     return None if value is None else duration(ctx, param, value)
 

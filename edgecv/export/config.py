@@ -24,7 +24,7 @@ def parse_precisions(s: str | list | tuple | None) -> tuple[str, ...] | None:
     out = tuple(p.strip().lower() for p in (s.split(",") if isinstance(s, str) else map(str, s)) if p.strip())
     bad = [p for p in out if p not in PRECISIONS]
     if bad or not out:
-        raise UserError(f"--precision: unknown precision(s) {', '.join(bad) or s!r} (choose from fp32, fp16, int8)")
+        raise UserError(f"--precision: unknown precision(s) {', '.join(bad) or s!r} (choose from {', '.join(PRECISIONS)})")
     return out
 
 
