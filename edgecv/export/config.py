@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from edgecv.contracts.rundir import STAGES
 from edgecv.errors import UserError
 from edgecv.options import check_fields, option, owned
-from edgecv.targets import DEFAULT_TARGET, TARGET_NAMES, get_target
+from edgecv.targets import DEFAULT_TARGET, TARGET_NAMES
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -61,8 +61,6 @@ class ExportOptions:
     def check(self) -> None:
         """Kinds, ranges and choices of every value (the flags' own), ``precisions`` given as text parsed;
         UserError (exit 2) naming the first bad one. (``validate`` is a field here, hence the name.)"""
-        if isinstance(self.target, str):
-            get_target(self.target)  # an unknown target: the message export has always given, choices listed
         check_fields(self)
         if self.precisions is not None:
             self.precisions = parse_precisions(self.precisions)

@@ -50,14 +50,11 @@ class GateConfig:
     n_boot: int = option(4000, kind=int, lo=1, api_only="bootstrap resamples; fixed so the decision is reproducible")
     seed: int = option(0, kind=int, api_only="the bootstrap's and the inputs' seed; fixed for reproducibility")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.max_rounds, int) and isinstance(self.rounds, int):
-            self.max_rounds = max(self.max_rounds, self.rounds)  # --rounds above --max-rounds: run --rounds
-
     def validate(self) -> None:
         """Kinds, ranges and choices of every value (the flags' own); UserError (exit 2) naming the first bad
-        one."""
+        one. Then --rounds above --max-rounds raises the cap to --rounds."""
         check_fields(self)
+        self.max_rounds = max(self.max_rounds, self.rounds)
 
     def to_dict(self) -> dict:
         return asdict(self)
