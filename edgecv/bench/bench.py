@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from edgecv import __version__
 from edgecv.bench.accuracy import accuracy_set
-from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
+from edgecv.bench.artifacts import Resolved, Source, declared_shape, resolve_source
 from edgecv.bench.config import BenchConfig
 from edgecv.contracts.bench import FAILED_VALIDATION, SCHEMA, BenchReport, BenchRow
 from edgecv.errors import UserError
@@ -142,6 +142,13 @@ def _bench_on_device(cfg: BenchConfig, live: list[Resolved], threads: list[int],
     return out
 
 
+def _manifest_shape(r: Resolved):
+    """The artifact's input at a batch size as its manifest records it; None for a single file: the measuring
+    loop reads the shape from the runner it has open."""
+    shape = declared_shape(r)
+    return None if not shape else (lambda b: (int(b), *(int(d) for d in shape[1:])))
+
+
 def _bench_host(cfg: BenchConfig, live: list[Resolved], threads: list[int], batches: list[int], ev,
                 on_target: OnTarget, log: Log) -> tuple[dict[str, Measured], dict[str, dict]]:
     """Every artifact through the one measuring loop (:func:`edgecv.runtimes.measure.measure`); accuracy once per
@@ -157,7 +164,7 @@ def _bench_host(cfg: BenchConfig, live: list[Resolved], threads: list[int], batc
             except Exception as ex:  # noqa: BLE001
                 m.notes.append(f"accuracy failed: {type(ex).__name__}: {ex}")
 
-    cands = [Candidate(r.name, r.entry.runtime, r.path, lambda b, r=r: input_shape(r, b)) for r in live]
+    cands = [Candidate(r.name, r.entry.runtime, r.path, _manifest_shape(r)) for r in live]
     plan = Plan(tuple(threads), tuple(batches), cfg.device, cfg.warmup, cfg.min_runs, cfg.min_time_s, cfg.rounds,
                 cfg.seed)
     return measure(cands, plan, on_target=on_target, visit=score, log=log), acc
