@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields, replace
+from pathlib import Path
 
 import click
 import pytest
@@ -125,6 +126,19 @@ def _from_cli(command: str, argv: list[str]):
 def test_every_command_is_iterated():
     assert set(cli.commands) == set(COMMANDS) | set(NO_CONFIG)
     assert not set(COMMANDS) & set(NO_CONFIG)
+
+
+def test_where_to_add_an_option_names_every_config_module():
+    """docs/architecture.md's "An option of a command" bullet lists exactly the modules of the configs above."""
+    import sys
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    m = re.search(r"- \*\*An option of a command\*\* \(files: (.*?)\):", text, re.S)
+    assert m, "docs/architecture.md: no 'An option of a command' bullet with its files"
+    modules = {str(Path(sys.modules[cls.__module__].__file__).relative_to(REPO)) for cls, _ in COMMANDS.values()}
+    assert set(re.findall(r"`([^`]+)`", m.group(1))) == modules
 
 
 @pytest.mark.parametrize("command,name", CASES)
