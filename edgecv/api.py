@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from edgecv.compress.config import CompressConfig
     from edgecv.export.bundle import ExportResult
     from edgecv.export.config import ExportOptions
-    from edgecv.serve.config import ServeConfig
+    from edgecv.serve.config import PredictConfig, ServeConfig
     from edgecv.serve.predictor import Predictor
     from edgecv.training.config import TrainConfig
     from edgecv.training.teacher import StartWeights, TrainOutcome
@@ -172,21 +172,22 @@ def load_predictor(source: str | Path, artifact: str = "auto", threads: int | No
     return load(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
 
 
-def predict(source: str | Path, paths: str | Path | list[str | Path], *, artifact: str = "auto",
-            bench_json: str | Path | None = None, threads: int | None = None, batch_size: int = 32, topk: int = 5,
-            skip_bad: bool = False, log: Log = _quiet, warn: Log = _quiet) -> dict:
+def predict(source: str | Path, paths: str | Path | list[str | Path], config: PredictConfig | None = None, *,
+            log: Log = _quiet, warn: Log = _quiet, **options) -> dict:
     """``edgecv predict``: classify image files, folders or glob patterns with a bundle.
 
-    Returns ``edgecv predict --json``'s content: ``predictions`` (``file``, ``label``, ``index``, ``score``,
-    ``topk`` per image), ``bad`` (images that could not be decoded), the ``artifact`` used and the listing.
+    ``config`` (a :class:`~edgecv.serve.config.PredictConfig`) or keywords naming its fields (``artifact``,
+    ``bench_json``, ``threads``, ``batch_size``, ``topk``, ``skip_bad``). Returns ``edgecv predict --json``'s
+    content: ``predictions`` (``file``, ``label``, ``index``, ``score``, ``topk`` per image), ``bad`` (images that
+    could not be decoded), the ``artifact`` used and the listing.
 
     >>> edgecv.predict("bundle", ["photos/"])["predictions"][0]["label"]
     """
+    from edgecv.serve.config import PredictConfig
     from edgecv.serve.images import classify
 
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
-    return classify(source, [str(p) for p in paths], artifact=artifact, bench_json=bench_json, threads=threads,
-                    batch_size=batch_size, topk=topk, skip_bad=skip_bad, log=log, warn=warn)
+    return classify(source, [str(p) for p in paths], _config(PredictConfig, config, options), log=log, warn=warn)
 
 
 def serve(bundle: str | Path, config: ServeConfig | None = None, *, artifact: str = "auto",

@@ -39,6 +39,7 @@ class Option:
     decl: str = ""  # the flag(s) when not --field-name, e.g. "--int8-stem/--float-stem" (on/off pair)
     switch: bool = False  # a flag that is only ever turned on: off means "not given"
     path: str = ""  # "file" / "dir": the command takes a path of that kind
+    exists: bool = False  # ... that must exist (the command refuses a missing one while parsing)
     metavar: str | None = None
     api_only: str = ""  # not a command-line option; the reason
 

@@ -22,7 +22,7 @@ from edgecv.compress.config import CompressConfig, resolve_config
 from edgecv.errors import UserError
 from edgecv.export.config import ExportOptions
 from edgecv.options import Option, check_fields, spec_of
-from edgecv.serve.config import ServeConfig
+from edgecv.serve.config import PredictConfig, ServeConfig
 from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
 
 # command -> (its config dataclass, the options it declares by hand: not a field of the config)
@@ -32,19 +32,20 @@ COMMANDS = {
                             "pretrained", "init_weights", "freeze", "backbone_lr_scale", "trust_pickle", "out",
                             "as_json", "quiet"}),
     "serve": (ServeConfig, {"bundle", "artifact", "bench_json", "host", "port", "max_body_mb", "max_decode_mb",
-                            "threads", "api_key_env", "use_ray", "replicas", "address", "quiet"}),
+                            "threads", "api_key_env", "use_ray", "replicas", "address", "quiet"}),  # artifact,
+    # bench_json, threads: PredictConfig's fields (test_serve_opens_its_bundle_with_predicts_flags)
     "export": (ExportOptions, {"source", "verify", "out", "triton_repo", "as_json", "quiet"}),
     "bench": (BenchConfig, {"bundle", "json_out", "markdown", "plot", "quiet"}),
     "gate": (GateConfig, {"baseline", "candidate", "json_out", "quiet"}),
+    "predict": (PredictConfig, {"source", "paths", "as_json", "csv_path", "quiet"}),
 }
 # the commands without a config dataclass, and why
 NO_CONFIG = {
-    "predict": "its options are the keyword arguments of one call, edgecv.serve.images.classify",
     "eval": "its options are the keyword arguments of one call, edgecv.training.evaluate.evaluate_checkpoint",
     "archs": "lists the registry; its only option is --json",
 }
 ARGUMENTS = {"serve": ["bundle"], "export": ["src"], "bench": ["bundle"],  # a command's required arguments
-             "gate": ["--baseline", "base", "--candidate", "cand"]}
+             "gate": ["--baseline", "base", "--candidate", "cand"], "predict": ["bundle", "photo.jpg"]}
 # a valid value where the field's option does not say one
 SAMPLES = {(CompressConfig, "teacher_cache"): "views=3", (ExportOptions, "precisions"): "fp32,int8",
            (BenchConfig, "artifacts"): "onnx-int8,openvino-fp32", (BenchConfig, "threads"): [2, 4],
@@ -128,6 +129,14 @@ def test_every_command_is_iterated():
     assert not set(COMMANDS) & set(NO_CONFIG)
 
 
+def test_serve_opens_its_bundle_with_predicts_flags():
+    """serve's --artifact, --bench-json and --threads are PredictConfig's (one declaration for both commands)."""
+    for name in ("artifact", "bench_json", "threads"):
+        o = spec_of(_field(PredictConfig, name))
+        serve, predict = _param("serve", o, name), _param("predict", o, name)
+        assert serve.to_info_dict() == predict.to_info_dict()
+
+
 def test_where_to_add_an_option_names_every_config_module():
     """docs/architecture.md's "An option of a command" bullet lists exactly the modules of the configs above."""
     import sys
@@ -203,13 +212,16 @@ def test_choices_are_their_owners_lists():
 
 
 @pytest.mark.parametrize("command,name", CASES)
-def test_a_value_round_trips_through_the_command_line(command, name):
+def test_a_value_round_trips_through_the_command_line(command, name, tmp_path, monkeypatch):
     cls, _ = COMMANDS[command]
     f = _field(cls, name)
     o = spec_of(f)
     if o.api_only:
         pytest.skip(f"API-only: {o.api_only}")
     value = _other_value(cls, f, o)
+    if o.exists:  # a path the flag wants to exist
+        monkeypatch.chdir(tmp_path)
+        Path(value).write_text("{}")
     cfg = _from_cli(command, _argv(o, name, value))
     got = getattr(cfg, name)
     assert (str(got) if o.choices is not None else got) == value
@@ -267,6 +279,8 @@ def test_a_bad_value_is_refused_by_the_api_and_the_command(command, name, bad):
     ["gate", "--baseline", "a", "--candidate", "b", "--on-inconclusive", "maybe"],
     ["gate", "--baseline", "a", "--candidate", "b", "--block-time", "-1s"],
     ["serve", "bundle", "--max-batch", "0"],
+    ["predict", "bundle", "photo.jpg", "--topk", "0"],
+    ["predict", "bundle", "photo.jpg", "--bench-json", "missing.json"],
 ])
 def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

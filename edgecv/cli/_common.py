@@ -60,7 +60,7 @@ def _click_type(o: Option):
     if o.choices is not None and not o.free_text:
         return LazyChoice(o.choices)
     if o.path:
-        return click.Path(dir_okay=o.path != "file", file_okay=o.path != "dir")
+        return click.Path(exists=o.exists, dir_okay=o.path != "file", file_okay=o.path != "dir")
     if o.kind in (int, float) and (o.lo is not None or o.hi is not None):
         rng = click.IntRange if o.kind is int else click.FloatRange
         return rng(o.lo, o.hi, min_open=o.lo_open)
@@ -103,6 +103,13 @@ def _field_names(f, renamed: dict[str, str]):
         return f(*args, **{renamed.get(k, k): v for k, v in kwargs.items()})
 
     return call
+
+
+def field_option(cls: type, name: str):
+    """Decorator: the click option of the one field ``name`` of ``cls``, with its default shown (a command that
+    shares a flag with another command's config, e.g. serve's --artifact from PredictConfig)."""
+    fld = next(f for f in fields(cls) if f.name == name)
+    return _option(name, spec_of(fld), default=_default_text(default_of(fld)))
 
 
 def config_options(cls: type, callbacks: dict | None = None, before: dict | None = None,
