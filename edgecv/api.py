@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edgecv.errors import UserError
 
 if TYPE_CHECKING:
-    from edgecv.bench.bench import BenchConfig
+    from edgecv.bench.config import BenchConfig
     from edgecv.bench.gate.config import GateConfig
     from edgecv.compress.config import CompressConfig
     from edgecv.export.bundle import ExportResult
@@ -130,7 +130,7 @@ def export(source: str | Path, out: str | Path, options: ExportOptions | None = 
 def bench(bundle: str | Path, config: BenchConfig | None = None, *, log: Log = _quiet, **options) -> dict:
     """``edgecv bench``: time every artifact of ``bundle`` through its runtime, score it on ``data``.
 
-    ``config`` (a :class:`~edgecv.bench.bench.BenchConfig`) or keywords naming its fields (``data``,
+    ``config`` (a :class:`~edgecv.bench.config.BenchConfig`) or keywords naming its fields (``data``,
     ``target``, ``threads`` and ``batches`` as lists, ``min_time_s``, ``budget_ms``, ``max_images``...).
     Returns the bench result (``edgecv bench --json -``): ``artifacts`` rows and ``recommended``, the
     pick per target. A missed budget is in the result, not raised.
@@ -138,7 +138,8 @@ def bench(bundle: str | Path, config: BenchConfig | None = None, *, log: Log = _
     >>> result = edgecv.bench("bundle", data="digits", min_time_s=0.5)
     >>> result["recommended"]["x86"]["name"]
     """
-    from edgecv.bench.bench import BenchConfig, run_bench
+    from edgecv.bench.bench import run_bench
+    from edgecv.bench.config import BenchConfig
 
     return run_bench(str(bundle), _config(BenchConfig, config, options), log=log)
 

@@ -72,7 +72,7 @@ def _not_given(ctx, param, value):
 
 
 def _turned_off(ctx, param, value):
-    return not value  # --no-validate given: validate is False
+    return not value  # the one flag of a field that is True unless given (export --no-validate)
 
 
 def _option(name: str, o: Option, callback=None, dest: str | None = None, default=None):

@@ -4,8 +4,9 @@ Used by ``edgecv bench`` (every artifact of a bundle), ``serve --artifact auto``
 bundle, a short budget) and ``compress --student auto`` / ``--target-macs auto`` (the FP32 and INT8 export of each
 candidate model). :func:`measure`, per thread count of the :class:`Plan`:
 
-1. load each :class:`Candidate` through its runtime (its input shape is given, or read from the open runner): one that cannot run here is ``skipped`` with the runtime's
-   reason (:class:`~edgecv.runtimes.base.RuntimeUnavailable`), one that fails to load is an ``error``;
+1. load each :class:`Candidate` through its runtime: one that cannot run here is ``skipped`` with the runtime's
+   reason (:class:`~edgecv.runtimes.base.RuntimeUnavailable`), one that fails to load is an ``error``; an input
+   shape not given is read from the open runner (:meth:`Candidate.shape`), not by loading the file again;
 2. per batch size: one seeded random input per shape (shared by every candidate of that shape), one untimed call
    that validates it (a failure is an ``error``; a fixed-batch artifact is not timed at other batches, with a
    note), then every runner timed **interleaved** (:func:`edgecv.runtimes.latency.measure_interleaved`; process
