@@ -23,7 +23,7 @@ from edgecv.errors import UserError
 from edgecv.export.config import ExportOptions
 from edgecv.options import Option, check_fields, spec_of
 from edgecv.serve.config import PredictConfig, ServeConfig
-from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
+from edgecv.training.config import COMMAND_DEFAULTS, EvalConfig, TrainConfig
 
 # command -> (its config dataclass, the options it declares by hand: not a field of the config)
 COMMANDS = {
@@ -38,14 +38,14 @@ COMMANDS = {
     "bench": (BenchConfig, {"bundle", "json_out", "markdown", "plot", "quiet"}),
     "gate": (GateConfig, {"baseline", "candidate", "json_out", "quiet"}),
     "predict": (PredictConfig, {"source", "paths", "as_json", "csv_path", "quiet"}),
+    "eval": (EvalConfig, {"checkpoint", "per_class", "as_json", "quiet"}),
 }
 # the commands without a config dataclass, and why
 NO_CONFIG = {
-    "eval": "its options are the keyword arguments of one call, edgecv.training.evaluate.evaluate_checkpoint",
     "archs": "lists the registry; its only option is --json",
 }
 ARGUMENTS = {"serve": ["bundle"], "export": ["src"], "bench": ["bundle"],  # a command's required arguments
-             "gate": ["--baseline", "base", "--candidate", "cand"], "predict": ["bundle", "photo.jpg"]}
+             "gate": ["--baseline", "base", "--candidate", "cand"], "predict": ["bundle", "photo.jpg"], "eval": ["ck.pt"]}
 # a valid value where the field's option does not say one
 SAMPLES = {(CompressConfig, "teacher_cache"): "views=3", (ExportOptions, "precisions"): "fp32,int8",
            (BenchConfig, "artifacts"): "onnx-int8,openvino-fp32", (BenchConfig, "threads"): [2, 4],
@@ -281,6 +281,7 @@ def test_a_bad_value_is_refused_by_the_api_and_the_command(command, name, bad):
     ["serve", "bundle", "--max-batch", "0"],
     ["predict", "bundle", "photo.jpg", "--topk", "0"],
     ["predict", "bundle", "photo.jpg", "--bench-json", "missing.json"],
+    ["eval", "ck.pt", "--batch-size", "0"],
 ])
 def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
