@@ -31,9 +31,9 @@ COMMANDS = {
     "train": (TrainConfig, {"data", "arch", "img_size", "skip_bad", "allow_duplicates", "decode_cache", "resume",
                             "pretrained", "init_weights", "freeze", "backbone_lr_scale", "trust_pickle", "out",
                             "as_json", "quiet"}),
+    # serve's --artifact, --bench-json, --threads: PredictConfig's fields (test_serve_opens_its_bundle_with_...)
     "serve": (ServeConfig, {"bundle", "artifact", "bench_json", "host", "port", "max_body_mb", "max_decode_mb",
-                            "threads", "api_key_env", "use_ray", "replicas", "address", "quiet"}),  # artifact,
-    # bench_json, threads: PredictConfig's fields (test_serve_opens_its_bundle_with_predicts_flags)
+                            "threads", "api_key_env", "use_ray", "replicas", "address", "quiet"}),
     "export": (ExportOptions, {"source", "verify", "out", "triton_repo", "as_json", "quiet"}),
     "bench": (BenchConfig, {"bundle", "json_out", "markdown", "plot", "quiet"}),
     "gate": (GateConfig, {"baseline", "candidate", "json_out", "quiet"}),
@@ -45,7 +45,8 @@ NO_CONFIG = {
     "archs": "lists the registry; its only option is --json",
 }
 ARGUMENTS = {"serve": ["bundle"], "export": ["src"], "bench": ["bundle"],  # a command's required arguments
-             "gate": ["--baseline", "base", "--candidate", "cand"], "predict": ["bundle", "photo.jpg"], "eval": ["ck.pt"]}
+             "gate": ["--baseline", "base", "--candidate", "cand"], "predict": ["bundle", "photo.jpg"],
+             "eval": ["ck.pt"]}
 # a valid value where the field's option does not say one
 SAMPLES = {(CompressConfig, "teacher_cache"): "views=3", (ExportOptions, "precisions"): "fp32,int8",
            (BenchConfig, "artifacts"): "onnx-int8,openvino-fp32", (BenchConfig, "threads"): [2, 4],
