@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 from edgecv.errors import UserError
 
 if TYPE_CHECKING:
-    from edgecv.bench.bench import BenchConfig
+    from edgecv.bench.config import BenchConfig
     from edgecv.bench.gate.config import GateConfig
     from edgecv.compress.config import CompressConfig
-    from edgecv.export.bundle import ExportOptions, ExportResult
-    from edgecv.serve.config import ServeConfig
+    from edgecv.export.bundle import ExportResult
+    from edgecv.export.config import ExportOptions
+    from edgecv.serve.config import PredictConfig, ServeConfig
     from edgecv.serve.predictor import Predictor
     from edgecv.training.config import TrainConfig
     from edgecv.training.teacher import StartWeights, TrainOutcome
@@ -112,7 +113,7 @@ def export(source: str | Path, out: str | Path, options: ExportOptions | None = 
            **keywords) -> ExportResult:
     """``edgecv export``: a compress run directory or a checkpoint to a validated bundle folder ``out``.
 
-    ``options`` (an :class:`~edgecv.export.bundle.ExportOptions`) or keywords naming its fields (``target``,
+    ``options`` (an :class:`~edgecv.export.config.ExportOptions`) or keywords naming its fields (``target``,
     ``precisions`` as a tuple or "int8,fp32", ``img_size``, ``data``, ``num_val``...). Returns an
     :class:`~edgecv.export.bundle.ExportResult`; an artifact that failed validation is named in ``.failed``
     (the command exits 1 on it), not raised.
@@ -120,17 +121,16 @@ def export(source: str | Path, out: str | Path, options: ExportOptions | None = 
     >>> res = edgecv.export("runs/r1", "bundle", target="x86", precisions="int8,fp32")
     >>> [(e.name, e.status) for e in res.manifest.artifacts]
     """
-    from edgecv.export.bundle import ExportOptions, export_bundle, parse_precisions
+    from edgecv.export.bundle import export_bundle
+    from edgecv.export.config import ExportOptions
 
-    if isinstance(keywords.get("precisions"), str):
-        keywords["precisions"] = parse_precisions(keywords["precisions"])
     return export_bundle(source, out, _config(ExportOptions, options, keywords), log=log)
 
 
 def bench(bundle: str | Path, config: BenchConfig | None = None, *, log: Log = _quiet, **options) -> dict:
     """``edgecv bench``: time every artifact of ``bundle`` through its runtime, score it on ``data``.
 
-    ``config`` (a :class:`~edgecv.bench.bench.BenchConfig`) or keywords naming its fields (``data``,
+    ``config`` (a :class:`~edgecv.bench.config.BenchConfig`) or keywords naming its fields (``data``,
     ``target``, ``threads`` and ``batches`` as lists, ``min_time_s``, ``budget_ms``, ``max_images``...).
     Returns the bench result (``edgecv bench --json -``): ``artifacts`` rows and ``recommended``, the
     pick per target. A missed budget is in the result, not raised.
@@ -138,7 +138,8 @@ def bench(bundle: str | Path, config: BenchConfig | None = None, *, log: Log = _
     >>> result = edgecv.bench("bundle", data="digits", min_time_s=0.5)
     >>> result["recommended"]["x86"]["name"]
     """
-    from edgecv.bench.bench import BenchConfig, run_bench
+    from edgecv.bench.bench import run_bench
+    from edgecv.bench.config import BenchConfig
 
     return run_bench(str(bundle), _config(BenchConfig, config, options), log=log)
 
@@ -172,21 +173,22 @@ def load_predictor(source: str | Path, artifact: str = "auto", threads: int | No
     return load(source, artifact=artifact, threads=threads, bench_json=bench_json, log=log)
 
 
-def predict(source: str | Path, paths: str | Path | list[str | Path], *, artifact: str = "auto",
-            bench_json: str | Path | None = None, threads: int | None = None, batch_size: int = 32, topk: int = 5,
-            skip_bad: bool = False, log: Log = _quiet, warn: Log = _quiet) -> dict:
+def predict(source: str | Path, paths: str | Path | list[str | Path], config: PredictConfig | None = None, *,
+            log: Log = _quiet, warn: Log = _quiet, **options) -> dict:
     """``edgecv predict``: classify image files, folders or glob patterns with a bundle.
 
-    Returns ``edgecv predict --json``'s content: ``predictions`` (``file``, ``label``, ``index``, ``score``,
-    ``topk`` per image), ``bad`` (images that could not be decoded), the ``artifact`` used and the listing.
+    ``config`` (a :class:`~edgecv.serve.config.PredictConfig`) or keywords naming its fields (``artifact``,
+    ``bench_json``, ``threads``, ``batch_size``, ``topk``, ``skip_bad``). Returns ``edgecv predict --json``'s
+    content: ``predictions`` (``file``, ``label``, ``index``, ``score``, ``topk`` per image), ``bad`` (images that
+    could not be decoded), the ``artifact`` used and the listing.
 
     >>> edgecv.predict("bundle", ["photos/"])["predictions"][0]["label"]
     """
+    from edgecv.serve.config import PredictConfig
     from edgecv.serve.images import classify
 
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
-    return classify(source, [str(p) for p in paths], artifact=artifact, bench_json=bench_json, threads=threads,
-                    batch_size=batch_size, topk=topk, skip_bad=skip_bad, log=log, warn=warn)
+    return classify(source, [str(p) for p in paths], _config(PredictConfig, config, options), log=log, warn=warn)
 
 
 def serve(bundle: str | Path, config: ServeConfig | None = None, *, artifact: str = "auto",

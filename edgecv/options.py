@@ -33,11 +33,13 @@ class Option:
     optional: bool = False  # None is a valid value ("not given": the run decides)
     auto: bool = False  # the string "auto" is valid too (a number or "auto")
     choices: Callable[[], tuple[str, ...]] | None = None  # the valid values (compared as text), from their owner
+    free_text: bool = False  # the flag takes text (its help lists the choices); the config's validate refuses others
     help: str = ""
     # how the command line spells it
     decl: str = ""  # the flag(s) when not --field-name, e.g. "--int8-stem/--float-stem" (on/off pair)
     switch: bool = False  # a flag that is only ever turned on: off means "not given"
     path: str = ""  # "file" / "dir": the command takes a path of that kind
+    exists: bool = False  # ... that must exist (the command refuses a missing one while parsing)
     metavar: str | None = None
     api_only: str = ""  # not a command-line option; the reason
 
@@ -45,9 +47,15 @@ class Option:
         return (self.decl or "--" + name.replace("_", "-")).split("/")[0]
 
 
-def option(default=MISSING, **spec) -> Field:
-    """A dataclass field with ``default`` and its :class:`Option` (keywords: the Option's fields)."""
-    return field(default=default, metadata={KEY: Option(**spec)})
+def option(default=MISSING, *, factory=MISSING, **spec) -> Field:
+    """A dataclass field with ``default`` (or a ``factory`` making it, for a list) and its :class:`Option`
+    (keywords: the Option's fields)."""
+    return field(default=default, default_factory=factory, metadata={KEY: Option(**spec)})
+
+
+def default_of(f: Field):
+    """The field's default value (a fresh one from its factory)."""
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
 
 
 def spec_of(f: Field) -> Option | None:
@@ -72,7 +80,9 @@ def _kind_ok(v, kind) -> tuple[bool, str]:
         return isinstance(v, int) and not isinstance(v, bool), "an integer"
     if kind is bool:
         return isinstance(v, bool), "true or false"
-    return isinstance(v, kind), "a string" if kind is str else "a comma-separated string or a list"
+    if isinstance(kind, tuple):
+        return isinstance(v, kind), "a comma-separated string or a list" if str in kind else "a list"
+    return isinstance(v, kind), "a string"
 
 
 def _range_text(o: Option) -> str:

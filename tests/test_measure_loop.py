@@ -82,6 +82,41 @@ def test_bench_and_serve_auto_measure_through_the_one_loop(recorder, bundle):
     assert p.selection["p50_ms"] == {k: round(m.latency[0]["p50_ms"], 4) for k, m in serve_out.items()}
 
 
+def test_a_single_file_is_timed_at_the_shape_its_open_runner_declares(tmp_path, monkeypatch):
+    """A bare .onnx (no manifest): the loop reads the input shape from the runner it has open, loading the file once
+    per thread count, not once more per batch size just to learn its shape."""
+    import edgecv.runtimes.base as base
+
+    real, loads = base.load_runner, []
+
+    def counted(*args, **kw):
+        loads.append(args[1])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(base, "load_runner", counted)
+    monkeypatch.setattr(M, "load_runner", counted)
+    f = export_onnx(TinyNet(3, width=8, depth=1), tmp_path / "m.onnx", 24)  # dynamic batch, 24 px
+    res = run_bench(str(f), BenchConfig(min_time_s=0.02, min_runs=3, warmup=1, rounds=1, accuracy=False,
+                                        threads=[1], batches=[1, 2]))
+    row = res["artifacts"][0]
+    assert row["status"] == "ok" and [x["batch"] for x in row["latency"]] == [1, 2]
+    assert len(loads) == 1, loads
+
+
+def test_an_unknown_input_shape_is_bad_input(tmp_path):
+    """A bare .onnx whose height and width are dynamic and no manifest giving them: one UserError, nothing timed."""
+    import torch
+
+    from edgecv.errors import UserError
+
+    f = tmp_path / "m.onnx"
+    torch.onnx.export(TinyNet(3, width=8, depth=1).eval(), torch.randn(1, 3, 24, 24), str(f), input_names=["input"],
+                      output_names=["logits"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input": {0: "batch", 2: "h", 3: "w"}, "logits": {0: "batch"}})
+    with pytest.raises(UserError, match=r"m\.onnx: input shape unknown: the file declares \[None, 3, None, None\]"):
+        run_bench(str(f), FAST_BENCH)
+
+
 @pytest.mark.slow
 def test_student_auto_measures_through_the_one_loop(recorder, tmp_path):
     from edgecv.autotune.run import compress

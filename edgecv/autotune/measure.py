@@ -18,8 +18,9 @@ import numpy as np
 from torch import nn
 
 from edgecv.errors import UserError
+from edgecv.targets import PROFILES
 
-AUTO_TARGETS = ("x86", "android", "jetson")
+AUTO_TARGETS = PROFILES  # every profile, the default first (as --target lists them)
 PRECISIONS = ("fp32", "int8")  # the pair the deploy-precision rule compares
 
 

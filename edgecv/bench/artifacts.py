@@ -130,8 +130,15 @@ def resolve_source(arg: str | Path, only: list[str] | None = None, include_faile
     return src
 
 
+def declared_shape(res: Resolved) -> list | None:
+    """The NCHW input shape the manifest records for the artifact (None: a single file, or not recorded)."""
+    return res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
+
+
 def _shape_from_runner(res: Resolved) -> tuple[int | None, ...] | None:
-    """The input shape the artifact declares, as its runtime reads it (None: runtime missing, or not recorded)."""
+    """The input shape the artifact declares, as its runtime reads it (None: runtime missing, or not recorded).
+    Only for a check made before any runner is open (the gate's same-task check); bench's measuring loop reads
+    it from the runner it has open (:meth:`edgecv.runtimes.measure.Candidate.shape`)."""
     from edgecv.runtimes.base import load_runner
 
     try:
@@ -146,9 +153,7 @@ def _shape_from_runner(res: Resolved) -> tuple[int | None, ...] | None:
 
 def input_shape(res: Resolved, batch: int) -> tuple[int, ...]:
     """The NCHW input shape for ``batch`` from the manifest entry / manifest / the artifact's runner."""
-    shape = res.entry.input_shape or (res.manifest.input.get("shape") if res.manifest else None)
-    if not shape:
-        shape = _shape_from_runner(res)
+    shape = declared_shape(res) or _shape_from_runner(res)
     if not shape or None in shape[1:]:
         raise UserError(f"{res.path}: input shape unknown (no manifest); bench a bundle instead")
     return (int(batch), *[int(s) for s in shape[1:]])

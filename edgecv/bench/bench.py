@@ -17,11 +17,12 @@ import datetime as _dt
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from edgecv import __version__
 from edgecv.bench.accuracy import accuracy_set
-from edgecv.bench.artifacts import Resolved, Source, input_shape, resolve_source
+from edgecv.bench.artifacts import Resolved, Source, declared_shape, resolve_source
+from edgecv.bench.config import BenchConfig
 from edgecv.contracts.bench import FAILED_VALIDATION, SCHEMA, BenchReport, BenchRow
 from edgecv.errors import UserError
 from edgecv.runtimes.base import host_description, load_runner
@@ -29,40 +30,7 @@ from edgecv.runtimes.latency import LatencyStats
 from edgecv.runtimes.measure import Candidate, Measured, Plan, measure
 from edgecv.targets import TargetProfile, get_target
 from edgecv.targets import budget as B
-from edgecv.targets.policy import ACCURACY_TOLERANCE, deploy_report
-
-
-@dataclass
-class BenchConfig:
-    target: str | None = None
-    data: str | None = None
-    threads: list[int] | None = None
-    batches: list[int] = field(default_factory=lambda: [1])
-    min_time_s: float = 2.0
-    min_runs: int = 50
-    warmup: int = 10
-    rounds: int = 5
-    budget_ms: float | None = None
-    budget_fps: float | None = None
-    artifacts: list[str] | None = None
-    accuracy: bool = True
-    max_images: int | None = None
-    accuracy_tolerance: float = ACCURACY_TOLERANCE  # top-1 points an artifact may be shown to lose vs the best
-    device: str = "cpu"
-    adb: str | None = None
-    adb_runner: str | None = None
-    seed: int = 0
-    include_failed: bool = False  # also run artifacts whose export validation failed (labelled, never recommended)
-    allow_duplicates: bool = False  # score --data even with byte-identical images in two splits or classes
-    skip_bad: bool = False  # unreadable images / unlistable folders of --data: listed, not fatal
-
-    def settings(self) -> dict:
-        return {"threads": self.threads, "batches": list(self.batches), "min_time_s": self.min_time_s,
-                "min_runs": self.min_runs, "warmup": self.warmup, "rounds": self.rounds, "data": self.data,
-                "accuracy": bool(self.accuracy and self.data), "max_images": self.max_images,
-                "accuracy_tolerance": self.accuracy_tolerance,
-                "device": self.device, "adb": self.adb, "allow_duplicates": self.allow_duplicates,
-                "skip_bad": self.skip_bad}
+from edgecv.targets.policy import deploy_report
 
 
 def _skip_row(res: Resolved, status: str, reason: str | None) -> BenchRow:
@@ -174,6 +142,13 @@ def _bench_on_device(cfg: BenchConfig, live: list[Resolved], threads: list[int],
     return out
 
 
+def _manifest_shape(r: Resolved):
+    """The artifact's input at a batch size as its manifest records it; None for a single file: the measuring
+    loop reads the shape from the runner it has open."""
+    shape = declared_shape(r)
+    return None if not shape else (lambda b: (int(b), *(int(d) for d in shape[1:])))
+
+
 def _bench_host(cfg: BenchConfig, live: list[Resolved], threads: list[int], batches: list[int], ev,
                 on_target: OnTarget, log: Log) -> tuple[dict[str, Measured], dict[str, dict]]:
     """Every artifact through the one measuring loop (:func:`edgecv.runtimes.measure.measure`); accuracy once per
@@ -189,7 +164,7 @@ def _bench_host(cfg: BenchConfig, live: list[Resolved], threads: list[int], batc
             except Exception as ex:  # noqa: BLE001
                 m.notes.append(f"accuracy failed: {type(ex).__name__}: {ex}")
 
-    cands = [Candidate(r.name, r.entry.runtime, r.path, lambda b, r=r: input_shape(r, b)) for r in live]
+    cands = [Candidate(r.name, r.entry.runtime, r.path, _manifest_shape(r)) for r in live]
     plan = Plan(tuple(threads), tuple(batches), cfg.device, cfg.warmup, cfg.min_runs, cfg.min_time_s, cfg.rounds,
                 cfg.seed)
     return measure(cands, plan, on_target=on_target, visit=score, log=log), acc
@@ -272,8 +247,9 @@ def _measure_rows(cfg: BenchConfig, src: Source, profile: TargetProfile | None, 
 
 def bench_report(bundle: str, cfg: BenchConfig, log: Log = lambda m: None) -> BenchReport:
     """Benchmark every artifact of ``bundle`` (a bundle folder or one artifact file): the typed bench result
-    (``edgecv.bench/2``). Bad input (a modified artifact, both budgets, unreadable data) is a UserError before
-    measuring."""
+    (``edgecv.bench/2``). Bad input (a setting out of its range, a modified artifact, both budgets, unreadable
+    data) is a UserError before measuring."""
+    cfg.validate()
     if cfg.budget_ms is not None and cfg.budget_fps is not None:
         raise UserError("give --budget-ms or --budget-fps, not both")
     src = resolve_source(bundle, cfg.artifacts, include_failed=cfg.include_failed)

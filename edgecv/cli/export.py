@@ -1,4 +1,11 @@
-"""edgecv export: a run directory or checkpoint to a validated bundle."""
+"""edgecv export: a run directory or checkpoint to a validated bundle.
+
+The export's options are generated from the fields of :class:`~edgecv.export.config.ExportOptions` (their
+defaults, ranges and help are declared there once). Written here by hand, because they are not options of an
+export but of the command: ``--verify`` (a different action: re-hash an existing bundle), ``--out`` (the
+bundle folder, a positional argument of the library call, and optional with ``--verify``), ``--triton-repo``
+(a second writer run on the finished bundle) and ``--json``/``--quiet`` (how the command prints).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +13,23 @@ from pathlib import Path
 
 import click
 
-from edgecv.cli._common import echo, emit_json, json_option, log, quiet_option
+from edgecv.cli._common import config_options, echo, emit_json, json_option, log, quiet_option
+from edgecv.export.config import ExportOptions
 from edgecv.utils import check_writable
 
 
 @click.command()
 @click.argument("source", type=click.Path())
-@click.option("--target", default="x86", show_default=True, help="android | jetson | x86 | all")
-@click.option("--precision", default=None, help="Comma-separated filter: fp32,fp16,int8 [default: all of the target's].")
-@click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Input size [default: the source's].")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(13, 23), help="ONNX opset (QDQ per-channel needs >= 13).")
-@click.option("--data", default=None, help="Validation/calibration images [default: the data the source was trained on].")
-@click.option("--num-val", default=256, show_default=True, type=click.IntRange(1), help="Validation images per artifact.")
-@click.option("--num-calib", default=512, show_default=True, type=click.IntRange(1),
-              help="Calibration images (PTQ of a float source, ExecuTorch INT8, ONNX conv-output ranges).")
-@click.option("--stage", default=None, help="Run directory: export this stage (distill | prune | quantize) instead of the best.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Runtime threads for validation.")
-@click.option("--simplify", is_flag=True, help="Clean the ONNX graphs with onnxscript's optimizer.")
-@click.option("--no-validate", is_flag=True, help="Skip runtime validation (artifacts are still hashed).")
-@click.option("--verify", is_flag=True, help="SOURCE is an existing bundle: re-hash its artifacts against manifest.json.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading pickled Python objects (only for files you trust).")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Bundle directory (required unless --verify).")
-@click.option("--force", is_flag=True, help="Clear a non-empty --out that is not this source's bundle.")
+@config_options(ExportOptions, defaults={}, dests={"precisions": "precision", "validate": "no_validate"}, before={
+    "trust_pickle": [click.option("--verify", is_flag=True,
+                                  help="SOURCE is an existing bundle: re-hash its artifacts against manifest.json.")],
+    "force": [click.option("--out", default=None, type=click.Path(file_okay=False),
+                           help="Bundle directory (required unless --verify).")]})
 @click.option("--triton-repo", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also write a Triton model repository from the bundle (with --verify: from SOURCE).")
 @json_option
 @quiet_option
-def export(source, target, precision, img_size, opset, data, num_val, num_calib, stage, threads, simplify, no_validate,
-           verify, trust_pickle, out, force, triton_repo, as_json):
+def export(source, verify, out, triton_repo, as_json, **options):
     """Export SOURCE (a compress run directory or a checkpoint) to a validated bundle for a target.
 
     \b
@@ -69,12 +65,9 @@ def export(source, target, precision, img_size, opset, data, num_val, num_calib,
         return
     if not out:
         raise UserError("--out BUNDLE_DIR is required")
-    from edgecv.export.bundle import ExportOptions, export_bundle, parse_precisions
+    from edgecv.export.bundle import export_bundle
 
-    opts = ExportOptions(target=target, precisions=parse_precisions(precision), img_size=img_size, opset=opset,
-                         data=data, num_val=num_val, num_calib=num_calib, stage=stage, trust_pickle=trust_pickle,
-                         threads=threads, simplify=simplify, validate=not no_validate, force=force)
-    res = export_bundle(source, out, opts, log=log)
+    res = export_bundle(source, out, ExportOptions(**options), log=log)
     made = _triton(res.bundle, triton_repo) if triton_repo else None
     if as_json:
         emit_json(res.to_dict() | ({"triton_repo": made} if triton_repo else {}))

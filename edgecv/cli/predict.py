@@ -1,4 +1,8 @@
-"""edgecv predict: classify image files with a bundle's artifact."""
+"""edgecv predict: classify image files with a bundle's artifact.
+
+The options are generated from the fields of :class:`~edgecv.serve.config.PredictConfig` (declared there once);
+``--json`` and ``--csv`` (what the command prints and writes) are written here by hand.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from edgecv.cli._common import echo, emit_json, log, quiet_option
+from edgecv.cli._common import config_options, echo, emit_json, log, quiet_option
+from edgecv.serve.config import PredictConfig
 
 
 def _write_csv(path: Path, rows: list[dict], topk: int) -> None:
@@ -24,20 +29,12 @@ def _write_csv(path: Path, rows: list[dict], topk: int) -> None:
 @click.command()
 @click.argument("source", type=click.Path())
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--artifact", default="auto", show_default=True,
-              help="'auto' (fastest validated artifact here, the bench rule) or format-precision, e.g. onnx-int8.")
-@click.option("--bench-json", type=click.Path(exists=True, dir_okay=False),
-              help="With --artifact auto: take the recommendation of this 'edgecv bench --json' result.")
-@click.option("--topk", default=5, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's).")
-@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON on stdout.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the predictions to this CSV file.")
-@click.option("--skip-bad", is_flag=True,
-              help="Unreadable images, folders that cannot be listed and named folders with no image are listed on "
-                   "stderr but do not make the exit code 2.")
+@config_options(PredictConfig, defaults={}, before={"skip_bad": [
+    click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON on stdout."),
+    click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the predictions to this CSV file."),
+]})
 @quiet_option
-def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_json, csv_path, skip_bad):
+def predict(source, paths, as_json, csv_path, **options):
     """Classify images (files, folders searched recursively, globs) with BUNDLE (or an ARTIFACT inside one).
 
     One row per image: file, label, score. Inside folders, files of a type the decoder does not read are counted
@@ -49,11 +46,11 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
 
     if csv_path:
         check_writable(csv_path)  # fail before loading and predicting
-    res = classify(source, list(paths), artifact=artifact, bench_json=bench_json, threads=threads,
-                   batch_size=batch_size, topk=topk, skip_bad=skip_bad, log=log, warn=echo)
+    cfg = PredictConfig(**options)
+    res = classify(source, list(paths), cfg, log=log, warn=echo)
     rows, bad, n = res["predictions"], res["bad"], len(res["predictions"]) + len(res["bad"])
     if csv_path:
-        _write_csv(Path(csv_path), rows, topk)
+        _write_csv(Path(csv_path), rows, cfg.topk)
     if as_json:
         emit_json(res)
     elif not csv_path:
@@ -62,6 +59,6 @@ def predict(source, paths, artifact, bench_json, topk, batch_size, threads, as_j
     for b in bad:
         echo(f"unreadable: {b['error']}")
     if bad:
-        echo(f"{len(bad)} of {n} image(s) could not be read" + ("" if skip_bad else " (exit 2; --skip-bad)"))
-        return 0 if skip_bad else 2
+        echo(f"{len(bad)} of {n} image(s) could not be read" + ("" if cfg.skip_bad else " (exit 2; --skip-bad)"))
+        return 0 if cfg.skip_bad else 2
     return 0

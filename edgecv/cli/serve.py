@@ -1,4 +1,12 @@
-"""edgecv serve: a bundle's artifact as an HTTP service (FastAPI + uvicorn)."""
+"""edgecv serve: a bundle's artifact as an HTTP service (FastAPI + uvicorn).
+
+The service's options are generated from the fields of :class:`~edgecv.serve.config.ServeConfig`; ``--artifact``,
+``--bench-json`` and ``--threads`` open the bundle as ``edgecv predict`` does, from
+:class:`~edgecv.serve.config.PredictConfig`'s fields. Written here by hand: where to listen (``--host``,
+``--port``), the limits the command takes in other units or from the environment than the config holds
+(``--max-body-mb``, ``--max-decode-mb``, ``--api-key-env``) and the Ray Serve deployment (``--ray``,
+``--replicas``, ``--address``).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +14,17 @@ import os
 
 import click
 
-from edgecv.cli._common import config_options, echo, log, quiet_option
+from edgecv.cli._common import config_options, echo, field_option, log, quiet_option
 from edgecv.errors import UserError
 from edgecv.serve import limits as L
-from edgecv.serve.config import ServeConfig
+from edgecv.serve.config import PredictConfig, ServeConfig
 from edgecv.utils import is_quiet
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--artifact", default="auto", show_default=True,
-              help="'auto' (fastest validated artifact here, the bench rule) or format-precision, e.g. onnx-int8.")
-@click.option("--bench-json", type=click.Path(exists=True, dir_okay=False),
-              help="With --artifact auto: take the recommendation of this 'edgecv bench --json' result.")
+@field_option(PredictConfig, "artifact")  # the bundle is opened as edgecv predict opens it
+@field_option(PredictConfig, "bench_json")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @config_options(ServeConfig, defaults={}, before={"body_timeout_s": [
@@ -28,7 +34,7 @@ from edgecv.utils import is_quiet
     click.option("--max-decode-mb", default=L.MAX_DECODE_MB, show_default=True, type=click.FloatRange(1, 1_000_000),
                  help="Decoded image memory in flight across requests (503 + Retry-After beyond it; 413 for one "
                       "image that needs more). Large JPEGs decode at reduced scale toward the model's input size."),
-    click.option("--threads", default=None, type=click.IntRange(1, 256), help="Runtime threads (default: runtime's)."),
+    field_option(PredictConfig, "threads"),
     click.option("--api-key-env", metavar="VAR", help="Require the API key held in this environment variable."),
 ]})
 @click.option("--ray", "use_ray", is_flag=True, help="Serve as a Ray Serve deployment (needs the ray[serve] extra).")

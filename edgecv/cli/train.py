@@ -59,7 +59,7 @@ from edgecv.utils import check_writable
 @json_option
 @quiet_option
 def train(data, arch, img_size, skip_bad, allow_duplicates, decode_cache, resume, pretrained, init_weights, freeze,
-          backbone_lr_scale, trust_pickle, out, as_json, loss_kind, channels_last, **options):
+          backbone_lr_scale, trust_pickle, out, as_json, **options):
     """Train a classifier (the teacher) on DATA.
 
     Start from published ImageNet weights (--pretrained) or a local weights file (--init-weights); --freeze and
@@ -85,7 +85,7 @@ def train(data, arch, img_size, skip_bad, allow_duplicates, decode_cache, resume
     parse_freeze(freeze)
     check_start(pretrained, init_weights)
     start = StartWeights(pretrained, init_weights, trust_pickle, freeze, backbone_lr_scale)
-    cfg = TrainConfig(**options, loss=loss_kind, channels_last_cpu=channels_last, desc=arch)
+    cfg = TrainConfig(**options, desc=arch)
     check_writable(out)
     if cfg.tensorboard:
         check_writable(cfg.tensorboard, directory=True)

@@ -18,13 +18,6 @@ from edgecv.options import check_fields, option, owned
 DEFAULT_OUT = "runs/compress"
 
 
-def _targets() -> tuple[str, ...]:
-    """The target profiles (edgecv.targets), x86 -- the host's own kind of machine -- first, as --help lists them."""
-    from edgecv.targets import TARGETS
-
-    return tuple(sorted(TARGETS, key=lambda t: t != "x86"))
-
-
 @dataclass
 class CompressConfig:
     """Every option of a compress run, in the order ``edgecv compress --help`` lists them (each field's
@@ -63,7 +56,7 @@ class CompressConfig:
              "--budget-ms/--budget-fps needs on --target's runtime (floor 0.25) [default: 0.5].")
     # target-aware choices (--student auto, --target-macs auto; edgecv.autotune); None = not given
     target: str | None = option(
-        None, optional=True, choices=_targets,
+        None, optional=True, choices=owned("edgecv.targets", "PROFILES"),
         help="With --student/--target-macs auto: whose runtime latency is measured on "
              "(x86: OpenVINO CPU; android: ExecuTorch; jetson: ONNX Runtime, host proxy).")
     budget_ms: float | None = option(

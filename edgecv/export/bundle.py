@@ -26,31 +26,12 @@ from edgecv.contracts import formats as F
 from edgecv.contracts.formats import FORMATS
 from edgecv.contracts.manifest import ArtifactEntry, Manifest
 from edgecv.errors import UserError
+from edgecv.export.config import ExportOptions
 from edgecv.export.data import EvalData, load_eval_data
 from edgecv.export.formats import TRT_DIR, WRITERS, finish, write_tensorrt_scripts
 from edgecv.export.outdir import TMP, check_out_dir, prepare_out_dir, remove_stale
 from edgecv.export.validate import check_reference, entry_line, torch_logits, validate_entry
 from edgecv.utils import check_writable, progress
-
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass
-class ExportOptions:
-    target: str = "x86"
-    precisions: tuple[str, ...] | None = None
-    img_size: int | None = None
-    opset: int = 17
-    data: str | None = None
-    num_val: int = 256
-    num_calib: int = 512
-    stage: str | None = None
-    trust_pickle: bool = False
-    threads: int = 1
-    simplify: bool = False
-    seed: int = 0
-    validate: bool = True
-    force: bool = False  # clear a non-empty --out that is not this source's bundle
 
 
 @dataclass
@@ -66,16 +47,6 @@ class ExportResult:
         d["wall_s"] = round(self.wall_s, 2)
         d["failed"] = self.failed
         return d
-
-
-def parse_precisions(s: str | None) -> tuple[str, ...] | None:
-    if not s:
-        return None
-    out = tuple(p.strip().lower() for p in s.split(",") if p.strip())
-    bad = [p for p in out if p not in PRECISIONS]
-    if bad or not out:
-        raise UserError(f"--precision: unknown precision(s) {', '.join(bad) or s!r} (choose from fp32, fp16, int8)")
-    return out
 
 
 def versions() -> dict:
@@ -98,8 +69,9 @@ class Exporter:
         from edgecv.targets import get_target
 
         self.log = log
+        opts.check()  # a bad value, an unknown target, then an unwritable out: before any work
         self.opts = opts
-        self.target = get_target(opts.target)  # an unknown target, then an unwritable out: before any work
+        self.target = get_target(opts.target)
         check_writable(out, directory=True)
         self.src = resolve_source(source, opts.stage, opts.trust_pickle)
         self.out = Path(out)
@@ -292,6 +264,7 @@ def export_models(model: nn.Module, out: str | Path, size: int, calib: list[np.n
 
 
 def export_bundle(source: str | Path, out: str | Path, opts: ExportOptions, log=lambda s: None) -> ExportResult:
-    """Export ``source`` (a compress run directory or a checkpoint) into the bundle folder ``out``. An unknown
-    target or an unwritable ``out`` is a UserError before any work; a failed artifact is listed in ``failed``."""
+    """Export ``source`` (a compress run directory or a checkpoint) into the bundle folder ``out``. A bad option
+    (:meth:`ExportOptions.check`: an unknown target included) or an unwritable ``out`` is a UserError before any
+    work; a failed artifact is listed in ``failed``."""
     return Exporter(source, Path(out), opts, log).run()

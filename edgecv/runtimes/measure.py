@@ -5,7 +5,8 @@ bundle, a short budget) and ``compress --student auto`` / ``--target-macs auto``
 candidate model). :func:`measure`, per thread count of the :class:`Plan`:
 
 1. load each :class:`Candidate` through its runtime: one that cannot run here is ``skipped`` with the runtime's
-   reason (:class:`~edgecv.runtimes.base.RuntimeUnavailable`), one that fails to load is an ``error``;
+   reason (:class:`~edgecv.runtimes.base.RuntimeUnavailable`), one that fails to load is an ``error``; an input
+   shape not given is read from the open runner (:meth:`Candidate.shape`), not by loading the file again;
 2. per batch size: one seeded random input per shape (shared by every candidate of that shape), one untimed call
    that validates it (a failure is an ``error``; a fixed-batch artifact is not timed at other batches, with a
    note), then every runner timed **interleaved** (:func:`edgecv.runtimes.latency.measure_interleaved`; process
@@ -38,14 +39,26 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Candidate:
-    """One artifact to time: ``input_shape(batch)`` is its NCHW input; ``load(threads, device)`` overrides the
-    plain ``load_runner(runtime, path, ...)`` (e.g. a sha256-verified manifest entry)."""
+    """One artifact to time: ``input_shape(batch)`` is its NCHW input (None: the shape its open runner declares,
+    :attr:`Runner.input_shape`, at that batch); ``load(threads, device)`` overrides the plain
+    ``load_runner(runtime, path, ...)`` (e.g. a sha256-verified manifest entry)."""
 
     key: Hashable
     runtime: str | None
     path: Path | None
-    input_shape: Callable[[int], tuple[int, ...]]
+    input_shape: Callable[[int], tuple[int, ...]] | None = None
     load: Callable[[int | None, str], object] | None = None
+
+    def shape(self, runner, batch: int) -> tuple[int, ...]:
+        """The NCHW input at ``batch``: the given one, else the one ``runner`` read from the file; a file that
+        declares a dynamic channel or spatial size and was given none is bad input."""
+        if self.input_shape is not None:
+            return tuple(self.input_shape(batch))
+        declared = getattr(runner, "input_shape", None)
+        if not declared or None in declared[1:]:
+            raise UserError(f"{self.path}: input shape unknown: the file declares {list(declared or [])} and no "
+                            "manifest gives it (use its bundle)")
+        return (int(batch), *(int(d) for d in declared[1:]))
 
     def open(self, threads: int | None, device: str):
         if self.load is not None:
@@ -126,7 +139,7 @@ def _calls(runners: dict, cands: dict, res: dict, b: int, inputs: _Inputs) -> di
         if fixed and fixed != b:
             res[key].notes.append(f"batch {b} not measured: the artifact has a fixed batch size of {fixed}")
             continue
-        x = inputs(tuple(cands[key].input_shape(b)))
+        x = inputs(cands[key].shape(runner, b))
         try:
             runner.predict(x)  # validates the input before timing
         except Exception as ex:  # noqa: BLE001

@@ -1,6 +1,10 @@
 """The HTTP service's configuration (:class:`ServeConfig`), declared once: each field carries its kind, range and
 help (edgecv.options), from which ``edgecv serve`` generates its flags; the fields the command takes in other units
-or by another name (MB, an environment variable) are API-only with the flag that sets them."""
+or by another name (MB, an environment variable) are API-only with the flag that sets them.
+
+:class:`PredictConfig`: how ``edgecv predict`` (and ``edgecv.predict``) opens a bundle and classifies images;
+``edgecv serve`` opens its bundle the same way and takes ``--artifact``, ``--bench-json`` and ``--threads`` from
+its fields."""
 
 from __future__ import annotations
 
@@ -50,6 +54,29 @@ class ServeConfig:
     api_key: str | None = option(None, optional=True,
                                  api_only="the command reads it from an environment variable: --api-key-env")
     topk: int = option(5, kind=int, lo=1, api_only="labels per answer of /predict (a request may ask for fewer)")
+
+    def validate(self) -> None:
+        """Kinds and ranges of every value (the flags' own); UserError (exit 2) naming the first bad one."""
+        check_fields(self)
+
+
+@dataclass
+class PredictConfig:
+    """Every option of ``edgecv predict``, in the order its --help lists them."""
+
+    artifact: str = option(
+        "auto", help="'auto' (fastest validated artifact here, the bench rule) or format-precision, e.g. onnx-int8.")
+    bench_json: str | None = option(
+        None, optional=True, path="file", exists=True,
+        help="With --artifact auto: take the recommendation of this 'edgecv bench --json' result.")
+    topk: int = option(5, kind=int, lo=1, hi=1000)
+    batch_size: int = option(32, kind=int, lo=1, hi=4096)
+    threads: int | None = option(None, kind=int, lo=1, hi=256, optional=True,
+                                 help="Runtime threads (default: runtime's).")
+    skip_bad: bool = option(
+        False, kind=bool,
+        help="Unreadable images, folders that cannot be listed and named folders with no image are listed on "
+             "stderr but do not make the exit code 2.")
 
     def validate(self) -> None:
         """Kinds and ranges of every value (the flags' own); UserError (exit 2) naming the first bad one."""

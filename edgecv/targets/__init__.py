@@ -71,6 +71,12 @@ TARGETS: dict[str, TargetProfile] = {
     ),
 }
 TARGET_NAMES = (*TARGETS, "all")
+# the host's own kind of machine: what export writes unless told otherwise, listed first where targets are chosen
+DEFAULT_TARGET = "x86"
+# the deploy policy's default (targets.policy): top-1 points an artifact shown to lose this much against the best
+# is refused (bench --accuracy-tolerance)
+ACCURACY_TOLERANCE = 1.0
+PROFILES = tuple(sorted(TARGETS, key=lambda t: t != DEFAULT_TARGET))  # the profiles, the default first
 
 
 def get_target(name: str) -> TargetProfile:

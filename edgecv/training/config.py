@@ -1,6 +1,6 @@
 """The training loop's configuration (:class:`TrainConfig`), declared once: each field carries its kind, range,
 choices and help (edgecv.options), from which ``edgecv train`` generates its flags; the fields a command never sets
-(the compress stages do) are marked API-only with the reason."""
+(the compress stages do) are marked API-only with the reason. :class:`EvalConfig`: ``edgecv eval``'s, likewise."""
 
 from __future__ import annotations
 
@@ -66,3 +66,29 @@ class TrainConfig:
 # `edgecv train`'s (and edgecv.train's) defaults where they differ from TrainConfig's, which compress's stages
 # start from
 COMMAND_DEFAULTS = {"batch_size": None, "channels_last_cpu": True}
+
+
+@dataclass
+class EvalConfig:
+    """Every option of ``edgecv eval`` (:func:`edgecv.training.evaluate.evaluate_checkpoint`), in --help order."""
+
+    data: str = option(
+        "digits",
+        help="DATA/test, else DATA/val (or valid/, validation/), else every image under DATA; or a built-in name.")
+    batch_size: int = option(256, kind=int, lo=1)
+    confusion_png: str | None = option(None, optional=True, path="file", decl="--confusion",
+                                       help="Write the confusion matrix as a PNG here.")
+    skip_bad: bool = option(
+        False, kind=bool,
+        help="Skip unreadable images and folders that cannot be listed (each listed) instead of stopping.")
+    allow_duplicates: bool = option(
+        False, kind=bool,
+        help="Evaluate even when byte-identical images sit in two splits or classes (recorded in --json).")
+    trust_pickle: bool = option(False, kind=bool,
+                                help="Allow loading pickled Python objects (only for files you trust).")
+    arch: str | None = option(None, optional=True,
+                              help="Architecture of a bare state_dict CHECKPOINT (see 'edgecv archs').")
+
+    def validate(self) -> None:
+        """Kinds and ranges of every value (the flags' own); UserError (exit 2) naming the first bad one."""
+        check_fields(self)

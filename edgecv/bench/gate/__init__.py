@@ -56,11 +56,18 @@ Modules: :mod:`.config` (settings), :mod:`.stats` (trimmed mean, bootstrap inter
 candidate must share), :mod:`.run` (matching artifacts, the gate itself), :mod:`.report` (the table).
 """
 
-from edgecv.bench.gate.config import SCHEMA, GateConfig
-from edgecv.bench.gate.measure import SessionPairs, paired_rounds, session_plan, stored_rounds
-from edgecv.bench.gate.report import print_gate
-from edgecv.bench.gate.run import match_pairs, run_gate
-from edgecv.bench.gate.stats import LatencyDecision, classify, decide, ratio_ci, trimmed_mean
+import importlib
 
-__all__ = ["SCHEMA", "GateConfig", "LatencyDecision", "SessionPairs", "classify", "decide", "match_pairs",
-           "paired_rounds", "print_gate", "ratio_ci", "run_gate", "session_plan", "stored_rounds", "trimmed_mean"]
+# name -> the module defining it; imported on first use, so that reading the settings (edgecv.bench.gate.config,
+# which the CLI does to build its flags) loads no runtime and no numpy
+_EXPORTS = {"SCHEMA": "config", "GateConfig": "config", "SessionPairs": "measure", "paired_rounds": "measure",
+            "session_plan": "measure", "stored_rounds": "measure", "print_gate": "report", "match_pairs": "run",
+            "run_gate": "run", "LatencyDecision": "stats", "classify": "stats", "decide": "stats",
+            "ratio_ci": "stats", "trimmed_mean": "stats"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -64,13 +64,6 @@ class _Plan:
     smap: dict[str, BenchRow] = field(default_factory=dict)  # stored baseline: its ok artifacts by name
 
 
-def _check_settings(cfg: GateConfig) -> None:
-    if cfg.metric not in ("p50", "p90"):
-        raise UserError("--metric must be p50 or p90")
-    if cfg.on_inconclusive not in ("point", "fail", "pass"):
-        raise UserError("--on-inconclusive must be point, fail or pass")
-
-
 def _verified(arg: str) -> Source:
     """The resolved source; a modified or missing artifact is bad input (exit 2), before anything is measured."""
     src = resolve_source(arg)
@@ -259,7 +252,7 @@ def _result(baseline: str, candidate: str, plan: _Plan, cfg: GateConfig) -> dict
 
 def run_gate(baseline: str, candidate: str, cfg: GateConfig, log: Log = lambda m: None) -> dict:
     """The gate result (schema ``edgecv.gate/1``); :class:`UserError` for bad input, before measuring."""
-    _check_settings(cfg)
+    cfg.validate()
     plan = _plan(baseline, candidate, cfg)
     ev = _eval_set(plan, cfg, log)
     rng = np.random.default_rng(cfg.seed)

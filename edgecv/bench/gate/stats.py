@@ -73,6 +73,10 @@ def classify(lo: float, hi: float, limit: float) -> str:
     return "inconclusive"
 
 
+# still inconclusive at the cap: decide on the point estimate, or call it a regression / a pass
+ON_INCONCLUSIVE = ("point", "fail", "pass")
+
+
 def decide(ratios, limit: float, confidence: float = 0.95, on_inconclusive: str = "point", final: bool = True,
            n_boot: int = 4000, seed: int = 0) -> LatencyDecision | None:
     """The latency decision on per-round ratios. Returns ``None`` when inconclusive and not ``final`` (the
