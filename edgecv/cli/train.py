@@ -49,8 +49,8 @@ from edgecv.utils import check_writable
               help="Start from a local file: state_dict (.pt/.pth), .safetensors or an edgecv checkpoint (e.g. a "
                    "teacher.pt trained on other data); a head of another class count is replaced.")
 @click.option("--freeze", default="auto", show_default=True,
-              help="auto | none | backbone | until:LAYER (e.g. layer3, features.9). auto with pretrained/init "
-                   "weights: < 1k training images head only, 1k-10k the last blocks, more: everything.")
+              help="auto | none | backbone | until:LAYER (e.g. layer3, features.9). auto: everything trains (none), "
+                   "from pretrained/init weights too (measured: docs/finetune.md).")
 @click.option("--backbone-lr-scale", default=None, type=click.FloatRange(0, min_open=True),
               help="Backbone learning rate = --lr x this (the head trains at --lr) [default: 0.1 with "
                    "--pretrained/--init-weights, else 1].")
