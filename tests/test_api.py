@@ -38,7 +38,9 @@ def test_digits_flow_through_the_api(tmp_path):
     q = run["stages"]["quantize"]
     assert q["status"] == "done" and q["val_top1"] > 20 and q["macs"] < run["stages"]["distill"]["macs"]
 
-    res = edgecv.export(tmp_path / "run", tmp_path / "bundle", target="x86", precisions="fp32,int8", num_val=64,
+    # 256 validation images: on 64, two near-tie flips of this briefly trained model (a 1-thread host trains a
+    # slightly different one) read 96.9 % < the INT8 threshold of 97 for openvino-int8 (99.2 % on 256)
+    res = edgecv.export(tmp_path / "run", tmp_path / "bundle", target="x86", precisions="fp32,int8", num_val=256,
                         num_calib=32)
     assert res.failed == [] and (tmp_path / "bundle" / "manifest.json").is_file()
     names = {e.name for e in res.manifest.artifacts if e.status == "ok"}
