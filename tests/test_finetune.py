@@ -34,7 +34,7 @@ def _snapshot(model):
 def test_frozen_params_and_bn_stats_unchanged_after_training(freeze, frozen_prefix, trained_prefix):
     torch.manual_seed(0)
     model = create_model("resnet18", 2)
-    pol, params = apply_policy(model, "resnet18", freeze, 16, {"kind": "file"})
+    pol, params = apply_policy(model, freeze, 16, {"kind": "file"})
     before = _snapshot(model)
     fit(model, _data(), _data(8, seed=1), CFG, params=params)  # model.train() every epoch: frozen BN stays eval
     after = model.state_dict()
@@ -55,14 +55,12 @@ def test_frozen_params_and_bn_stats_unchanged_after_training(freeze, frozen_pref
 def test_auto_policy_trains_everything_from_weights_too():
     """auto = none at every data size, from scratch and from weights (measured from ImageNet weights: none beat the
     head only on 245 photos and the last blocks on 10,000 images; docs/finetune.md); the other policies by name."""
-    m = create_model("resnet18", 2)
     for n in (245, 5_000, 20_000):
-        assert resolve_freeze("auto", "resnet18", m, n, True)[0] == "none"
-    assert resolve_freeze("auto", "resnet18", m, 500, False) == ("none", "from scratch")
-    assert resolve_freeze("backbone", "resnet18", m, 500, True) == ("backbone", "--freeze")
+        assert resolve_freeze("auto", n, True)[0] == "none"
+    assert resolve_freeze("auto", 500, False) == ("none", "from scratch")
+    assert resolve_freeze("backbone", 500, True) == ("backbone", "--freeze")
     mb = create_model("mobilenet_v3_small", 2)
-    assert resolve_freeze(f"until:{last_blocks('mobilenet_v3_small', mb)}", "mobilenet_v3_small", mb, 5_000,
-                          True)[0] == "until:features.9"
+    assert resolve_freeze(f"until:{last_blocks('mobilenet_v3_small', mb)}", 5_000, True)[0] == "until:features.9"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -70,7 +68,7 @@ def test_every_arch_has_valid_last_blocks_and_head(arch):
     m = create_model(arch, 3)
     lb = last_blocks(arch, m)
     assert lb in blocks(m)
-    pol, _ = apply_policy(m, arch, f"until:{lb}", 100, {"kind": "file"})
+    pol, _ = apply_policy(m, f"until:{lb}", 100, {"kind": "file"})
     assert pol.trainable_blocks[0] == lb and pol.frozen_params > 0
     assert head_blocks(m) and head_blocks(m)[-1] == pol.trainable_blocks[-1]
 
@@ -78,16 +76,16 @@ def test_every_arch_has_valid_last_blocks_and_head(arch):
 def test_unknown_layer_lists_the_blocks():
     m = create_model("resnet18", 2)
     with pytest.raises(UserError) as e:
-        apply_policy(m, "resnet18", "until:layer9", 100, None)
+        apply_policy(m, "until:layer9", 100, None)
     msg = str(e.value)
     assert "until:layer9" in msg and "conv1, bn1, layer1, layer2, layer3, layer4, fc" in msg
     with pytest.raises(UserError, match="auto, none, backbone or until:LAYER"):
-        apply_policy(m, "resnet18", "sideways", 100, None)
+        apply_policy(m, "sideways", 100, None)
 
 
 def test_param_groups_get_the_scaled_lr_through_the_schedule():
     m = create_model("resnet18", 2)
-    pol, params = apply_policy(m, "resnet18", "none", 16, {"kind": "file"}, backbone_lr_scale=0.25)
+    pol, params = apply_policy(m, "none", 16, {"kind": "file"}, backbone_lr_scale=0.25)
     assert [g["name"] for g in params] == ["head", "backbone"]
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, workers=0, device="cpu", warmup_epochs=1)
     tr = _Trainer(m, _data(), cfg, params, lambda s: None)
@@ -103,6 +101,6 @@ def test_param_groups_get_the_scaled_lr_through_the_schedule():
         tr.sched.step()
     assert h < cfg.lr  # the schedule moved both groups
     # defaults: 0.1 from pretrained/init weights, 1.0 (one group, as before) from scratch
-    assert apply_policy(create_model("resnet18", 2), "resnet18", "none", 16, {"kind": "file"})[0].backbone_lr_scale == 0.1
-    pol0, params0 = apply_policy(create_model("resnet18", 2), "resnet18", "auto", 16, None)
+    assert apply_policy(create_model("resnet18", 2), "none", 16, {"kind": "file"})[0].backbone_lr_scale == 0.1
+    pol0, params0 = apply_policy(create_model("resnet18", 2), "auto", 16, None)
     assert pol0.backbone_lr_scale == 1.0 and pol0.resolved == "none" and params0 is None

@@ -68,7 +68,7 @@ def stage_distill(ctx: Context) -> dict:
                                    ctx.bundle.class_names, c.trust_pickle, ctx.log)
     # a pretrained student trains everything, its backbone at lr x --student-backbone-lr-scale (as `edgecv train`
     # fine-tunes a pretrained teacher: docs/finetune.md, docs/compress.md); from scratch one rate (groups None)
-    policy, groups = apply_policy(model, c.student, "none", len(ctx.bundle.train), source and source.to_dict(),
+    policy, groups = apply_policy(model, "none", len(ctx.bundle.train), source and source.to_dict(),
                                   c.student_backbone_lr_scale, ctx.log)
     state = ctx.out / f"{DISTILL}.state"
     res = _kd_fit(ctx, model, train, val, ctx.train_cfg(c.epochs_kd, DISTILL), state, ctx.resume, groups)

@@ -1,6 +1,6 @@
 """The ``edgecv export`` options (:class:`ExportOptions`), declared once: each field carries its kind, range,
 choices and help (edgecv.options), from which ``edgecv export`` generates its flags and against which the Python
-API's values are checked (:meth:`ExportOptions.validate`, run by :func:`edgecv.export.bundle.export_bundle`).
+API's values are checked (:meth:`ExportOptions.check`, run by :func:`edgecv.export.bundle.export_bundle`).
 
 Kept apart from :mod:`edgecv.export.bundle` so that building the CLI imports no torch.
 """

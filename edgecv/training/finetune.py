@@ -104,7 +104,7 @@ def parse_freeze(freeze: str) -> str:
     raise UserError(f"--freeze must be auto, none, backbone or until:LAYER, got '{freeze}'")
 
 
-def resolve_freeze(freeze: str, arch: str, model: nn.Module, n_train: int, has_start: bool) -> tuple[str, str]:
+def resolve_freeze(freeze: str, n_train: int, has_start: bool) -> tuple[str, str]:
     """(none | backbone | until:LAYER, why)."""
     f = parse_freeze(freeze)
     if f != "auto":
@@ -148,13 +148,13 @@ def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)  # a frozen BatchNorm keeps its running statistics
 
 
-def apply_policy(model: nn.Module, arch: str, freeze: str, n_train: int, weights: dict | None,
+def apply_policy(model: nn.Module, freeze: str, n_train: int, weights: dict | None,
                  backbone_lr_scale: float | None = None,
                  log: Callable[[str], None] | None = None) -> tuple[FinetunePolicy, list[dict] | None]:
     """Freeze per the policy; returns it and the optimizer param groups for ``fit(params=...)`` (None when every
     parameter trains at the one learning rate, as before fine-tuning existed)."""
     has_start = weights is not None
-    resolved, reason = resolve_freeze(freeze, arch, model, n_train, has_start)
+    resolved, reason = resolve_freeze(freeze, n_train, has_start)
     scale = float(backbone_lr_scale if backbone_lr_scale is not None
                   else (DEFAULT_PRETRAINED_LR_SCALE if has_start else 1.0))
     if not scale > 0:

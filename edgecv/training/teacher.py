@@ -118,7 +118,7 @@ def train_classifier(
     train_ds = bundle.train.with_transform(pre.train_transform())
     val_ds = bundle.val.with_transform(pre.eval_transform())
     macs = count_macs(model, pre.input_size)
-    policy, params = apply_policy(model, arch, start.freeze, len(bundle.train), source and source.to_dict(),
+    policy, params = apply_policy(model, start.freeze, len(bundle.train), source and source.to_dict(),
                                   start.backbone_lr_scale, log)
     meta = {"train_config": cfg.to_dict(), "finetune": policy.to_dict(), "data_scan": bundle.scan.to_dict()}
 
