@@ -85,8 +85,8 @@ class CompressConfig:
                                help="--student auto: measure, probe and record the choice in "
                                     "RUN_DIR/run.json, run no stage.")
     epochs_kd: int = option(10, kind=int, lo=0, help="Distillation epochs [default: 10].")
-    epochs_prune: int = option(6, kind=int, lo=0,
-                               help="Fine-tune epochs of the pruning stage, spread over its steps [default: 6].")
+    epochs_prune: int = option(9, kind=int, lo=0,
+                               help="Fine-tune epochs of the pruning stage, spread over its steps [default: 9].")
     epochs_qat: int = option(3, kind=int, lo=0, help="QAT epochs [default: 3].")
     img_size: int | None = option(None, kind=int, lo=8, hi=4096, optional=True,
                                   help="Student input size [default: the teacher's, else the data default].")
