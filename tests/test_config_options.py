@@ -21,7 +21,7 @@ from edgecv.cli import cli, main
 from edgecv.compress.config import CompressConfig, resolve_config
 from edgecv.errors import UserError
 from edgecv.export.config import ExportOptions
-from edgecv.options import Option, check_fields, spec_of
+from edgecv.options import Option, check_fields, default_of, spec_of
 from edgecv.serve.config import PredictConfig, ServeConfig
 from edgecv.training.config import COMMAND_DEFAULTS, EvalConfig, TrainConfig
 
@@ -123,6 +123,26 @@ def _from_cli(command: str, argv: list[str]):
     values = {f.name: params[_param(command, o, f.name).name] for f in fields(cls)
               if (o := spec_of(f)) is not None and not o.api_only}
     return resolve_config(values) if command == "compress" else cls(**values)
+
+
+@pytest.mark.parametrize("command,name", CASES)
+def test_a_default_quoted_in_the_help_is_the_fields(command, name):
+    """A help text's ``[default: X]`` repeats the field's default by hand; where X is the value itself (a number,
+    a name, on/off) it must be the field's, so a changed default cannot leave its help behind. Descriptions of a
+    default resolved later ("the teacher's", "auto") are not values and are not compared."""
+    f = _field(COMMANDS[command][0], name)
+    spec = spec_of(f)
+    m = re.search(r"\[default: ([^\];]+)\]", spec.help or "") if spec else None
+    d = default_of(f)
+    if m is None or d is None:
+        return
+    quoted = m.group(1).split(",")[0].strip()  # "64, halved for a small dataset ...": the value, then a rule
+    if isinstance(d, bool):
+        assert quoted == ("on" if d else "off"), (quoted, d)
+    elif isinstance(d, int | float):
+        assert float(quoted) == float(d), (quoted, d)
+    elif isinstance(d, str):
+        assert quoted == d, (quoted, d)
 
 
 def test_every_command_is_iterated():

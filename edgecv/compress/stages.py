@@ -194,8 +194,8 @@ class _PruneRounds:
         ctx = self.ctx
         # every parameter at --lr, a pretrained student too: on cifar10-mini at 96 px (ImageNet-start
         # EfficientNet-Lite0, the same distilled student, 2,000 val images) the full rate ended the prune stage at
-        # 74.85 %, x 0.1 at 61.40 %; on hymenoptera's 245 photos x 0.1 did better with 6 prune epochs, not with
-        # today's 9 (docs/compress.md)
+        # 74.85 %, x 0.1 at 61.40 %; on hymenoptera's 245 photos x 0.1 did better with 6 prune epochs, not with 9
+        # (docs/compress.md)
         res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
                       self.state, ctx.resume or not self.finetuned)
         last = self.rounds[-1]
