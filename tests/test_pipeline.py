@@ -125,6 +125,17 @@ def test_stages_subset_then_resume(data, teacher, tmp_path):
     assert run["stages"]["distill"]["sha256"] == sha  # not re-run
 
 
+def test_prune_reconstruct_replaces_the_batchnorm_re_estimation(data, teacher, tmp_path):
+    """``--prune-reconstruct N``: after each cut the pointwise layers that lost inputs are refitted on N training
+    batches (recorded per round), and BatchNorm is not re-estimated over them."""
+    run = compress(_cfg(data, teacher, tmp_path / "r", prune_reconstruct=2, epochs_qat=0), stages=["distill", "prune"])
+    pr = run["stages"]["prune"]
+    assert pr["reconstruct_batches"] == 2 and pr["bn_batches"] == 0
+    for r in pr["rounds"]:
+        assert r["reconstructed_layers"] > 0 and r["reconstruct_images"] == 32 and "bn_images" not in r, r
+        assert "top1_after_cut" in r and "top1_after_prune" in r
+
+
 def test_missing_input_stage_is_user_error(data, teacher, tmp_path):
     with pytest.raises(UserError, match="needs the output of 'distill'"):
         compress(_cfg(data, teacher, tmp_path / "r"), stages=["prune"])

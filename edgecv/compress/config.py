@@ -108,6 +108,11 @@ class CompressConfig:
         32, kind=int, lo=0,
         help="Re-estimate BatchNorm statistics on this many training batches after each prune cut, "
              "0 = off [default: 32].")
+    prune_reconstruct: int = option(
+        0, kind=int, lo=0,
+        help="After each prune cut, refit every pointwise layer that lost input channels to the unpruned layer's "
+             "output by least squares on this many training batches (then BatchNorm is not re-estimated), "
+             "0 = off [default: 0].")
     # distillation
     temperature: float = option(4.0, kind=float, lo=0, lo_open=True, help="KD temperature [default: 4].")
     alpha: float = option(0.8, kind=float, lo=0, hi=1, help="Weight of the KD term [default: 0.8].")
