@@ -100,7 +100,10 @@ def test_param_groups_get_the_scaled_lr_through_the_schedule():
         tr.opt.step()
         tr.sched.step()
     assert h < cfg.lr  # the schedule moved both groups
-    # defaults: 0.1 from pretrained/init weights, 1.0 (one group, as before) from scratch
+    # defaults: from pretrained/init weights 0.1 on a small set, 1.0 from 1,000 images; 1.0 (one group, as before)
+    # from scratch
     assert apply_policy(create_model("resnet18", 2), "none", 16, {"kind": "file"})[0].backbone_lr_scale == 0.1
+    assert apply_policy(create_model("resnet18", 2), "none", 999, {"kind": "file"})[0].backbone_lr_scale == 0.1
+    assert apply_policy(create_model("resnet18", 2), "none", 1000, {"kind": "file"})[0].backbone_lr_scale == 1.0
     pol0, params0 = apply_policy(create_model("resnet18", 2), "auto", 16, None)
     assert pol0.backbone_lr_scale == 1.0 and pol0.resolved == "none" and params0 is None

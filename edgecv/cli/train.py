@@ -53,7 +53,7 @@ from edgecv.utils import check_writable
                    "from pretrained/init weights too (measured: docs/finetune.md).")
 @click.option("--backbone-lr-scale", default=None, type=click.FloatRange(0, min_open=True),
               help="Backbone learning rate = --lr x this (the head trains at --lr) [default: 0.1 with "
-                   "--pretrained/--init-weights, else 1].")
+                   "--pretrained/--init-weights and < 1,000 training images, else 1].")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled --init-weights file (only for files you trust).")
 @click.option("--out", default="teacher.pt", show_default=True, type=click.Path(dir_okay=False))
 @json_option

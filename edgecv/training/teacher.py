@@ -73,7 +73,7 @@ class StartWeights:
     init_weights: str | None = None
     trust_pickle: bool = False
     freeze: str = "auto"  # auto | none | backbone | until:LAYER (edgecv.training.finetune)
-    backbone_lr_scale: float | None = None  # None: 0.1 with pretrained / init weights, 1.0 from scratch
+    backbone_lr_scale: float | None = None  # None: training.finetune.default_backbone_lr_scale
 
 
 def train_classifier(
