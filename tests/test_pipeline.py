@@ -66,7 +66,11 @@ def test_run_json_contract(full_run):
     assert gap["top1_pt"] == round(run["stages"]["quantize"]["val_top1"] - run["teacher"]["val_top1"], 2)
     pr = run["stages"]["prune"]  # --epochs-prune 1 --prune-steps 2: one round with its epoch, said so
     assert pr["schedule"] == [1] and "would leave rounds without a fine-tune epoch" in pr["schedule_note"]
-    assert all(r["bn_images"] > 0 and "top1_after_cut" in r for r in pr["rounds"])
+    # the default: every cut followed by the least-squares refit (4 batches: here all 48 training images, 3 batches
+    # of 16), BatchNorm not re-estimated
+    assert pr["reconstruct_batches"] == 4 and pr["bn_batches"] == 0
+    assert all(r["reconstructed_layers"] > 0 and r["reconstruct_images"] == 48 and "top1_after_cut" in r
+               for r in pr["rounds"])
     assert run["class_names"] == sorted(CLASSES)  # ImageFolder order
     assert set(run["teacher"]) >= {"path", "sha256", "arch", "val_top1"}
     # teacher and every stage judged on val (issue 28): per-class recall side by side, learned, the baseline
@@ -125,14 +129,15 @@ def test_stages_subset_then_resume(data, teacher, tmp_path):
     assert run["stages"]["distill"]["sha256"] == sha  # not re-run
 
 
-def test_prune_reconstruct_replaces_the_batchnorm_re_estimation(data, teacher, tmp_path):
-    """``--prune-reconstruct N``: after each cut the pointwise layers that lost inputs are refitted on N training
-    batches (recorded per round), and BatchNorm is not re-estimated over them."""
-    run = compress(_cfg(data, teacher, tmp_path / "r", prune_reconstruct=2, epochs_qat=0), stages=["distill", "prune"])
+def test_prune_without_reconstruction_re_estimates_batchnorm(data, teacher, tmp_path):
+    """``--prune-reconstruct 0``: after each cut BatchNorm's statistics are re-estimated on ``--prune-bn-batches``
+    batches instead (recorded per round), nothing refitted."""
+    run = compress(_cfg(data, teacher, tmp_path / "r", prune_reconstruct=0, prune_bn_batches=2, epochs_qat=0),
+                   stages=["distill", "prune"])
     pr = run["stages"]["prune"]
-    assert pr["reconstruct_batches"] == 2 and pr["bn_batches"] == 0
+    assert pr["reconstruct_batches"] == 0 and pr["bn_batches"] == 2
     for r in pr["rounds"]:
-        assert r["reconstructed_layers"] > 0 and r["reconstruct_images"] == 32 and "bn_images" not in r, r
+        assert r["bn_images"] == 32 and "reconstructed_layers" not in r, r
         assert "top1_after_cut" in r and "top1_after_prune" in r
 
 

@@ -159,16 +159,14 @@ def test_kept_channels_name_the_slices_the_cut_left():
 
 
 def test_reconstruct_folds_a_cut_channel_into_the_kept_ones():
-    """Channels 4-7 of the first layer are half of channels 0-3: with them cut, refitting the next layer by least
-    squares gives back the unpruned output exactly (the plain cut does not)."""
+    """Channels 4-7 of the first layer are half of channels 0-3: with them cut, refitting the next layer (weights
+    and bias) by least squares gives back the unpruned output exactly (the plain cut does not)."""
     torch.manual_seed(0)
-    orig = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1, bias=False), nn.Flatten(),
-                         nn.Linear(4 * 5 * 5, 3))
+    orig = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
     with torch.no_grad():
         orig[0].weight[4:] = 0.5 * orig[0].weight[:4]
-    pruned = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(4, 4, 1, bias=False), nn.Flatten(),
-                           nn.Linear(4 * 5 * 5, 3))
-    pruned.load_state_dict({"0.weight": orig[0].weight[:4], "1.weight": orig[1].weight[:, :4],
+    pruned = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    pruned.load_state_dict({"0.weight": orig[0].weight[:4], "1.weight": orig[1].weight[:, :4], "1.bias": orig[1].bias,
                             "3.weight": orig[3].weight, "3.bias": orig[3].bias})
     kept = {"0": {"out": [0, 1, 2, 3], "in": [0, 1, 2]}, "1": {"out": [0, 1, 2, 3], "in": [0, 1, 2, 3]},
             "3": {"out": [0, 1, 2], "in": list(range(100))}}

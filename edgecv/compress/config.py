@@ -45,11 +45,12 @@ class CompressConfig:
     student_init_weights: str | None = option(
         None, optional=True, path="file",
         help="Start the student from a local state_dict / .safetensors / edgecv checkpoint of its arch.")
-    # None: training.finetune.DEFAULT_PRETRAINED_LR_SCALE with a pretrained start, 1 from scratch
+    # None: training.finetune.default_backbone_lr_scale
     student_backbone_lr_scale: float | None = option(
         None, kind=float, lo=0, lo_open=True, optional=True,
         help="Distill stage: a pretrained student's backbone learns at --lr x this, its head at --lr "
-             "[default: 0.1 with --student-pretrained / --student-init-weights, else 1].")
+             "[default: 0.1 with --student-pretrained / --student-init-weights and < 1,000 training images, "
+             "else 1].")
     target_macs: float | str = option(
         0.5, kind=float, lo=0, hi=1, lo_open=True, auto=True,
         help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
@@ -106,13 +107,13 @@ class CompressConfig:
         help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch].")
     prune_bn_batches: int = option(
         32, kind=int, lo=0,
-        help="Re-estimate BatchNorm statistics on this many training batches after each prune cut, "
-             "0 = off [default: 32].")
+        help="With --prune-reconstruct 0: re-estimate BatchNorm statistics on this many training batches after "
+             "each prune cut, 0 = off [default: 32].")
     prune_reconstruct: int = option(
-        0, kind=int, lo=0,
+        4, kind=int, lo=0,
         help="After each prune cut, refit every pointwise layer that lost input channels to the unpruned layer's "
-             "output by least squares on this many training batches (then BatchNorm is not re-estimated), "
-             "0 = off [default: 0].")
+             "output by least squares on this many training batches (BatchNorm is then not re-estimated), "
+             "0 = off [default: 4].")
     # distillation
     temperature: float = option(4.0, kind=float, lo=0, lo_open=True, help="KD temperature [default: 4].")
     alpha: float = option(0.8, kind=float, lo=0, hi=1, help="Weight of the KD term [default: 0.8].")

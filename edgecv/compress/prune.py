@@ -182,8 +182,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, dict[str
     kept (He et al., "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017).
 
     ``original``: the model before the cut; ``pruned``: after it, ``kept`` as :func:`prune_to_macs` fills it;
-    ``batches``: a list of input tensors. 1x1 convolutions (no bias: a BatchNorm follows) and the linear head (its
-    bias refitted too) are refitted; other layers are left as the cut left them. Both models run in eval mode
+    ``batches``: a list of input tensors. 1x1 convolutions (stride 1) and linear layers are refitted, their biases
+    with them; other layers are left as the cut left them. Both models run in eval mode
     (running BatchNorm statistics, the unpruned ones sliced). The layers are refitted one after the other in
     forward order, each on the inputs that the refits before it produce: fitting them all at once on the plain
     cut's inputs left a cifar10-mini cut at 8-10 % top-1 (its deep inputs are too far from the unpruned ones),
@@ -199,7 +199,7 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, dict[str
     try:
         for j, name in enumerate(todo):
             m, ko, ki = new_mods[name], kept[name]["out"], kept[name]["in"]
-            bias = isinstance(m, nn.Linear) and m.bias is not None
+            bias = m.bias is not None
             k = len(ki) + bias  # the bias: the weight of a constant input
             xtx = torch.zeros(k, k, dtype=torch.float64)
             xty = torch.zeros(k, len(ko), dtype=torch.float64)

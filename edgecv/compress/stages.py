@@ -160,8 +160,9 @@ class _PruneRounds:
         D.barrier()
 
     def prune(self, r: int, mark: int, base_macs: int, grad_fn, train) -> float:
-        """Round ``r + 1``: prune to its milestone on rank 0 and re-estimate its BatchNorm statistics
-        (``--prune-bn-batches``), broadcast, record. Returns the seconds it took."""
+        """Round ``r + 1``: prune to its milestone on rank 0, refit the layers that lost inputs
+        (``--prune-reconstruct``) or else re-estimate its BatchNorm statistics (``--prune-bn-batches``), broadcast,
+        record. Returns the seconds it took."""
         ctx, c = self.ctx, self.ctx.cfg
         n = ctx.bundle.num_classes
         t0 = time.perf_counter()
