@@ -16,6 +16,7 @@ from edgecv.cli._common import (
 )
 from edgecv.options import owned
 from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
+from edgecv.training.finetune import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 from edgecv.utils import check_writable
 
 
@@ -52,8 +53,9 @@ from edgecv.utils import check_writable
               help="auto | none | backbone | until:LAYER (e.g. layer3, features.9). auto: everything trains (none), "
                    "from pretrained/init weights too (measured: docs/finetune.md).")
 @click.option("--backbone-lr-scale", default=None, type=click.FloatRange(0, min_open=True),
-              help="Backbone learning rate = --lr x this (the head trains at --lr) [default: 0.1 with "
-                   "--pretrained/--init-weights and < 1,000 training images, else 1].")
+              help="Backbone learning rate = --lr x this (the head trains at --lr) [default: "
+                   f"{DEFAULT_PRETRAINED_LR_SCALE:g} with --pretrained/--init-weights and < {LARGE_SET:,} training "
+                   "images, else 1].")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled --init-weights file (only for files you trust).")
 @click.option("--out", default="teacher.pt", show_default=True, type=click.Path(dir_okay=False))
 @json_option

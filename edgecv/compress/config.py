@@ -14,6 +14,7 @@ from pathlib import Path
 from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, STAGES
 from edgecv.errors import UserError
 from edgecv.options import check_fields, option, owned
+from edgecv.training.finetune import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 
 DEFAULT_OUT = "runs/compress"
 
@@ -45,12 +46,11 @@ class CompressConfig:
     student_init_weights: str | None = option(
         None, optional=True, path="file",
         help="Start the student from a local state_dict / .safetensors / edgecv checkpoint of its arch.")
-    # None: training.finetune.default_backbone_lr_scale
-    student_backbone_lr_scale: float | None = option(
+    student_backbone_lr_scale: float | None = option(  # None: training.finetune.default_backbone_lr_scale
         None, kind=float, lo=0, lo_open=True, optional=True,
         help="Distill stage: a pretrained student's backbone learns at --lr x this, its head at --lr "
-             "[default: 0.1 with --student-pretrained / --student-init-weights and < 1,000 training images, "
-             "else 1].")
+             f"[default: {DEFAULT_PRETRAINED_LR_SCALE:g} with --student-pretrained / --student-init-weights and "
+             f"< {LARGE_SET:,} training images, else 1].")
     target_macs: float | str = option(
         0.5, kind=float, lo=0, hi=1, lo_open=True, auto=True,
         help="Pruned MACs as a fraction of the unpruned student's, or 'auto': the amount the measured "
