@@ -82,6 +82,17 @@ def cut(model, criterion: str, fraction: float, size: int, n_cls: int, grad_fn, 
     return macs
 
 
+def distilled_run(path: str):
+    """A compress run folder with a finished distill stage: (its config, distill.pt, the data bundle, train set with
+    the training transform, val set with the eval transform)."""
+    run = Path(path).expanduser()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    ck = load_checkpoint(run / "distill.pt")
+    b = load_train_val(cfg["data"], cfg["img_size"], seed=cfg["seed"], preprocess=ck.preprocess)
+    return (cfg, ck, b, b.train.with_transform(ck.preprocess.train_transform()),
+            b.val.with_transform(ck.preprocess.eval_transform()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -89,14 +100,9 @@ def main() -> None:
     ap.add_argument("--criteria", default="magnitude,taylor,magnitude-hidden,taylor-hidden,taylor-global")
     ap.add_argument("--bn-batches", type=int, default=32)
     a = ap.parse_args()
-    run = Path(a.run).expanduser()
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    ck = load_checkpoint(run / "distill.pt")
+    cfg, ck, b, train, val = distilled_run(a.run)
     teacher = load_checkpoint(cfg["teacher"]).build().eval()
     size = cfg["img_size"]
-    b = load_train_val(cfg["data"], size, seed=cfg["seed"], preprocess=ck.preprocess)
-    train = b.train.with_transform(ck.preprocess.train_transform())
-    val = b.val.with_transform(ck.preprocess.eval_transform())
     n_cls, T, alpha, bs = len(b.class_names), cfg["temperature"], cfg["alpha"], cfg["batch_size"]
 
     def grad_fn(m: nn.Module) -> None:

@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
-import yaml
+from prune_criteria import distilled_run  # run as a script: benchmarks/ is on sys.path
 
 from edgecv.compress.prune import prune_to_macs, recalibrate_bn, reconstruct, widths
-from edgecv.data.datasets import load_train_val
-from edgecv.models.checkpoint import load_checkpoint
 from edgecv.nn.graph import count_macs
 from edgecv.training.loop import evaluate_top1
 
@@ -43,13 +40,8 @@ def main() -> None:
     ap.add_argument("--variants", default="4@0.01")
     ap.add_argument("--bn-batches", type=int, default=32)
     a = ap.parse_args()
-    run = Path(a.run).expanduser()
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    ck = load_checkpoint(run / "distill.pt")
+    cfg, ck, b, train, val = distilled_run(a.run)
     size, cpu = cfg["img_size"], torch.device("cpu")
-    b = load_train_val(cfg["data"], size, seed=cfg["seed"], preprocess=ck.preprocess)
-    train = b.train.with_transform(ck.preprocess.train_transform())
-    val = b.val.with_transform(ck.preprocess.eval_transform())
     base = ck.build().eval()
     base_macs = count_macs(base, size)
     m, kept = copy.deepcopy(base), {}
