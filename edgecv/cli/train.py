@@ -15,8 +15,7 @@ from edgecv.cli._common import (
     warn_unlearned,
 )
 from edgecv.options import owned
-from edgecv.training.config import COMMAND_DEFAULTS, TrainConfig
-from edgecv.training.finetune import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
+from edgecv.training.config import COMMAND_DEFAULTS, DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET, TrainConfig
 from edgecv.utils import check_writable
 
 

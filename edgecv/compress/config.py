@@ -14,7 +14,7 @@ from pathlib import Path
 from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, STAGES
 from edgecv.errors import UserError
 from edgecv.options import check_fields, option, owned
-from edgecv.training.finetune import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
+from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 
 DEFAULT_OUT = "runs/compress"
 

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass
 from edgecv.options import check_fields, option, owned
 
 AUGMENTS = owned("edgecv.data.augment", "PRESETS", auto=True)
+# a pretrained trunk's default learning-rate scale (edgecv.training.finetune.default_backbone_lr_scale): x this on a
+# small training set, the full rate from LARGE_SET training images on; here (torch-free) for the CLI's help texts
+DEFAULT_PRETRAINED_LR_SCALE = 0.1
+LARGE_SET = 1000
 
 
 @dataclass

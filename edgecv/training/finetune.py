@@ -32,9 +32,8 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from edgecv.errors import UserError
+from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 
-DEFAULT_PRETRAINED_LR_SCALE = 0.1  # a pretrained trunk's lr x this on a small training set ...
-LARGE_SET = 1000  # ... and the full rate from this many training images on (default_backbone_lr_scale)
 _STAGE_CONTAINERS = ("features", "blocks")  # torchvision / timm: expanded into their stages
 _STAGE_PREFIXES = ("layer", "features.", "blocks.")  # trunk stages; the head is what follows the last one
 
