@@ -190,9 +190,9 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, dict[str
     one by one at 66 % (docs/compress.md). ``ridge`` scales an L2 term by the inputs' mean energy; at most
     ``max_rows`` positions of a batch enter a layer's fit. Returns the refitted layers' names."""
     orig_mods, new_mods = dict(original.named_modules()), dict(pruned.named_modules())
-    todo = [n for n, m in new_mods.items() if n in kept and n in orig_mods and (
-        isinstance(m, nn.Linear) or isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (1, 1)
-        and m.stride == (1, 1)) and _ins(m) < _ins(orig_mods[n])]
+    todo = [n for n, m in new_mods.items() if n in kept and n in orig_mods and _dense(m)
+            and (isinstance(m, nn.Linear) or m.kernel_size == (1, 1) and m.stride == (1, 1))
+            and _ins(m) < _ins(orig_mods[n])]
     was = original.training, pruned.training
     original.eval().to(device)
     pruned.eval().to(device)

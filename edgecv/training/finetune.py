@@ -13,8 +13,8 @@
   ImageNet weights (EfficientNet-Lite0, 6 epochs, the trunk at x 0.1, benchmarks/RESULTS.md "The ImageNet start"):
   on cifar10-mini at 96 px (10,000 images) ``none`` 76.90 % against the last blocks' (``until:blocks.5``, this
   default's old choice there) 72.95 % on 2,000 val images; on hymenoptera at 224 px (245 images) ``none`` 90.85 %
-  against the head only (``backbone``, its old choice under 1,000 images) 88.89 %. ``backbone`` and ``until:LAYER`` (the arch's last
-  blocks: :func:`last_blocks`) cost a fraction of the time and stay available.
+  against the head only (``backbone``, its old choice under 1,000 images) 88.89 %. ``backbone`` and
+  ``until:LAYER`` (the arch's last blocks: :func:`last_blocks`) cost a fraction of the time and stay available.
 
 Frozen parameters get ``requires_grad=False`` and are left out of the optimizer; frozen BatchNorms stay in eval
 mode (their running statistics untouched) whatever ``model.train()`` is called on: their ``train`` is replaced.
