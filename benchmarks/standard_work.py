@@ -11,6 +11,7 @@ last revision's run (every INT8 artifact's val top-1 and its agreement with the 
   trained by this checkout's ``edgecv train`` when the file is missing.
 - Each revision runs from a ``git worktree`` of it under ``--out`` (``python -m edgecv`` from there, so its own
   package is imported) with this checkout's interpreter; nothing else should run on the host meanwhile.
+  ``git worktree remove DIR`` (or ``git worktree prune`` after deleting ``--out``) unregisters them afterwards.
 - Every run's output stays under ``--out``; ``--out/summary.json`` has the table's rows.
 """
 
