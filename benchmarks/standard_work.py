@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 from _cli import REPO, edgecv  # run as a script: benchmarks/ is on sys.path
+
+from edgecv.utils import cache_dir
 
 TEACHER = "cifar10-mini-resnet18-64-e12.pt"
 SIZE = 64
@@ -68,8 +69,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv"))
-    teacher = Path(a.teacher or cache / "bench-teachers" / TEACHER).expanduser()
+    teacher = Path(a.teacher or cache_dir() / "bench-teachers" / TEACHER).expanduser()
     if not teacher.exists():
         teacher.parent.mkdir(parents=True, exist_ok=True)
         edgecv("train", "--data", a.data, "--arch", "resnet18", "--img-size", str(SIZE), "--epochs", "12",

@@ -278,6 +278,17 @@ def plan_rounds(total_epochs: int, steps: int) -> tuple[int, list[int], str | No
 
 
 @torch.no_grad()
+def seeded_batches(ds, n: int, batch_size: int, seed: int):
+    """The first ``n`` batches of a shuffle of ``ds`` seeded with ``seed`` (the items as the dataset gives them):
+    what a cut is repaired on (:func:`reconstruct`, :func:`recalibrate_bn`)."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    for i, b in enumerate(loader):
+        if i >= n:
+            return
+        yield b
+
+
 def recalibrate_bn(model: nn.Module, batches, device: torch.device | str = "cpu") -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (an iterable of input tensors, or of
     tuples whose first item is the input), as a cumulative average over them; returns the images seen.

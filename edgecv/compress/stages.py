@@ -25,6 +25,7 @@ from edgecv.compress.prune import (
     pruned_copy_synced,
     recalibrate_bn,
     reconstruct,
+    seeded_batches,
     widths,
 )
 from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, epoch_base
@@ -86,13 +87,8 @@ def stage_distill(ctx: Context) -> dict:
 
 # ---------------------------------------------------------------------------------------------- prune
 def _train_batches(ctx: Context, train, n: int):
-    """The first ``n`` batches of a seeded shuffle of the training set (its items: ``x, y, *extra``)."""
-    loader = torch.utils.data.DataLoader(train, batch_size=ctx.cfg.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(ctx.cfg.seed))
-    for i, b in enumerate(loader):
-        if i >= n:
-            return
-        yield b
+    """The first ``n`` batches of the run's seeded shuffle of the training set (its items: ``x, y, *extra``)."""
+    return seeded_batches(train, n, ctx.cfg.batch_size, ctx.cfg.seed)
 
 
 def _taylor_grads(ctx: Context, train):
