@@ -305,7 +305,9 @@ def student_step_path(device: torch.device, channels_last: bool = True) -> dict:
     bf16, why = cpu_bf16()
     return {"path": "eager", "memory_format": "channels_last" if channels_last else "contiguous",
             "autocast": "off", "bf16": why if not bf16 else "not used: " + MEASURED["student_bf16"],
-            "compile": "off: " + MEASURED["student_compile"]}
+            "compile": "off: " + MEASURED["student_compile"],
+            "depthwise_weight_grad": "tap sum where the kernel covers the output plane, else ATen "
+                                     "(edgecv.nn.depthwise)"}
 
 
 # why the other paths are off (benchmarks/compress_speed.py --step-probe on the AVX2 host; docs/compress-speed.md)

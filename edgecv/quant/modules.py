@@ -29,8 +29,8 @@ class QConvBn2d(nn.Module):
         self.float_layer = False  # stays float in every INT8 artifact (QuantConfig.float_convs): no fake-quant
 
     def _conv(self, x, w, b=None):
-        c = self.conv
-        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+        # the conv's own F.conv2d call (zero padding), so a training epoch's depthwise patch reaches QAT too
+        return self.conv._conv_forward(x, w, b)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """BN-folded float weight and bias (with running statistics)."""

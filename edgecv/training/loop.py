@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgecv import distributed as D
 from edgecv.errors import TrainingError, UserError
+from edgecv.nn.depthwise import fast_depthwise_backward
 from edgecv.training.balance import BalancedSampler, check_balance, class_weights, labels_of
 from edgecv.training.config import TrainConfig
 from edgecv.training.losses import ClassificationLoss, mix_batch
@@ -203,7 +204,7 @@ class _Trainer:
 
     def train_epoch(self, epoch: int, loss_fn: LossFn | None, crit: nn.Module) -> torch.Tensor:
         """One epoch over the training loader; returns the all-reduced ``[loss sum, correct, n]``."""
-        cfg, device = self.cfg, self.device
+        cfg = self.cfg
         # per-(epoch, rank) seeds: different augmentation on every rank, identical replay after --resume
         e = cfg.epoch_base + epoch
         seed_everything(epoch_seed(cfg.seed, e, D.rank()))
@@ -213,6 +214,12 @@ class _Trainer:
         if hasattr(getattr(self.loader, "sampler", None), "set_epoch"):  # DistributedSampler, BalancedSampler
             self.loader.sampler.set_epoch(e)
         self.ddp_model.train()
+        # CPU: depthwise convs whose kernel covers their output take the tap-sum weight gradient (nn.depthwise)
+        with fast_depthwise_backward(self.model, enabled=not self.cuda):
+            return self._epoch_steps(epoch, loss_fn, crit)
+
+    def _epoch_steps(self, epoch: int, loss_fn: LossFn | None, crit: nn.Module) -> torch.Tensor:
+        cfg, device = self.cfg, self.device
         tl, tn, tc = 0.0, 0, 0
         bar = progress(self.loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
         for step, (x, y, *extra) in enumerate(bar):
