@@ -68,7 +68,7 @@ def layers(arch: str, size: int, batch: int, n: int) -> list[dict]:
         a, t = per_call(aten, n), per_call(taps, n)
         rows.append({"channels": in_shape[1], "kernel": conv.kernel_size[0], "stride": s[0],
                      "in": in_shape[-1], "out": out_hw[-1], "aten_ms": a * 1e3, "taps_ms": t * 1e3,
-                     "routed": covers(conv.kernel_size, tuple(out_hw))})
+                     "routed": covers(conv.kernel_size, tuple(in_shape[-2:]))})
     return rows
 
 

@@ -85,7 +85,7 @@ class CompressConfig:
     select_only: bool = option(False, kind=bool, switch=True,
                                help="--student auto: measure, probe and record the choice in "
                                     "RUN_DIR/run.json, run no stage.")
-    # 20: the from-scratch standard work, 10 -> 20 epochs: QAT 66.30 -> 68.35 % (seed 0; benchmarks/RESULTS.md)
+    # 20 (was 10): the from-scratch standard work, INT8 63.13 -> 69.43 % on two seeds at 1.19x the wall (RESULTS.md)
     epochs_kd: int = option(20, kind=int, lo=0, help="Distillation epochs [default: 20].")
     epochs_prune: int = option(9, kind=int, lo=0,
                                help="Fine-tune epochs of the pruning stage, spread over its steps [default: 9].")

@@ -306,7 +306,7 @@ def student_step_path(device: torch.device, channels_last: bool = True) -> dict:
     return {"path": "eager", "memory_format": "channels_last" if channels_last else "contiguous",
             "autocast": "off", "bf16": why if not bf16 else "not used: " + MEASURED["student_bf16"],
             "compile": "off: " + MEASURED["student_compile"],
-            "depthwise_weight_grad": "tap sum where the kernel covers the output plane, else ATen "
+            "depthwise_weight_grad": "tap sum where the input plane is smaller than the kernel, else ATen "
                                      "(edgecv.nn.depthwise)"}
 
 

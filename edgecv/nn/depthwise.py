@@ -1,13 +1,14 @@
 """The weight gradient of a depthwise convolution on the CPU, summed tap by tap where oneDNN's kernel is slow.
 
-oneDNN's depthwise backward-weights kernel is slow when the kernel covers the whole output plane: the 3x3 and 5x5
-depthwise convolutions of MobileNetV3's and EfficientNet-Lite's last stages, whose outputs are 1-4 px at the 64-96 px
-inputs edgecv trains students at. Measured on a 2-core AMD EPYC (AVX2), batch 64: a 5x5 depthwise conv on a 2x2
-plane took 45 ms for its weight gradient against 2.7 ms summed over its 25 taps (one shifted product each); on
-planes larger than its kernel oneDNN was the faster (benchmarks/depthwise_backward.py, benchmarks/RESULTS.md).
+oneDNN's depthwise backward-weights kernel is slow when the input plane is smaller than the kernel: the 3x3 and 5x5
+depthwise convolutions of MobileNetV3's and EfficientNet-Lite's last stages, whose planes are 2-4 px at the 64-96 px
+inputs edgecv trains students at. Measured on a 2-core AMD EPYC (AVX2), mobilenet_v3_small at 64 px, batch 64: a
+5x5 depthwise conv on a 2x2 plane took 25-43 ms for its weight gradient against 2-4 ms summed over its 25 taps (one
+shifted product each), and the whole training step was 1.75x faster; on planes as large as its kernel or larger
+oneDNN was as fast or faster (benchmarks/depthwise_backward.py, benchmarks/RESULTS.md).
 
-:func:`fast_depthwise_backward` routes, for the duration of a training epoch, each depthwise ``nn.Conv2d`` (and its
-QAT subclasses) whose kernel covers its output plane (:func:`covers`) through :class:`_DepthwiseConv`: the forward
+:func:`fast_depthwise_backward` routes, for the duration of a training epoch, each depthwise ``nn.Conv2d`` (the QAT
+modules' convs too) whose input plane is smaller than its kernel (:func:`covers`) through :class:`_DepthwiseConv`: the forward
 and the input gradient are ATen's own, the weight gradient is the tap sum; the same sums in another order (equal
 to float rounding; tests/test_depthwise.py). The rule is a shape test, not a timing, so a run replays bit for bit.
 """
@@ -26,14 +27,11 @@ from torch.autograd.function import once_differentiable
 _PATCH = "_edgecv_depthwise"  # the marker on a conv whose _conv_forward is ours
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def covers(kernel: tuple[int, int], out_hw: tuple[int, int]) -> bool:
-    """Whether the tap sum computes this depthwise conv's weight gradient: its kernel is at least its output
-    plane in both directions (where oneDNN's kernel is slow; benchmarks/depthwise_backward.py)."""
-    return kernel[0] >= out_hw[0] and kernel[1] >= out_hw[1]
+def covers(kernel: tuple[int, int], in_hw: tuple[int, int]) -> bool:
+    """Whether the tap sum computes this depthwise conv's weight gradient: its input plane is smaller than its
+    kernel in both directions, where oneDNN's kernel is slow (5x5 on 4x4, 3x3 on 2x2: 4-50x); from a plane as
+    large as the kernel on, oneDNN is as fast or faster (benchmarks/depthwise_backward.py)."""
+    return in_hw[0] < kernel[0] and in_hw[1] < kernel[1]
 
 
 def weight_grad_taps(x: torch.Tensor, g: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -78,11 +76,9 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 def _conv_forward(self: nn.Conv2d, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    if input.device.type == "cpu" and input.dim() == 4 and torch.is_grad_enabled():
-        out_hw = tuple(_out_size(input.shape[2 + i], self.kernel_size[i], self.stride[i], self.padding[i],
-                                 self.dilation[i]) for i in range(2))
-        if covers(self.kernel_size, out_hw):
-            return _DepthwiseConv.apply(input, weight, bias, self.stride, self.padding, self.dilation)
+    if (input.device.type == "cpu" and input.dim() == 4 and torch.is_grad_enabled()
+            and covers(self.kernel_size, tuple(input.shape[-2:]))):
+        return _DepthwiseConv.apply(input, weight, bias, self.stride, self.padding, self.dilation)
     return type(self)._conv_forward(self, input, weight, bias)
 
 

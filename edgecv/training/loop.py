@@ -214,7 +214,7 @@ class _Trainer:
         if hasattr(getattr(self.loader, "sampler", None), "set_epoch"):  # DistributedSampler, BalancedSampler
             self.loader.sampler.set_epoch(e)
         self.ddp_model.train()
-        # CPU: depthwise convs whose kernel covers their output take the tap-sum weight gradient (nn.depthwise)
+        # CPU: depthwise convs on a plane smaller than their kernel take the tap-sum weight gradient (nn.depthwise)
         with fast_depthwise_backward(self.model, enabled=not self.cuda):
             return self._epoch_steps(epoch, loss_fn, crit)
 
