@@ -14,32 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from step_parts import per_call  # run as a script: benchmarks/ is on sys.path
 
 from edgecv.models.registry import create_model
 from edgecv.nn.depthwise import covers, eligible, fast_depthwise_backward, weight_grad_taps
+from edgecv.runtimes.base import host_description
 from edgecv.utils import cpu_flags
-
-
-def per_call(fn, n: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def layers(arch: str, size: int, batch: int, n: int) -> list[dict]:
@@ -48,7 +33,7 @@ def layers(arch: str, size: int, batch: int, n: int) -> list[dict]:
     hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append((mod, inp[0].shape, out.shape[-2:])))
              for m in model.modules() if eligible(m)]
     with torch.no_grad():
-        model(torch.randn(1, 3, size, size))
+        model.eval()(torch.randn(1, 3, size, size))  # the planes each conv sees (eval: one image)
     for h in hooks:
         h.remove()
     rows = []
@@ -103,7 +88,7 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", help="also write the figures here")
     a = ap.parse_args()
     flags = cpu_flags()
-    host = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    host = {"cpu": host_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})}
     print(f"{host['cpu']}, {host['threads']} threads, torch {host['torch']}, {' '.join(host['isa'])}\n")
     out = {"host": host, "batch": a.batch, "models": []}
