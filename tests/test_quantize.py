@@ -16,6 +16,7 @@ from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
 from edgecv.quant import (
     QuantConfig,
+    auto_weight_bits,
     calibrate,
     freeze_bn,
     is_qat,
@@ -182,7 +183,9 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(m(x), y).backward()
         opt.step()
-    prepare_qat(m, QuantConfig(trace_size=S))
+    # the weight range compress uses on this host (7 bits where the CPU's int8 kernels would saturate 8-bit
+    # weights: ORT then computes another result than the QAT model; docs/int8.md)
+    prepare_qat(m, QuantConfig(trace_size=S, weight_bits=auto_weight_bits()[0]))
     names = output_fq_names(m)
     if arch == "mobilenet_v3_small":
         assert len(names) > 10  # hardswish / SE / residual outputs
