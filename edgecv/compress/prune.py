@@ -277,7 +277,6 @@ def plan_rounds(total_epochs: int, steps: int) -> tuple[int, list[int], str | No
                            f"a fine-tune epoch; pruning in {what}")
 
 
-@torch.no_grad()
 def seeded_batches(ds, n: int, batch_size: int, seed: int):
     """The first ``n`` batches of a shuffle of ``ds`` seeded with ``seed`` (the items as the dataset gives them):
     what a cut is repaired on (:func:`reconstruct`, :func:`recalibrate_bn`)."""
@@ -289,6 +288,7 @@ def seeded_batches(ds, n: int, batch_size: int, seed: int):
         yield b
 
 
+@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches, device: torch.device | str = "cpu") -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (an iterable of input tensors, or of
     tuples whose first item is the input), as a cumulative average over them; returns the images seen.

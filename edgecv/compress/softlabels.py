@@ -34,6 +34,7 @@ from edgecv.data.augment import Augment
 from edgecv.data.datasets import ImageSamples
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
+from edgecv.nn.depthwise import RULE as DEPTHWISE_RULE
 from edgecv.utils import atomic_path, cache_dir, cpu_flags, progress
 
 CACHE_VERSION = 1
@@ -306,8 +307,7 @@ def student_step_path(device: torch.device, channels_last: bool = True) -> dict:
     return {"path": "eager", "memory_format": "channels_last" if channels_last else "contiguous",
             "autocast": "off", "bf16": why if not bf16 else "not used: " + MEASURED["student_bf16"],
             "compile": "off: " + MEASURED["student_compile"],
-            "depthwise_weight_grad": "tap sum where the input plane is smaller than the kernel, else ATen "
-                                     "(edgecv.nn.depthwise)"}
+            "depthwise_weight_grad": DEPTHWISE_RULE}
 
 
 # why the other paths are off (benchmarks/compress_speed.py --step-probe on the AVX2 host; docs/compress-speed.md)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-_PATCH = "_edgecv_depthwise"  # the marker on a conv whose _conv_forward is ours
+# how the routing reads in run.json (compress.softlabels.student_step_path)
+RULE = "tap sum where the input plane is smaller than the kernel, else ATen (edgecv.nn.depthwise)"
 
 
 def covers(kernel: tuple[int, int], in_hw: tuple[int, int]) -> bool:
@@ -96,13 +97,11 @@ def fast_depthwise_backward(model: nn.Module, enabled: bool = True) -> Iterator[
     patched: list[nn.Conv2d] = []
     if enabled:
         for m in model.modules():
-            if eligible(m) and not hasattr(m, _PATCH):
+            if eligible(m) and "_conv_forward" not in m.__dict__:  # not already routed by an outer block
                 m._conv_forward = types.MethodType(_conv_forward, m)
-                setattr(m, _PATCH, True)
                 patched.append(m)
     try:
         yield len(patched)
     finally:
         for m in patched:
             m.__dict__.pop("_conv_forward", None)
-            m.__dict__.pop(_PATCH, None)
