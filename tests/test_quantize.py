@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 
-from edgecv.compress.prune import prune_to_macs
+from edgecv.compress.prune import prune_to_macs, recalibrate_bn
 from edgecv.data.preprocess import Preprocess
 from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import create_model
@@ -176,13 +176,16 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
     S, gen = 32, torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     m = create_model(arch, 4)
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(m.parameters(), lr=5e-3)
     m.train()
-    for _ in range(15):  # a few steps: logits that depend on the input (a random net's are nearly constant)
+    for _ in range(30):  # a few steps: logits that depend on the input (a random net's are nearly constant)
         x, y = _colour_batch(16, S, gen)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(m(x), y).backward()
         opt.step()
+    # BatchNorm's running statistics re-estimated: after 30 steps at momentum 0.1 they still describe early weights,
+    # and the eval-mode net called every image one class (a degenerate agreement test: 200 copies of one answer)
+    recalibrate_bn(m, [_colour_batch(64, S, gen)[0] for _ in range(4)])
     # the weight range compress uses on this host (7 bits where the CPU's int8 kernels would saturate 8-bit
     # weights: ORT then computes another result than the QAT model; docs/int8.md)
     prepare_qat(m, QuantConfig(trace_size=S, weight_bits=auto_weight_bits()[0]))
@@ -204,7 +207,7 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
     m.eval()
 
     d = to_deploy(m)
-    xv, _ = _colour_batch(200, S, gen)
+    xv, yv = _colour_batch(200, S, gen)
     with torch.no_grad():
         ref, dep = m(xv).numpy(), d(xv).numpy()
     assert np.array_equal(ref.argmax(1), dep.argmax(1))
@@ -220,10 +223,17 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": xv.numpy()})[0]
-    agree = float((out.argmax(1) == ref.argmax(1)).mean())
+    assert len(set(ref.argmax(1).tolist())) == 4 and (ref.argmax(1) == yv.numpy()).mean() > 0.6  # a net that learned
+    diff = np.abs(out - ref)
     spread = float(ref.max() - ref.min())
-    assert agree >= 0.99, agree
-    assert float(np.abs(out - ref).max()) < 0.05 * spread, (np.abs(out - ref).max(), spread)
+    assert float(diff.max()) < 0.05 * spread, (diff.max(), spread)
+    # int rounding moves a logit by at most diff.max(): only a near tie may change its top-1 (an image whose two best
+    # reference logits are closer than twice that); the exact-int-dot and the AVX2 kernels both hold this
+    top2 = np.sort(ref, 1)
+    margin = top2[:, -1] - top2[:, -2]
+    flipped = out.argmax(1) != ref.argmax(1)
+    assert (margin[flipped] < 2 * diff.max(axis=1)[flipped]).all(), (margin[flipped], diff.max(axis=1)[flipped])
+    assert float(1 - flipped.mean()) >= 0.97, float(1 - flipped.mean())
 
 
 def test_auto_weight_bits_by_cpu():
