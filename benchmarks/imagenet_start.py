@@ -134,7 +134,9 @@ def report(out: Path) -> None:
         print(f"| {s} | {d.get('val_top1', float('nan')):.2f} | {d.get('val_balanced_acc') or float('nan'):.2f} | "
               f"{d.get('macs', 0):,} ({d.get('macs', 0) / full:.3f}) |")
     for r in st.get("prune", {}).get("rounds", []):
-        print(f"- prune round {r['round']}: cut {r.get('top1_after_cut', float('nan')):.2f}, BatchNorm re-estimated "
+        repair = (f"{r['reconstructed_layers']} layers refitted" if "reconstructed_layers" in r else
+                  "BatchNorm re-estimated" if "bn_images" in r else "not repaired")
+        print(f"- prune round {r['round']}: cut {r.get('top1_after_cut', float('nan')):.2f}, {repair} "
               f"{r.get('top1_after_prune'):.2f}, after {r.get('finetune_epochs')} fine-tune epoch(s) "
               f"{r.get('top1_after_finetune'):.2f}")
     print("\n| artifact | export validation | agreement with its reference % | bench val top-1 % | p50 ms |")
