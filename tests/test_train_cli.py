@@ -8,6 +8,8 @@ from edgecv.errors import TrainingError
 from edgecv.models.registry import create_model
 from edgecv.training.loop import TrainConfig, fit
 
+ARCH = "tf_mobilenetv3_small_minimal_100"  # small, learns the coloured images in a few epochs
+
 
 def test_train_then_eval_agree(tmp_path, tiny_folder, cli):
     out = tmp_path / "t.pt"
@@ -149,3 +151,40 @@ def test_epoch_base_moves_the_epoch_the_data_sees():
         runs[base] = ds
     assert runs[0].epochs == [0, 1, 2, 3, 4] and runs[3].epochs == [3, 4]
     assert runs[3].order == runs[0].order[36:]  # epochs 3 and 4 of the long fit: the same shuffles
+
+
+def test_keep_start_returns_the_starting_weights_when_no_epoch_beats_them(tmp_path):
+    """fit(keep_start=True): the starting weights are "epoch" 0 of the best-on-val choice. A model trained well,
+    then "fine-tuned" towards the wrong labels, comes back unchanged, with the start's metrics; the same fit from
+    an untrained model keeps a trained epoch. A resume keeps the start's record."""
+    from tests.conftest import make_image_folder
+
+    b = load_train_val(str(make_image_folder(tmp_path / "data", n_train=16, n_val=8, size=32)), img_size=32)
+    tr = b.train.with_transform(b.preprocess.eval_transform())
+    va = b.val.with_transform(b.preprocess.eval_transform())
+    torch.manual_seed(0)
+    m = create_model(ARCH, 3)
+    good = fit(m, tr, va, TrainConfig(epochs=10, batch_size=16, lr=1e-2, workers=0, warmup_epochs=0))
+    assert good.best_top1 > 90.0, good.history
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+
+    def wrong(logits, y, x):  # every image taught the next class: no epoch can beat a model that learned
+        return torch.nn.functional.cross_entropy(logits, (y + 1) % 3)
+
+    logs = []
+    r = fit(m, tr, va, TrainConfig(epochs=2, batch_size=16, lr=1e-2, workers=0), loss_fn=wrong, keep_start=True,
+            log=logs.append, state_path=tmp_path / "k.state")
+    assert r.kept_start and r.best_epoch == 0 and r.best_top1 == r.start["val_top1"] > 90.0
+    assert all(h["val_top1"] < r.best_top1 for h in r.history) and len(r.history) == 2
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert r.best_metrics["val_balanced_acc"] == r.start["val_balanced_acc"] is not None and r.best_confusion
+    assert any("kept them" in s for s in logs)
+    # resumed after its last epoch: the start's record and the choice survive the state file
+    r2 = fit(m, tr, va, TrainConfig(epochs=2, batch_size=16, lr=1e-2, workers=0), loss_fn=wrong, keep_start=True,
+             state_path=tmp_path / "k.state", resume=True)
+    assert r2.kept_start and r2.start == r.start
+
+    torch.manual_seed(0)
+    fresh = fit(create_model(ARCH, 3), tr, va, TrainConfig(epochs=10, batch_size=16, lr=1e-2, workers=0,
+                                                          warmup_epochs=0), keep_start=True)
+    assert not fresh.kept_start and fresh.best_epoch >= 1 and fresh.best_top1 > fresh.start["val_top1"]
