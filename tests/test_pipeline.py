@@ -71,6 +71,9 @@ def test_run_json_contract(full_run):
     assert pr["reconstruct_batches"] == 4 and pr["bn_batches"] == 0
     assert all(r["reconstructed_layers"] > 0 and r["reconstruct_images"] == 48 and "top1_after_cut" in r
                for r in pr["rounds"])
+    # the fine-tune and QAT are kept only where an epoch beat their start (fit(keep_start=True)); said per round
+    assert all(r["finetune_kept"] in (True, False) for r in pr["rounds"])
+    assert run["stages"]["quantize"]["kept_ptq"] in (True, False)
     assert run["class_names"] == sorted(CLASSES)  # ImageFolder order
     assert set(run["teacher"]) >= {"path", "sha256", "arch", "val_top1"}
     # teacher and every stage judged on val (issue 28): per-class recall side by side, learned, the baseline

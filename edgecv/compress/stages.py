@@ -332,7 +332,8 @@ def stage_quantize(ctx: Context) -> dict:
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
-            "epochs": E, "kept_ptq": res.kept_start, "lr": c.lr * c.qat_lr_scale, "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
+            "epochs": E, "kept_ptq": E == 0 or res.kept_start, "lr": c.lr * c.qat_lr_scale,
+            "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
             "val_confusion": res.best_confusion}  # popped by compress.judge
 
