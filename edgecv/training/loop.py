@@ -23,6 +23,7 @@ from edgecv.errors import TrainingError, UserError
 from edgecv.nn.depthwise import fast_depthwise_backward
 from edgecv.training.balance import BalancedSampler, check_balance, class_weights, labels_of
 from edgecv.training.config import TrainConfig
+from edgecv.training.epochlog import report_epoch, tensorboard_writer
 from edgecv.training.losses import ClassificationLoss, mix_batch
 from edgecv.training.metrics import evaluate_classifier
 from edgecv.utils import atomic_path, progress, resolve_device, seed_everything
@@ -51,8 +52,7 @@ class FitResult:
         return {k: rec.get(k) for k in ("val_balanced_acc", "val_macro_f1")}
 
     @property
-    def kept_start(self) -> bool:
-        """``fit(keep_start=True)`` and no epoch beat the starting weights: the model holds them unchanged."""
+    def kept_start(self) -> bool:  # fit(keep_start=True) and no epoch beat the starting weights
         return self.start is not None and self.best_epoch == 0
 
 
@@ -294,19 +294,16 @@ class _Trainer:
         return rec, m["confusion"].tolist()
 
     def validate_start(self, val_ds: Dataset) -> None:
-        """``keep_start``: the starting weights are the candidate to beat ("epoch" 0), with their val metrics."""
+        """``keep_start`` on a fresh fit: the starting weights are the candidate to beat ("epoch" 0)."""
+        if self.start_epoch > 0 or self.cfg.epochs == 0:
+            return
         D.broadcast_buffers(self.model)
         m = evaluate_classifier(self.model, val_ds, max(self.cfg.batch_size, 64), self.device, self.workers, self.amp,
                                 desc=f"{self.cfg.desc} val (start)")
-        if not math.isfinite(m["loss"]):
-            raise TrainingError(f"{self.cfg.desc}: the starting weights' validation loss is {m['loss']}")
-        self.start = {"epoch": 0, "val_loss": m["loss"], "val_top1": m["top1"], "val_balanced_acc": m["balanced_acc"],
+        self.start = {"epoch": 0, "val_top1": m["top1"], "val_balanced_acc": m["balanced_acc"],
                       "val_macro_f1": m["macro_f1"]}
         self.best, self.best_epoch, self.best_confusion = m["top1"], -1, m["confusion"].tolist()
         self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if D.is_main():
-            self.log(f"{self.cfg.desc}: the starting weights read val top-1 {m['top1']:.2f}%; kept unless an epoch "
-                     f"beats them")
 
     def save_state(self, state_path: str | Path, epoch: int) -> None:
         with atomic_path(state_path) as tmp:
@@ -324,30 +321,10 @@ class _Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)
         if self.start is not None and self.best_epoch == -1 and D.is_main():
-            self.log(f"{self.cfg.desc}: no epoch beat the starting weights ({self.best:.2f}%): kept them")
+            self.log(f"{self.cfg.desc}: no epoch beat the starting weights ({self.best:.2f}% on val): kept them")
         return FitResult(best_top1=self.best, best_epoch=self.best_epoch + 1, last_top1=last, history=self.history,
                          wall_s=time.perf_counter() - t0, effective_batch=self.cfg.batch_size * D.world_size(),
                          world_size=D.world_size(), best_confusion=self.best_confusion, start=self.start)
-
-
-def _tensorboard(cfg: TrainConfig):
-    if not cfg.tensorboard:
-        return None
-    try:  # checked on every rank so that a missing package stops all of them, not only rank 0
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise UserError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from e
-    return SummaryWriter(cfg.tensorboard) if D.is_main() else None
-
-
-def _report(tr: _Trainer, cfg: TrainConfig, rec: dict, epoch: int, writer) -> None:
-    """Rank 0: an epoch's log line and its TensorBoard scalars."""
-    tr.log(f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-           f"val top-1 {rec['val_top1']:.2f}% (best {tr.best:.2f}%) balanced {rec['val_balanced_acc']:.2f}% "
-           f"macro-F1 {rec['val_macro_f1']:.2f}% {rec['epoch_s']:.1f}s")
-    if writer is not None:
-        for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_balanced_acc", "val_macro_f1", "lr"):
-            writer.add_scalar(f"{cfg.desc}/{k}", rec[k], epoch + 1)
 
 
 def fit(
@@ -374,10 +351,8 @@ def fit(
     ``on_epoch_start(epoch, model)`` runs before each epoch (QAT freezes observers/BN from it).
     ``params``: the parameters to train (default: those with ``requires_grad``), or param-group dicts
     ``{"params": [...], "lr_scale": s}`` trained at ``lr x s`` (fine-tuning: a lower rate for a pretrained backbone).
-    ``keep_start``: the starting weights are validated first and count as "epoch" 0 of the best-on-val choice, so a
-    fine-tune that never beats them returns them unchanged (``FitResult.kept_start``); compress's prune fine-tunes
-    and QAT use it (on hymenoptera's 245 photos, round 1's repaired cut read 80.39 / 85.62 % and its fine-tune
-    77.12 / 75.16 % on two seeds: docs/compress.md).
+    ``keep_start``: the starting weights are "epoch" 0 of the best-on-val choice; kept if no epoch beats them
+    (``FitResult.kept_start``; compress's prune fine-tunes and QAT: docs/compress.md).
     A non-finite training or validation loss raises :class:`~edgecv.errors.TrainingError`.
     """
     if cfg.epochs < 0:
@@ -388,23 +363,22 @@ def fit(
     if state_path and resume:
         tr.resume(state_path)
     tr.wrap_ddp()
-    if keep_start and tr.start_epoch == 0 and cfg.epochs > 0:
+    if keep_start:
         tr.validate_start(val_ds)
-    writer = _tensorboard(cfg)
+    writer = tensorboard_writer(cfg)
     t0 = time.perf_counter()
-    crit = tr.crit
     for epoch in range(tr.start_epoch, cfg.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         te = time.perf_counter()
-        rec, cm = tr.validate(epoch, tr.train_epoch(epoch, loss_fn, crit), val_ds, te)
+        rec, cm = tr.validate(epoch, tr.train_epoch(epoch, loss_fn, tr.crit), val_ds, te)
         top1 = rec["val_top1"]
         improved = top1 > tr.best
         if improved:
             tr.best, tr.best_epoch, tr.best_confusion = top1, epoch, cm
             tr.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if D.is_main():
-            _report(tr, cfg, rec, epoch, writer)
+            report_epoch(tr.log, tr.best, cfg, rec, epoch, writer)
             if improved and on_best is not None:
                 on_best(model, {"val_top1": top1, "epoch": epoch + 1})
             if state_path:
