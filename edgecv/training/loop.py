@@ -277,9 +277,7 @@ class _Trainer:
     def validate(self, epoch: int, train_stats: torch.Tensor, val_ds: Dataset, t_epoch: float) -> tuple:
         """Validate epoch ``epoch``: (history record, confusion matrix); a non-finite val loss stops training."""
         cfg = self.cfg
-        D.broadcast_buffers(self.model)  # identical BN statistics on every rank before validation / best_state
-        m = evaluate_classifier(self.model, val_ds, max(cfg.batch_size, 64), self.device, self.workers, self.amp,
-                                desc=f"{cfg.desc} val")
+        m = self.val_metrics(val_ds, f"{cfg.desc} val")
         top1, vloss = m["top1"], m["loss"]
         if not math.isfinite(vloss):  # all-reduced: the same on every rank, so all stop together
             raise TrainingError(f"{cfg.desc}: validation loss became {vloss} at epoch {epoch + 1}; "
@@ -293,17 +291,24 @@ class _Trainer:
         self.history.append(rec)
         return rec, m["confusion"].tolist()
 
+    def val_metrics(self, val_ds: Dataset, desc: str) -> dict:
+        D.broadcast_buffers(self.model)  # identical BN statistics on every rank before validation / best_state
+        return evaluate_classifier(self.model, val_ds, max(self.cfg.batch_size, 64), self.device, self.workers,
+                                   self.amp, desc=desc)
+
+    def take_best(self, top1: float, epoch: int, cm: list) -> None:
+        """The model now is the best so far (``epoch`` -1: the starting weights)."""
+        self.best, self.best_epoch, self.best_confusion = top1, epoch, cm
+        self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
     def validate_start(self, val_ds: Dataset) -> None:
         """``keep_start`` on a fresh fit: the starting weights are the candidate to beat ("epoch" 0)."""
         if self.start_epoch > 0 or self.cfg.epochs == 0:
             return
-        D.broadcast_buffers(self.model)
-        m = evaluate_classifier(self.model, val_ds, max(self.cfg.batch_size, 64), self.device, self.workers, self.amp,
-                                desc=f"{self.cfg.desc} val (start)")
+        m = self.val_metrics(val_ds, f"{self.cfg.desc} val (start)")
         self.start = {"epoch": 0, "val_top1": m["top1"], "val_balanced_acc": m["balanced_acc"],
                       "val_macro_f1": m["macro_f1"]}
-        self.best, self.best_epoch, self.best_confusion = m["top1"], -1, m["confusion"].tolist()
-        self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.take_best(m["top1"], -1, m["confusion"].tolist())
 
     def save_state(self, state_path: str | Path, epoch: int) -> None:
         with atomic_path(state_path) as tmp:
@@ -375,8 +380,7 @@ def fit(
         top1 = rec["val_top1"]
         improved = top1 > tr.best
         if improved:
-            tr.best, tr.best_epoch, tr.best_confusion = top1, epoch, cm
-            tr.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            tr.take_best(top1, epoch, cm)
         if D.is_main():
             report_epoch(tr.log, tr.best, cfg, rec, epoch, writer)
             if improved and on_best is not None:
