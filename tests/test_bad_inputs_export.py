@@ -96,6 +96,41 @@ def test_nonfinite_artifact_logits_fail_validation():
     assert v["passed"] is True and v["max_abs_logit_diff"] == 0.0
 
 
+def _flip_case(n: int, flipped: int, margin: float, noise: float = 1e-3, seed: int = 0):
+    """Reference logits (2 classes, top-2 margins 1-5) and an artifact that adds ``noise`` everywhere and flips
+    ``flipped`` images, each of which the reference decides by ``margin``."""
+    g = np.random.default_rng(seed)
+    ref = np.zeros((n, 2), np.float32)
+    ref[:, 0] = g.uniform(1.0, 5.0, n)
+    ref[:flipped, 0] = margin
+    out = ref + g.uniform(-noise, noise, ref.shape).astype(np.float32)
+    out[:flipped] = [margin / 2, margin / 2 + 1e-4]  # the artifact calls them class 1
+    return ref, out
+
+
+@pytest.mark.parametrize("n, flipped, margin, precision, passes", [
+    (153, 1, 0.001, "fp16", True),  # one near-tie flip of 153 reads 99.35 %: within the 99.5 % bar's noise
+    (153, 2, 0.001, "fp32", True),
+    (153, 3, 0.001, "fp32", False),  # three are more than a 0.5 % rate explains on 153 images
+    (2000, 15, 0.001, "fp32", True),
+    (2000, 16, 0.001, "fp32", False),
+    (153, 1, 2.0, "fp16", False),  # a flip at a margin of 2 where the artifact's rounding is 1e-3: not a near tie
+    (1000, 40, 0.001, "int8", False),  # 96.0 % < 97: a 3 % rate explains up to 39 on 1,000
+    (1000, 39, 0.001, "int8", True),
+])
+def test_flips_below_the_bar_pass_only_as_near_ties_within_its_noise(n, flipped, margin, precision, passes):
+    from edgecv.export.validate import THRESHOLDS, validate_runner
+
+    ref, out = _flip_case(n, flipped, margin)
+    y = ref.argmax(1)
+    v = validate_runner(_FakeRunner(out), np.zeros((n, 3, 1, 1), np.float32), y, ref, precision)
+    assert v["top1_agreement"] < THRESHOLDS[precision]  # every case is below the plain bar
+    assert v["passed"] is passes and v.get("within_noise") is passes, v
+    f = v["flips"]
+    assert f["disagreements"] == flipped and f["near_ties"] == (flipped if margin < 0.01 else 0), f
+    json.dumps(v, allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------------- missing companion
 def test_deleted_openvino_bin(bundle, tmp_path, cli):
     b = tmp_path / "b"

@@ -170,6 +170,7 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
     import onnxruntime as ort
 
     from edgecv.export.onnx import export_int8_qdq
+    from edgecv.export.validate import flips
     from edgecv.runtimes.introspect import ort_int8_kernels
 
     torch.set_num_threads(1)
@@ -227,13 +228,12 @@ def test_int8_onnx_matches_qat_model(tmp_path, arch):
     diff = np.abs(out - ref)
     spread = float(ref.max() - ref.min())
     assert float(diff.max()) < 0.05 * spread, (diff.max(), spread)
-    # int rounding moves a logit by at most diff.max(): only a near tie may change its top-1 (an image whose two best
-    # reference logits are closer than twice that); the exact-int-dot and the AVX2 kernels both hold this
-    top2 = np.sort(ref, 1)
-    margin = top2[:, -1] - top2[:, -2]
-    flipped = out.argmax(1) != ref.argmax(1)
-    assert (margin[flipped] < 2 * diff.max(axis=1)[flipped]).all(), (margin[flipped], diff.max(axis=1)[flipped])
-    assert float(1 - flipped.mean()) >= 0.97, float(1 - flipped.mean())
+    # int rounding is small everywhere: a top-1 may change only where the reference barely decides (a margin
+    # within twice the artifact's typical error, export validation's near tie); the exact-int-dot and the AVX2
+    # kernels both hold this
+    f = flips(out, ref)
+    assert f["near_ties"] == f["disagreements"], f
+    assert 1 - f["disagreements"] / len(ref) >= 0.97, f
 
 
 def test_auto_weight_bits_by_cpu():
