@@ -325,11 +325,12 @@ class _Trainer:
         self.model.to("cpu")
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)
-        if self.start is not None and self.best_epoch == -1 and D.is_main():
+        res = FitResult(best_top1=self.best, best_epoch=self.best_epoch + 1, last_top1=last, history=self.history,
+                        wall_s=time.perf_counter() - t0, effective_batch=self.cfg.batch_size * D.world_size(),
+                        world_size=D.world_size(), best_confusion=self.best_confusion, start=self.start)
+        if res.kept_start and D.is_main():
             self.log(f"{self.cfg.desc}: no epoch beat the starting weights ({self.best:.2f}% on val): kept them")
-        return FitResult(best_top1=self.best, best_epoch=self.best_epoch + 1, last_top1=last, history=self.history,
-                         wall_s=time.perf_counter() - t0, effective_batch=self.cfg.batch_size * D.world_size(),
-                         world_size=D.world_size(), best_confusion=self.best_confusion, start=self.start)
+        return res
 
 
 def fit(
