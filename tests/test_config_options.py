@@ -206,6 +206,7 @@ def test_the_command_defaults_are_the_configs(command):
 def test_choices_are_their_owners_lists():
     from edgecv.bench.gate.measure import METRICS
     from edgecv.bench.gate.stats import ON_INCONCLUSIVE
+    from edgecv.compress.distill import RECOVERY_SOURCES
     from edgecv.compress.prune import IMPORTANCES
     from edgecv.compress.softlabels import TEACHER_PRECISIONS
     from edgecv.contracts.rundir import STAGES
@@ -219,7 +220,8 @@ def test_choices_are_their_owners_lists():
     owners = {"importance": IMPORTANCES, "teacher_precision": TEACHER_PRECISIONS, "augment": ("auto", *PRESETS),
               "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
               "int8_weight_bits": ("auto", *map(str, WEIGHT_BITS)), "metric": tuple(METRICS),
-              "on_inconclusive": ON_INCONCLUSIVE, "stage": STAGES, "target": TARGET_NAMES}
+              "on_inconclusive": ON_INCONCLUSIVE, "stage": STAGES, "target": TARGET_NAMES,
+              "recovery_kd": ("auto", *RECOVERY_SOURCES)}
     for cls, _ in COMMANDS.values():
         for f in fields(cls):
             o = spec_of(f)

@@ -93,6 +93,21 @@ def test_run_json_contract(full_run):
     assert not list(full_run.glob("*.state")) and not list(full_run.glob("*.partial.pt"))
 
 
+def test_recovery_kd_distils_the_prune_fine_tunes_and_qat_from_the_better_model(full_run, data, teacher, tmp_path):
+    """``--recovery-kd auto`` (the default): the prune fine-tunes and QAT distil from the distilled student where it
+    read higher on val than the teacher, else from the teacher; ``student`` / ``teacher`` force the choice."""
+    run = json.loads((full_run / "run.json").read_text())
+    better = run["stages"]["distill"]["val_top1"] > run["teacher"]["val_top1"]
+    assert run["config"]["recovery_kd"] == "auto"
+    assert {run["stages"][s]["kd_source"] for s in ("prune", "quantize")} == {"student" if better else "teacher"}
+    for forced in ("student", "teacher"):
+        run = compress(_cfg(data, teacher, tmp_path / forced, recovery_kd=forced))
+        assert run["completed"] == ["distill", "prune", "quantize"]
+        assert run["stages"]["prune"]["kd_source"] == run["stages"]["quantize"]["kd_source"] == forced
+    with pytest.raises(UserError, match="recovery-kd"):
+        _cfg(data, teacher, tmp_path / "bad", recovery_kd="teachers").validate()
+
+
 def test_checkpoints_rebuild_without_pickles(full_run):
     x = torch.randn(2, 3, 16, 16)
     pr = load_checkpoint(full_run / "prune.pt")

@@ -166,6 +166,20 @@ def test_stored_kd_equals_the_live_term_with_every_class_and_ignores_the_rest_wi
     assert torch.allclose(stored_kd(s, ix, val, T), want, atol=1e-6)
 
 
+def test_a_kd_loss_from_another_model_ignores_the_teachers_stored_soft_labels():
+    """``--recovery-kd student``: the stored soft labels are the teacher's, so a loss distilling from another model
+    (``replay`` off) runs that model live on the batch even where the batch carries them."""
+    pre = Preprocess(input_size=16)
+    kd = KDLoss(_tiny(), KDConfig(), pre, pre)
+    torch.manual_seed(1)
+    x, s, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    stored = {"t_idx": torch.arange(3).expand(4, 3), "t_val": 10 * torch.randn(4, 3)}
+    live = kd(s, y, x)
+    assert not torch.allclose(kd(s, y, x, stored), live)  # the teacher's own loss replays them
+    kd.replay = False
+    assert torch.allclose(kd(s, y, x, stored), live)
+
+
 def _count_teacher_forwards(monkeypatch) -> list[int]:
     """Every forward of the teacher compress loads, counted (a hook on the real module, nothing replaced)."""
     from edgecv.compress import pipeline

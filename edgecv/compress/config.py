@@ -118,6 +118,11 @@ class CompressConfig:
     # distillation
     temperature: float = option(4.0, kind=float, lo=0, lo_open=True, help="KD temperature [default: 4].")
     alpha: float = option(0.8, kind=float, lo=0, hi=1, help="Weight of the KD term [default: 0.8].")
+    recovery_kd: str = option(
+        "auto", choices=owned("edgecv.compress.distill", "RECOVERY_SOURCES", auto=True),
+        help="Whom the prune fine-tunes and QAT distil from: the teacher (its stored soft labels), the distilled "
+             "unpruned student (live: one more forward a step), or auto: the student where it reads higher on val "
+             "than the teacher [default: auto].")
     feature_kd: float = option(0.0, kind=float, lo=0,
                                help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
     decode_cache: str = option(  # edgecv.data.cache

@@ -27,6 +27,9 @@ from edgecv import distributed as D
 from edgecv.data.preprocess import Preprocess
 from edgecv.errors import UserError
 
+# whom the prune fine-tunes and QAT distil from (--recovery-kd; "auto" first: the better of the two on val)
+RECOVERY_SOURCES = ("teacher", "student")
+
 
 @dataclass
 class KDConfig:
@@ -105,6 +108,7 @@ class KDLoss(nn.Module):
         self.cpu_bf16 = False  # the live teacher under bf16 autocast on the CPU (only where it has AVX512-BF16/AMX)
         self.hard_loss: nn.Module | None = None  # the hard-label term (--balance weights / --loss focal); None: CE
         self.adapter: nn.Module | None = None
+        self.replay = True  # the batch's stored soft labels stand for this teacher (False: they are another's)
         self._s_cap = self._t_cap = None
         if cfg.beta > 0:
             if student is None:
@@ -155,7 +159,7 @@ class KDLoss(nn.Module):
         if self.cfg.alpha == 0 and self.adapter is None:  # plain CE (the no-KD baseline): skip the teacher
             return self.hard(s, targets)
         T = self.cfg.temperature
-        if extra is not None and "t_val" in extra and self.adapter is None:
+        if self.replay and extra is not None and "t_val" in extra and self.adapter is None:
             soft = stored_kd(s, extra["t_idx"], extra["t_val"], T)
         else:
             t = self.teacher_logits(images)

@@ -40,7 +40,7 @@ from edgecv.compress.softlabels import (
 )
 from edgecv.compress.softlabels import prepare as prepare_soft_labels
 from edgecv.compress.stages import STAGE_FN
-from edgecv.contracts.rundir import SCHEMA, STAGE_INPUT, STAGES, Run
+from edgecv.contracts.rundir import DISTILL, SCHEMA, STAGE_INPUT, STAGES, Run
 from edgecv.data.augment import resolve_preset
 from edgecv.data.cache import attach as attach_decode_cache
 from edgecv.data.datasets import DataBundle, load_train_val
@@ -85,6 +85,7 @@ class Context:
     log: Log
     hooks: AutoHooks = field(default_factory=AutoHooks)
     soft: SoftLabels | None = None  # the teacher's stored soft labels (None: the live teacher)
+    _recovery: tuple[str, nn.Module | None] | None = None  # recovery_source(), once chosen
 
     @property
     def out(self) -> Path:
@@ -101,13 +102,16 @@ class Context:
             SoftLabelDataset(self.bundle.train, pre, self.soft, self.cfg.seed)
         return train, self.bundle.val.with_transform(pre.eval_transform())
 
-    def kd_loss(self, student: nn.Module) -> KDLoss:
+    def kd_loss(self, student: nn.Module, source: nn.Module | None = None) -> KDLoss:
+        """The KD loss of ``student``, distilled from the teacher or from ``source`` (a model of the student's own
+        preprocessing, run live: the stored soft labels are the teacher's)."""
         c = self.cfg
-        if c.feature_kd > 0 and self.teacher.kind in ("torchscript",):
+        if c.feature_kd > 0 and source is None and self.teacher.kind in ("torchscript",):
             raise UserError("--feature-kd needs a teacher checkpoint with modules (not TorchScript)")
-        kd = KDLoss(self.teacher.model, KDConfig(c.temperature, c.alpha, c.feature_kd),
-                    self.bundle.preprocess, self.teacher.preprocess, student=student.to(self.device),
-                    device=self.device)
+        kd = KDLoss(self.teacher.model if source is None else source, KDConfig(c.temperature, c.alpha, c.feature_kd),
+                    self.bundle.preprocess, self.teacher.preprocess if source is None else self.bundle.preprocess,
+                    student=student.to(self.device), device=self.device)
+        kd.replay = source is None
         kd.cpu_bf16 = teacher_bf16(self.device, c.teacher_precision)[0]
         kd.teacher_channels_last(c.channels_last)
         if c.balance == "weights" or c.loss != "ce":  # the hard-label term, class-weighted and/or focal
@@ -115,6 +119,26 @@ class Context:
                 if c.balance == "weights" else None
             kd.hard_loss = ClassificationLoss(c.loss, kd.cfg.label_smoothing, weight)
         return kd
+
+    def recovery_source(self) -> tuple[str, nn.Module | None]:
+        """Whom the prune fine-tunes and QAT distil from (``--recovery-kd``): ``("teacher", None)`` or
+        ``("student", the distilled unpruned student)``; auto takes the student where its val top-1 is above the
+        teacher's (docs/compress.md: a pruned student distilled from a weaker teacher ends near the teacher)."""
+        if self._recovery is None:
+            choice = self.cfg.recovery_kd
+            if choice == "auto":
+                s_top1 = self.run.data["stages"].get(DISTILL, {}).get("val_top1")
+                t_top1 = self.run.data.get("teacher", {}).get("val_top1")
+                better = s_top1 is not None and t_top1 is not None and s_top1 > t_top1
+                choice = "student" if better and self.run.done(DISTILL) else "teacher"
+            if choice == "student":
+                model = self.load_stage_model(DISTILL).eval()
+                self.log(f"recovery KD: from the distilled student (val top-1 "
+                         f"{self.run.data['stages'][DISTILL].get('val_top1', float('nan')):.2f}%)")
+                self._recovery = ("student", model)
+            else:
+                self._recovery = ("teacher", None)
+        return self._recovery
 
     def evaluate(self, model: nn.Module, desc: str) -> float:
         _, val = self.datasets()

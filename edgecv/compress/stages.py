@@ -48,10 +48,11 @@ def _fit_params(model: nn.Module, kd: KDLoss) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad] + kd.extra_params()
 
 
-def _kd_fit(ctx: Context, model: nn.Module, train, val, tcfg, state, resume: bool, groups=None, **kw):
+def _kd_fit(ctx: Context, model: nn.Module, train, val, tcfg, state, resume: bool, groups=None, source=None, **kw):
     """``fit`` with the KD loss of ``model`` (its adapter parameters trained too); ``groups``: the student's
-    optimizer param groups (a pretrained student's backbone at a lower rate), else every parameter at the one rate."""
-    kd = ctx.kd_loss(model)
+    optimizer param groups (a pretrained student's backbone at a lower rate), else every parameter at the one rate;
+    ``source``: the model distilled from instead of the teacher (:meth:`Context.recovery_source`)."""
+    kd = ctx.kd_loss(model, source)
     params = _fit_params(model, kd) if groups is None else \
         groups + ([{"params": kd.extra_params(), "lr_scale": 1.0, "name": "kd"}] if kd.extra_params() else [])
     try:
@@ -213,7 +214,7 @@ class _PruneRounds:
         # the repaired cut is the candidate to beat: a fine-tune that never does is not kept (hymenoptera, 245 photos:
         # 5 of the first 6 rounds of two seeds ended their fine-tune 3-12 pt below their repaired cut; docs/compress.md)
         res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
-                      self.state, ctx.resume or not self.finetuned, keep_start=True)
+                      self.state, ctx.resume or not self.finetuned, source=ctx.recovery_source()[1], keep_start=True)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
         last.update(res.best_metrics)  # balanced accuracy / macro-F1 after the fine-tune (None without epochs)
@@ -268,7 +269,7 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched, "schedule_note": note,
+            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
             "reconstruct_batches": c.prune_reconstruct, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
@@ -320,7 +321,8 @@ def stage_quantize(ctx: Context) -> dict:
     state = ctx.out / f"{QUANTIZE}.state"
     cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=epoch_base(QUANTIZE, c.stage_epochs))
     # the PTQ model is the candidate to beat (QAT epochs that never beat it are not kept)
-    res = _kd_fit(ctx, model, train, val, cfg, state, ctx.resume, on_epoch_start=on_epoch_start, keep_start=True)
+    res = _kd_fit(ctx, model, train, val, cfg, state, ctx.resume, source=ctx.recovery_source()[1],
+                  on_epoch_start=on_epoch_start, keep_start=True)
     if E > 0:
         # the saved model freezes what fit selected; from here on ranges and BN statistics stay fixed
         freeze_bn(model)
@@ -332,7 +334,7 @@ def stage_quantize(ctx: Context) -> dict:
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
-            "epochs": E, "kept_ptq": E == 0 or res.kept_start, "lr": c.lr * c.qat_lr_scale,
+            "epochs": E, "kd_source": ctx.recovery_source()[0], "kept_ptq": E == 0 or res.kept_start, "lr": c.lr * c.qat_lr_scale,
             "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
             "val_confusion": res.best_confusion}  # popped by compress.judge
