@@ -313,3 +313,16 @@ def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(argv, tmp_path, monke
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("edgecv: error: ") and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_prune_epochs_default_by_the_students_start():
+    """``--epochs-prune`` unset: 9 from scratch, 15 for a student from pretrained weights (docs/compress.md); the
+    resolved value is what the prune stage plans with and every stage's epoch base counts."""
+    from edgecv.compress.config import PRETRAINED_PRUNE_EPOCHS, PRUNE_EPOCHS
+
+    assert (PRUNE_EPOCHS, PRETRAINED_PRUNE_EPOCHS) == (9, 15)
+    assert CompressConfig().prune_epochs == 9 and CompressConfig().epochs_prune is None
+    assert CompressConfig(student_pretrained=True).prune_epochs == 15
+    assert CompressConfig(student_init_weights="w.pt").prune_epochs == 15
+    given = CompressConfig(student_pretrained=True, epochs_prune=3)
+    assert given.prune_epochs == 3 and given.stage_epochs["prune"] == 3

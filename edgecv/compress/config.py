@@ -17,6 +17,9 @@ from edgecv.options import check_fields, option, owned
 from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 
 DEFAULT_OUT = "runs/compress"
+# the prune stage's fine-tune epochs by default: from scratch, and for a student from pretrained weights (distilled
+# above its teacher on cifar10-mini from ImageNet weights, it kept 1.7 pt more with 15: benchmarks/RESULTS.md)
+PRUNE_EPOCHS, PRETRAINED_PRUNE_EPOCHS = 9, 15
 
 
 @dataclass
@@ -87,8 +90,11 @@ class CompressConfig:
                                     "RUN_DIR/run.json, run no stage.")
     # 20 (was 10): the from-scratch standard work, INT8 63.13 -> 69.43 % on two seeds at 1.19x the wall (RESULTS.md)
     epochs_kd: int = option(20, kind=int, lo=0, help="Distillation epochs [default: 20].")
-    epochs_prune: int = option(9, kind=int, lo=0,
-                               help="Fine-tune epochs of the pruning stage, spread over its steps [default: 9].")
+    # None: prune_epochs (9 from scratch, 15 from pretrained weights: docs/compress.md)
+    epochs_prune: int | None = option(
+        None, kind=int, lo=0, optional=True,
+        help=f"Fine-tune epochs of the pruning stage, spread over its steps [default: {PRUNE_EPOCHS}; "
+             f"{PRETRAINED_PRUNE_EPOCHS} for a student from pretrained weights].")
     epochs_qat: int = option(3, kind=int, lo=0, help="QAT epochs [default: 3].")
     img_size: int | None = option(None, kind=int, lo=8, hi=4096, optional=True,
                                   help="Student input size [default: the teacher's, else the data default].")
@@ -207,9 +213,16 @@ class CompressConfig:
         return self.target_macs == "auto"
 
     @property
+    def prune_epochs(self) -> int:
+        """``--epochs-prune``, else its default: more for a student from pretrained weights."""
+        if self.epochs_prune is not None:
+            return self.epochs_prune
+        return PRETRAINED_PRUNE_EPOCHS if self.student_pretrained or self.student_init_weights else PRUNE_EPOCHS
+
+    @property
     def stage_epochs(self) -> dict[str, int]:
         """Each stage's epochs, for :func:`edgecv.contracts.rundir.epoch_base`."""
-        return {DISTILL: self.epochs_kd, PRUNE: self.epochs_prune, QUANTIZE: self.epochs_qat}
+        return {DISTILL: self.epochs_kd, PRUNE: self.prune_epochs, QUANTIZE: self.epochs_qat}
 
     def validate(self) -> None:
         """Types, ranges and choices of every value (the same as the flags': the fields' options), then the
