@@ -315,14 +315,14 @@ def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(argv, tmp_path, monke
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-def test_prune_epochs_default_by_the_students_start():
-    """``--epochs-prune`` unset: 9 from scratch, 15 for a student from pretrained weights (docs/compress.md); the
-    resolved value is what the prune stage plans with and every stage's epoch base counts."""
+def test_prune_epochs_default_by_the_students_start_and_the_set_size():
+    """``--epochs-prune`` unset: 15 for a student from pretrained weights on >= 1,000 training images, else 9
+    (docs/compress.md); a given value stands."""
     from edgecv.compress.config import PRETRAINED_PRUNE_EPOCHS, PRUNE_EPOCHS
 
-    assert (PRUNE_EPOCHS, PRETRAINED_PRUNE_EPOCHS) == (9, 15)
-    assert CompressConfig().prune_epochs == 9 and CompressConfig().epochs_prune is None
-    assert CompressConfig(student_pretrained=True).prune_epochs == 15
-    assert CompressConfig(student_init_weights="w.pt").prune_epochs == 15
-    given = CompressConfig(student_pretrained=True, epochs_prune=3)
-    assert given.prune_epochs == 3 and given.stage_epochs["prune"] == 3
+    assert (PRUNE_EPOCHS, PRETRAINED_PRUNE_EPOCHS) == (9, 15) and CompressConfig().epochs_prune is None
+    assert CompressConfig().resolve_prune_epochs(10_000) == 9  # from scratch
+    for start in ({"student_pretrained": True}, {"student_init_weights": "w.pt"}):
+        assert CompressConfig(**start).resolve_prune_epochs(1000) == 15
+        assert CompressConfig(**start).resolve_prune_epochs(999) == 9  # a small set (hymenoptera: 245 photos)
+    assert CompressConfig(student_pretrained=True, epochs_prune=3).resolve_prune_epochs(10_000) == 3

@@ -17,8 +17,9 @@ from edgecv.options import check_fields, option, owned
 from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
 
 DEFAULT_OUT = "runs/compress"
-# the prune stage's fine-tune epochs by default: from scratch, and for a student from pretrained weights (distilled
-# above its teacher on cifar10-mini from ImageNet weights, it kept 1.7 pt more with 15: benchmarks/RESULTS.md)
+# the prune stage's fine-tune epochs by default: from scratch or under LARGE_SET training images, and for a student
+# from pretrained weights on a larger set (on cifar10-mini from ImageNet weights 15 kept 1.6 pt more; on hymenoptera's
+# 245 photos they lost: benchmarks/RESULTS.md)
 PRUNE_EPOCHS, PRETRAINED_PRUNE_EPOCHS = 9, 15
 
 
@@ -90,11 +91,12 @@ class CompressConfig:
                                     "RUN_DIR/run.json, run no stage.")
     # 20 (was 10): the from-scratch standard work, INT8 63.13 -> 69.43 % on two seeds at 1.19x the wall (RESULTS.md)
     epochs_kd: int = option(20, kind=int, lo=0, help="Distillation epochs [default: 20].")
-    # None: prune_epochs (9 from scratch, 15 from pretrained weights: docs/compress.md)
+    # None: resolve_prune_epochs (9, or 15 from pretrained weights on a large set: docs/compress.md)
     epochs_prune: int | None = option(
         None, kind=int, lo=0, optional=True,
         help=f"Fine-tune epochs of the pruning stage, spread over its steps [default: {PRUNE_EPOCHS}; "
-             f"{PRETRAINED_PRUNE_EPOCHS} for a student from pretrained weights].")
+             f"{PRETRAINED_PRUNE_EPOCHS} for a student from pretrained weights and >= {LARGE_SET:,} training "
+             f"images].")
     epochs_qat: int = option(3, kind=int, lo=0, help="QAT epochs [default: 3].")
     img_size: int | None = option(None, kind=int, lo=8, hi=4096, optional=True,
                                   help="Student input size [default: the teacher's, else the data default].")
@@ -128,7 +130,7 @@ class CompressConfig:
         "auto", choices=owned("edgecv.compress.distill", "RECOVERY_SOURCES", auto=True),
         help="Whom the prune fine-tunes and QAT distil from: the teacher (its stored soft labels), the distilled "
              "unpruned student (live: one more forward a step), or auto: the student where it reads higher on val "
-             "than the teacher [default: auto].")
+             f"than the teacher and there are >= {LARGE_SET:,} training images [default: auto].")
     feature_kd: float = option(0.0, kind=float, lo=0,
                                help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
     decode_cache: str = option(  # edgecv.data.cache
@@ -212,17 +214,19 @@ class CompressConfig:
     def auto_macs(self) -> bool:
         return self.target_macs == "auto"
 
-    @property
-    def prune_epochs(self) -> int:
-        """``--epochs-prune``, else its default: more for a student from pretrained weights."""
+    def resolve_prune_epochs(self, n_train: int) -> int:
+        """``--epochs-prune``, else its default for a run on ``n_train`` training images: more for a student from
+        pretrained weights on a large set (the run's config records the resolved value)."""
         if self.epochs_prune is not None:
             return self.epochs_prune
-        return PRETRAINED_PRUNE_EPOCHS if self.student_pretrained or self.student_init_weights else PRUNE_EPOCHS
+        pretrained = self.student_pretrained or self.student_init_weights is not None
+        return PRETRAINED_PRUNE_EPOCHS if pretrained and n_train >= LARGE_SET else PRUNE_EPOCHS
 
     @property
     def stage_epochs(self) -> dict[str, int]:
-        """Each stage's epochs, for :func:`edgecv.contracts.rundir.epoch_base`."""
-        return {DISTILL: self.epochs_kd, PRUNE: self.prune_epochs, QUANTIZE: self.epochs_qat}
+        """Each stage's epochs, for :func:`edgecv.contracts.rundir.epoch_base` (of a run's config: ``epochs_prune``
+        resolved)."""
+        return {DISTILL: self.epochs_kd, PRUNE: self.epochs_prune, QUANTIZE: self.epochs_qat}
 
     def validate(self) -> None:
         """Types, ranges and choices of every value (the same as the flags': the fields' options), then the

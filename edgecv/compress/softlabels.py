@@ -376,7 +376,7 @@ def prepare(ctx, log) -> tuple[SoftLabels | None, dict]:
         log(f"teacher soft labels: off ({why}); live teacher")
         return None, {"used": False, "reason": why}
     views = parse_teacher_cache(c.teacher_cache) or default_views(
-        c.epochs_kd + c.prune_epochs + c.epochs_qat, teacher_bf16(ctx.device, c.teacher_precision)[0])
+        c.epochs_kd + c.epochs_prune + c.epochs_qat, teacher_bf16(ctx.device, c.teacher_precision)[0])
     return soft_labels(b.train, b.val, b.num_classes, b.preprocess, ctx.teacher, views, c.batch_size, c.workers, ctx.device, log,
                        evaluate=lambda m: ctx.run.data["teacher"]["val_top1"], channels_last=c.channels_last,
                        precision=c.teacher_precision)

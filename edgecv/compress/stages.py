@@ -243,7 +243,7 @@ def stage_prune(ctx: Context) -> dict:
     grad_fn = _taylor_grads(ctx, train)
     fraction, search = _prune_fraction(ctx, base, grad_fn)
     target = int(fraction * base_stats["macs"])
-    steps, sched, note = plan_rounds(c.prune_epochs, c.prune_steps)
+    steps, sched, note = plan_rounds(c.epochs_prune, c.prune_steps)
     if note:
         ctx.log(f"prune: {note}")
     marks = milestones(base_stats["macs"], fraction, steps)
@@ -269,7 +269,7 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.prune_epochs, "lr": c.lr, "schedule": sched, "schedule_note": note,
+            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
             "reconstruct_batches": c.prune_reconstruct, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
