@@ -269,7 +269,8 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr, "schedule": sched, "schedule_note": note,
+            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr,
+            "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
             "reconstruct_batches": c.prune_reconstruct, "rounds": rounds,
             "prune_s": round(t_prune, 2), **auto_info, "checkpoint": ck, "sha256": sha}
@@ -334,7 +335,8 @@ def stage_quantize(ctx: Context) -> dict:
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
-            "epochs": E, "kd_source": ctx.recovery_source()[0], "kept_ptq": E == 0 or res.kept_start, "lr": c.lr * c.qat_lr_scale,
+            "epochs": E, "kd_source": ctx.recovery_source()[0], "kept_ptq": E == 0 or res.kept_start,
+            "lr": c.lr * c.qat_lr_scale,
             "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
             "val_confusion": res.best_confusion}  # popped by compress.judge
