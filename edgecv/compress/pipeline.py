@@ -108,8 +108,9 @@ class Context:
         c = self.cfg
         if c.feature_kd > 0 and source is None and self.teacher.kind in ("torchscript",):
             raise UserError("--feature-kd needs a teacher checkpoint with modules (not TorchScript)")
-        kd = KDLoss(self.teacher.model if source is None else source, KDConfig(c.temperature, c.alpha, c.feature_kd),
-                    self.bundle.preprocess, self.teacher.preprocess if source is None else self.bundle.preprocess,
+        model, pre = (self.teacher.model, self.teacher.preprocess) if source is None else \
+            (source, self.bundle.preprocess)
+        kd = KDLoss(model, KDConfig(c.temperature, c.alpha, c.feature_kd), self.bundle.preprocess, pre,
                     student=student.to(self.device), device=self.device)
         kd.replay = source is None
         kd.cpu_bf16 = teacher_bf16(self.device, c.teacher_precision)[0]
@@ -127,8 +128,8 @@ class Context:
         a weaker teacher ends near the teacher)."""
         if self._recovery is None:
             choice = self.cfg.recovery_kd
+            s_top1 = self.run.data["stages"].get(DISTILL, {}).get("val_top1")
             if choice == "auto":
-                s_top1 = self.run.data["stages"].get(DISTILL, {}).get("val_top1")
                 t_top1 = self.run.data.get("teacher", {}).get("val_top1")
                 better = s_top1 is not None and t_top1 is not None and s_top1 > t_top1
                 # under LARGE_SET training images the val set is too small for "higher" to mean much, and on
@@ -136,10 +137,8 @@ class Context:
                 large = len(self.bundle.train) >= LARGE_SET
                 choice = "student" if better and large and self.run.done(DISTILL) else "teacher"
             if choice == "student":
-                model = self.load_stage_model(DISTILL).eval()
-                self.log(f"recovery KD: from the distilled student (val top-1 "
-                         f"{self.run.data['stages'][DISTILL].get('val_top1', float('nan')):.2f}%)")
-                self._recovery = ("student", model)
+                self._recovery = ("student", self.load_stage_model(DISTILL).eval())
+                self.log(f"recovery KD: from the distilled student (val top-1 {s_top1 or float('nan'):.2f}%)")
             else:
                 self._recovery = ("teacher", None)
         return self._recovery
