@@ -14,7 +14,7 @@ from pathlib import Path
 from edgecv.contracts.rundir import DISTILL, PRUNE, QUANTIZE, STAGES
 from edgecv.errors import UserError
 from edgecv.options import check_fields, option, owned
-from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
+from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET, large_set
 
 DEFAULT_OUT = "runs/compress"
 # the prune stage's fine-tune epochs by default: from scratch or under LARGE_SET training images, and for a student
@@ -220,7 +220,7 @@ class CompressConfig:
         if self.epochs_prune is not None:
             return self.epochs_prune
         pretrained = self.student_pretrained or self.student_init_weights is not None
-        return PRETRAINED_PRUNE_EPOCHS if pretrained and n_train >= LARGE_SET else PRUNE_EPOCHS
+        return PRETRAINED_PRUNE_EPOCHS if pretrained and large_set(n_train) else PRUNE_EPOCHS
 
     @property
     def stage_epochs(self) -> dict[str, int]:

@@ -49,7 +49,7 @@ from edgecv.models.checkpoint import load_checkpoint, save_checkpoint
 from edgecv.models.registry import arch_info
 from edgecv.nn.graph import count_macs, count_params
 from edgecv.training.balance import class_weights, labels_of
-from edgecv.training.config import LARGE_SET, TrainConfig
+from edgecv.training.config import TrainConfig, large_set
 from edgecv.training.loop import evaluate_top1, resolve_batch_size
 from edgecv.training.losses import ClassificationLoss
 from edgecv.training.teacher import Teacher, auto_teacher, load_teacher
@@ -134,7 +134,7 @@ class Context:
                 better = s_top1 is not None and t_top1 is not None and s_top1 > t_top1
                 # under LARGE_SET training images the val set is too small for "higher" to mean much, and on
                 # hymenoptera (245 photos) the student as the source with 15 prune epochs lost 5-6 pt (RESULTS.md)
-                large = len(self.bundle.train) >= LARGE_SET
+                large = large_set(len(self.bundle.train))
                 choice = "student" if better and large and self.run.done(DISTILL) else "teacher"
             if choice == "student":
                 self._recovery = ("student", self.load_stage_model(DISTILL).eval())

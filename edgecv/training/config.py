@@ -15,6 +15,12 @@ DEFAULT_PRETRAINED_LR_SCALE = 0.1
 LARGE_SET = 1000
 
 
+def large_set(n_train: int) -> bool:
+    """Whether ``n_train`` training images are a large set: where a pretrained trunk trains at the full rate, and a
+    compress run from pretrained weights takes 15 prune epochs and may recover from its distilled student."""
+    return n_train >= LARGE_SET
+
+
 @dataclass
 class TrainConfig:
     epochs: int = option(10, kind=int, lo=0)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from edgecv.errors import UserError
-from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, LARGE_SET
+from edgecv.training.config import DEFAULT_PRETRAINED_LR_SCALE, large_set
 
 _STAGE_CONTAINERS = ("features", "blocks")  # torchvision / timm: expanded into their stages
 _STAGE_PREFIXES = ("layer", "features.", "blocks.")  # trunk stages; the head is what follows the last one
@@ -158,7 +158,7 @@ def default_backbone_lr_scale(n_train: int, has_start: bool) -> float:
     measured; 1,000 is the boundary the size-based freeze policy used."""
     if not has_start:
         return 1.0
-    return DEFAULT_PRETRAINED_LR_SCALE if n_train < LARGE_SET else 1.0
+    return 1.0 if large_set(n_train) else DEFAULT_PRETRAINED_LR_SCALE
 
 
 def apply_policy(model: nn.Module, freeze: str, n_train: int, weights: dict | None,
