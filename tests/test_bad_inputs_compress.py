@@ -64,6 +64,7 @@ def test_non_finite_figures_become_null_in_run_json(tmp_path):
     ("target_macs: true\n", "--target-macs must be a number in (0, 1]"),
     ("student: [a, b]\n", "--student must be a string"),
     ("importance: random\n", "--importance must be one of magnitude, taylor"),
+    ("prune_scope: outer\n", "--prune-scope must be one of all, inner"),
     ("nonsense: 1\n", "unknown key(s) nonsense"),
     ("- a\n- b\n", "expected a mapping"),
     ("a: [1\n", "invalid YAML"),

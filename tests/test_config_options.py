@@ -207,7 +207,7 @@ def test_choices_are_their_owners_lists():
     from edgecv.bench.gate.measure import METRICS
     from edgecv.bench.gate.stats import ON_INCONCLUSIVE
     from edgecv.compress.distill import RECOVERY_SOURCES
-    from edgecv.compress.prune import IMPORTANCES
+    from edgecv.compress.prune import IMPORTANCES, SCOPES
     from edgecv.compress.softlabels import TEACHER_PRECISIONS
     from edgecv.contracts.rundir import STAGES
     from edgecv.data.augment import PRESETS
@@ -217,7 +217,7 @@ def test_choices_are_their_owners_lists():
     from edgecv.training.balance import BALANCES
     from edgecv.training.losses import LOSSES
 
-    owners = {"importance": IMPORTANCES, "teacher_precision": TEACHER_PRECISIONS, "augment": ("auto", *PRESETS),
+    owners = {"importance": IMPORTANCES, "prune_scope": SCOPES, "teacher_precision": TEACHER_PRECISIONS, "augment": ("auto", *PRESETS),
               "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
               "int8_weight_bits": ("auto", *map(str, WEIGHT_BITS)), "metric": tuple(METRICS),
               "on_inconclusive": ON_INCONCLUSIVE, "stage": STAGES, "target": TARGET_NAMES,

@@ -16,8 +16,10 @@ from edgecv.compress.prune import (
     prune_to_macs,
     recalibrate_bn,
     reconstruct,
+    residual_layers,
     widths,
 )
+from edgecv.errors import UserError
 from edgecv.models.registry import create_model
 from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
@@ -102,6 +104,35 @@ def test_rounding_does_not_compound_on_narrow_layers():
     assert min(kept.values()) >= 0.5, kept  # the old per-step rounding: 16/40 = 0.4 for the stage-2 stream
     wide = [k for n, k in kept.items() if before[n] >= 256]
     assert max(wide) - min(wide) < 0.05, kept  # one ratio for every wide layer
+
+
+@pytest.mark.parametrize("arch, stream", [
+    ("efficientnet_lite0", {f"blocks.{s}.{b}.conv_pwl" for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 4))
+                            for b in range(n)}),
+    ("resnet18", {"conv1", *(f"layer{i}.{b}.conv2" for i in range(1, 5) for b in (0, 1)),
+                  *(f"layer{i}.0.downsample.0" for i in (2, 3, 4))}),
+])
+def test_residual_layers_are_the_convs_that_feed_an_add(arch, stream):
+    m = create_model(arch, 10).eval()
+    names = {c: n for n, c in m.named_modules()}
+    assert {names[c] for c in residual_layers(m, torch.randn(2, 3, 64, 64))} == stream
+
+
+def test_inner_scope_keeps_the_residual_stream_and_reaches_the_target():
+    """``--prune-scope inner``: the residual stream keeps every channel, the inner channels pay for the MACs."""
+    torch.manual_seed(0)
+    m = create_model("efficientnet_lite0", 10)
+    before, base = widths(m), count_macs(m, 96)
+    stream = {n for n, c in m.named_modules() if c in residual_layers(m.eval(), torch.randn(2, 3, 96, 96))}
+    macs = prune_to_macs(m, 96, 10, int(0.5 * base), scope="inner", start=before)
+    assert macs <= 0.5 * base and macs == count_macs(m, 96)
+    after = widths(m)
+    assert all(after[n] == before[n] for n in stream)
+    assert after["blocks.5.1.conv_pw"] < 0.6 * before["blocks.5.1.conv_pw"]  # deeper than the uniform cut's ~0.7
+    m.eval()
+    assert m(torch.randn(2, 3, 96, 96)).shape == (2, 10)
+    with pytest.raises(UserError, match="--prune-scope must be one of all, inner"):
+        prune_to_macs(m, 96, 10, 1, scope="outer")
 
 
 def test_schedules():

@@ -111,6 +111,10 @@ class CompressConfig:
     # pruning
     importance: str = option("magnitude", choices=owned("edgecv.compress.prune", "IMPORTANCES"),
                              help="Channel importance for pruning [default: magnitude].")
+    prune_scope: str = option(
+        "all", choices=owned("edgecv.compress.prune", "SCOPES"),
+        help="Which channels pruning may cut: all, or inner (the residual stream kept, the blocks' inner channels "
+             "cut deeper) [default: all].")
     prune_steps: int = option(
         4, kind=int, lo=1,
         help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch].")

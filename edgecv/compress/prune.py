@@ -22,6 +22,7 @@ from edgecv.nn.graph import count_macs
 from edgecv.nn.spec import channel_spec_of
 
 IMPORTANCES = ("magnitude", "taylor")
+SCOPES = ("all", "inner")  # --prune-scope: every prunable channel, or all but the residual stream's
 
 
 def make_importance(name: str):
@@ -45,6 +46,24 @@ def ignored_layers(model: nn.Module, num_classes: int, min_channels: int) -> lis
     return out
 
 
+def residual_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The dense convs whose output channels join a residual add (``--prune-scope inner`` keeps them): the residual
+    stream that every block of a stage reads and writes. Found from DepGraph, so any architecture: EfficientNet's and
+    MobileNetV3's projection convs, ResNet's stem, last block convs and downsamples. A squeeze-excite multiply is not
+    an add, so the expanded channels it scales stay prunable."""
+    import torch_pruning as tp
+    from torch_pruning import ops
+
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1:
+            group = dg.get_pruning_group(m, tp.prune_conv_out_channels, idxs=[0])
+            if any(d.target.type == ops.OPTYPE.ELEMENTWISE and "Add" in str(d.target.grad_fn) for d, _ in group):
+                out.append(m)
+    return out
+
+
 def widths(model: nn.Module) -> dict[str, int]:
     """Output channels of every dense conv, by module name: what each prune step's widths are relative to."""
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
@@ -65,7 +84,7 @@ def _step_ratios(model: nn.Module, start: dict[str, int], keep: float, ignored: 
 
 
 def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs: int, importance: str = "magnitude",
-                  ratio: float = 0.05, round_to: int = 8, min_channels: int = 16,
+                  ratio: float = 0.05, round_to: int = 8, min_channels: int = 16, scope: str = "all",
                   grad_fn: Callable[[nn.Module], None] | None = None, start: dict[str, int] | None = None,
                   kept: dict[str, dict[str, list[int]]] | None = None) -> int:
     """Prune ``model`` in place until ``count_macs(model) <= target_macs``; returns the final MAC count.
@@ -77,10 +96,14 @@ def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs
     narrow residual stream went from 40 to 16 channels on its way to half the MACs (benchmarks/RESULTS.md, "The prune
     stage of a pretrained student"). ``grad_fn(model)`` must leave gradients in ``.grad`` (Taylor importance).
     ``kept``: filled with every dense layer's kept channels, ``{name: {"out": [...], "in": [...]}}`` as indices of
-    its channels when the call began (what :func:`reconstruct` needs)."""
+    its channels when the call began (what :func:`reconstruct` needs). ``scope``: ``all`` prunes every layer's
+    outputs but the head's and those at the floor; ``inner`` keeps the residual stream too (:func:`residual_layers`),
+    so only the blocks' inner channels are cut, deeper, to reach the same MACs."""
     import torch_pruning as tp
 
     macs = count_macs(model, img_size)
+    if scope not in SCOPES:
+        raise UserError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{scope}'")
     if importance == "taylor" and grad_fn is None:
         raise UserError("--importance taylor needs gradients of the training loss (no grad_fn given)")
     start = start or widths(model)
@@ -92,11 +115,12 @@ def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs
     was = model.training
     model.eval()  # trace with running BN statistics: the 1x1 maps at small sizes break batch-stat BN
     example = torch.randn(2, 3, img_size, img_size, device=next(model.parameters()).device)
+    stream = residual_layers(model, example) if scope == "inner" else []
     try:
         for k in range(1, int(1 / ratio)):
             if macs <= target_macs:
                 return macs
-            ignored = ignored_layers(model, num_classes, min_channels)
+            ignored = ignored_layers(model, num_classes, min_channels) + stream
             ratios = _step_ratios(model, start, 1 - k * ratio, ignored, round_to, min_channels)
             if not ratios:
                 continue

@@ -168,7 +168,8 @@ class _PruneRounds:
         if D.is_main():
             self.model.to(ctx.device)
             prune_to_macs(self.model, ctx.img_size, n, mark, c.importance, round_to=c.round_to,
-                          min_channels=c.min_channels, grad_fn=grad_fn, start=self.widths, kept=kept)
+                          min_channels=c.min_channels, scope=c.prune_scope, grad_fn=grad_fn, start=self.widths,
+                          kept=kept)
             self.model.to("cpu")
         self.model = pruned_copy_synced(self.model if D.is_main() else None, c.student, n)
         rec = {"round": r + 1, "macs": count_macs(self.model, ctx.img_size), "milestone": mark}
@@ -269,7 +270,7 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr,
+            "importance": c.importance, "scope": c.prune_scope, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr,
             "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
             "reconstruct_batches": c.prune_reconstruct, "rounds": rounds,
