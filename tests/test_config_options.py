@@ -217,8 +217,8 @@ def test_choices_are_their_owners_lists():
     from edgecv.training.balance import BALANCES
     from edgecv.training.losses import LOSSES
 
-    owners = {"importance": IMPORTANCES, "prune_scope": SCOPES, "teacher_precision": TEACHER_PRECISIONS, "augment": ("auto", *PRESETS),
-              "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
+    owners = {"importance": IMPORTANCES, "prune_scope": SCOPES, "teacher_precision": TEACHER_PRECISIONS,
+              "augment": ("auto", *PRESETS), "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
               "int8_weight_bits": ("auto", *map(str, WEIGHT_BITS)), "metric": tuple(METRICS),
               "on_inconclusive": ON_INCONCLUSIVE, "stage": STAGES, "target": TARGET_NAMES,
               "recovery_kd": ("auto", *RECOVERY_SOURCES)}

@@ -270,7 +270,8 @@ def stage_prune(ctx: Context) -> dict:
     bal = {k: rounds[-1].get(k) for k in ("val_balanced_acc", "val_macro_f1")}
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
-            "importance": c.importance, "scope": c.prune_scope, "kd_source": ctx.recovery_source()[0], "epochs": c.epochs_prune, "lr": c.lr,
+            "importance": c.importance, "scope": c.prune_scope, "kd_source": ctx.recovery_source()[0],
+            "epochs": c.epochs_prune, "lr": c.lr,
             "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
             "reconstruct_batches": c.prune_reconstruct, "rounds": rounds,
