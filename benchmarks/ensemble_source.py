@@ -13,27 +13,25 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgecv.data.arrays import topk_correct
 from edgecv.data.datasets import load_eval_dataset
 from edgecv.models.checkpoint import load_checkpoint
+from edgecv.training.metrics import predict_logits
 
 
-@torch.no_grad()
-def val_logits(path: str, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+def val_logits(path: str, data: str) -> tuple[torch.Tensor, np.ndarray]:
     ck = load_checkpoint(os.path.expanduser(path))
-    model = ck.build().eval()
     ds = load_eval_dataset(data, ck.class_names).with_transform(ck.preprocess.eval_transform())
-    logits, labels = [], []
-    for x, y in torch.utils.data.DataLoader(ds, batch_size=100):
-        logits.append(model(x))
-        labels.append(y)
-    return torch.cat(logits), torch.cat(labels)
+    logits, labels = predict_logits(ck.build(), ds, batch_size=100, desc=os.path.basename(path))
+    return torch.from_numpy(logits), labels
 
 
-def top1(p: torch.Tensor, y: torch.Tensor) -> float:
-    return 100 * (p.argmax(1) == y).float().mean().item()
+def top1(p: torch.Tensor, y: np.ndarray) -> float:
+    return 100 * topk_correct(p.numpy(), y, 1) / len(y)
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     print(f"teacher: {top1(t, y):.2f} %")
     for path in a.students.split(","):
         s, ys = val_logits(path, data)
-        if not torch.equal(y, ys):
+        if not np.array_equal(y, ys):
             raise SystemExit(f"{path}: another val set or class order than the teacher's")
         ens = {T: top1(F.softmax(t / T, 1) + F.softmax(s / T, 1), y) for T in map(float, a.temperatures.split(","))}
         print(f"{path}: student {top1(s, y):.2f} %; ensemble "

@@ -13,8 +13,9 @@ output channels, the stem and the head) and prunes only the blocks' inner (expan
 the groups' channels across layers instead of the same ratio per layer. The cut is edgecv's as it was when these
 figures were taken (RESULTS: a new pruner per 5 % step of the current widths, rounded to 8); it keeps its own loop
 rather than calling ``edgecv.compress.prune.prune_to_macs`` because the ``-hidden`` and ``-global`` scopes are not
-edgecv options (``-hidden`` also keeps the stem and the head, which ``--prune-scope inner`` cuts). Taylor's gradients are the KD loss's
-(teacher logits at T, alpha as the run's config) on 8 training batches, as edgecv computes them.
+edgecv options (``-hidden`` also keeps the stem and the head, which ``--prune-scope inner`` cuts). Taylor's
+gradients are the KD loss's (teacher logits at T, alpha as the run's config) on 8 training batches, as edgecv
+computes them.
 """
 
 from __future__ import annotations

@@ -101,9 +101,9 @@ def prune_to_macs(model: nn.Module, img_size: int, num_classes: int, target_macs
     so only the blocks' inner channels are cut, deeper, to reach the same MACs."""
     import torch_pruning as tp
 
-    macs = count_macs(model, img_size)
     if scope not in SCOPES:
         raise UserError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{scope}'")
+    macs = count_macs(model, img_size)
     if importance == "taylor" and grad_fn is None:
         raise UserError("--importance taylor needs gradients of the training loss (no grad_fn given)")
     start = start or widths(model)
