@@ -221,7 +221,7 @@ def test_choices_are_their_owners_lists():
               "augment": ("auto", *PRESETS), "decode_cache": MODES, "balance": BALANCES, "loss": LOSSES,
               "int8_weight_bits": ("auto", *map(str, WEIGHT_BITS)), "metric": tuple(METRICS),
               "on_inconclusive": ON_INCONCLUSIVE, "stage": STAGES, "target": TARGET_NAMES,
-              "recovery_kd": ("auto", *RECOVERY_SOURCES)}
+              "recovery_kd": ("auto", *RECOVERY_SOURCES), "recovery_augment": ("auto", *PRESETS)}
     for cls, _ in COMMANDS.values():
         for f in fields(cls):
             o = spec_of(f)

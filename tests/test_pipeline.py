@@ -101,12 +101,18 @@ def test_recovery_kd_distils_the_prune_fine_tunes_and_qat_from_the_better_model(
     assert run["config"]["epochs_prune"] == run["stages"]["prune"]["epochs"] == 1  # the run's config: resolved
     # 48 training images: under 1,000 auto keeps the teacher, whichever read higher on its 18 val images
     assert {run["stages"][s]["kd_source"] for s in ("prune", "quantize")} == {"teacher"}
-    for forced in ("student", "teacher"):
-        run = compress(_cfg(data, teacher, tmp_path / forced, recovery_kd=forced))
+    assert {run["stages"][s]["augment"] for s in ("prune", "quantize")} == {"light"}  # 16 px: the run's preset
+    # --recovery-augment auto: light where the student is the source, else the run's preset (standard here)
+    for forced, aug in (("student", "light"), ("teacher", "standard")):
+        run = compress(_cfg(data, teacher, tmp_path / forced, recovery_kd=forced, augment="standard"))
         assert run["completed"] == ["distill", "prune", "quantize"]
         assert run["stages"]["prune"]["kd_source"] == run["stages"]["quantize"]["kd_source"] == forced
+        assert run["stages"]["prune"]["augment"] == run["stages"]["quantize"]["augment"] == aug
+        assert run["config"]["augment"] == "standard" and run["config"]["recovery_augment"] == "auto"
     with pytest.raises(UserError, match="recovery-kd"):
         _cfg(data, teacher, tmp_path / "bad", recovery_kd="teachers").validate()
+    with pytest.raises(UserError, match="recovery-augment"):
+        _cfg(data, teacher, tmp_path / "bad", recovery_augment="heavy").validate()
 
 
 @pytest.mark.parametrize("n_train,s_top1,want", [(1000, 85.4, "student"), (1000, 82.1, "teacher"),
@@ -123,6 +129,20 @@ def test_recovery_kd_auto_takes_the_student_only_above_the_teacher_on_a_large_se
     distilled = torch.nn.Linear(2, 2)
     ctx.load_stage_model = lambda name: distilled if name == "distill" else None
     assert ctx.recovery_source() == (want, distilled if want == "student" else None)
+
+
+@pytest.mark.parametrize("setting,source,want", [("auto", "student", "light"), ("auto", "teacher", "standard"),
+                                                 ("none", "student", "none"), ("strong", "teacher", "strong")])
+def test_recovery_augment_auto_is_light_only_from_the_student(setting, source, want):
+    from types import SimpleNamespace
+
+    from edgecv.compress.pipeline import Context
+
+    bundle = SimpleNamespace(preprocess=Preprocess(input_size=96, augment="standard"))
+    ctx = Context(CompressConfig(recovery_augment=setting), None, bundle, None, 96, torch.device("cpu"), False,
+                  lambda s: None)
+    ctx._recovery = (source, None)
+    assert ctx.recovery_augment() == want
 
 
 def test_checkpoints_rebuild_without_pickles(full_run):

@@ -135,6 +135,10 @@ class CompressConfig:
         help="Whom the prune fine-tunes and QAT distil from: the teacher (its stored soft labels), the distilled "
              "unpruned student (live: one more forward a step), or auto: the student where it reads higher on val "
              f"than the teacher and there are >= {LARGE_SET:,} training images [default: auto].")
+    recovery_augment: str = option(
+        "auto", choices=owned("edgecv.data.augment", "PRESETS", auto=True),
+        help="Augmentation preset of the prune stage (its repair batches and fine-tunes) and QAT; auto: light "
+             "where they distil from the distilled student (--recovery-kd), else --augment's [default: auto].")
     feature_kd: float = option(0.0, kind=float, lo=0,
                                help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
     decode_cache: str = option(  # edgecv.data.cache

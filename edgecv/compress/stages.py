@@ -206,7 +206,7 @@ class _PruneRounds:
         self.save_partial(r, False)
         return dt
 
-    def finetune(self, r: int, epochs: int, train, val, epoch_base: int) -> None:
+    def finetune(self, r: int, epochs: int, train, val, epoch_base: int, augment: str) -> None:
         ctx = self.ctx
         # every parameter at --lr, a pretrained student too: on cifar10-mini at 96 px (ImageNet-start
         # EfficientNet-Lite0, the same distilled student, 2,000 val images) the full rate ended the prune stage at
@@ -214,7 +214,8 @@ class _PruneRounds:
         # (docs/compress.md)
         # the repaired cut is the candidate to beat: a fine-tune that never does is not kept (hymenoptera, 245 photos:
         # 5 of the first 6 rounds of two seeds ended their fine-tune 3-12 pt below their repaired cut; docs/compress.md)
-        res = _kd_fit(ctx, self.model, train, val, ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base),
+        tcfg = ctx.train_cfg(epochs, f"prune{r + 1}", epoch_base=epoch_base, augment=augment)
+        res = _kd_fit(ctx, self.model, train, val, tcfg,
                       self.state, ctx.resume or not self.finetuned, source=ctx.recovery_source()[1], keep_start=True)
         last = self.rounds[-1]
         last["top1_after_finetune"] = res.best_top1 if res.history else last["top1_after_prune"]
@@ -235,9 +236,18 @@ def _final_latency(ctx: Context, model: nn.Module, search: dict | None) -> dict:
     return D.broadcast_object(final)
 
 
+def _recovery_data(ctx: Context, stage: str):
+    """The prune stage's or QAT's training and val sets, under :meth:`Context.recovery_augment`'s preset."""
+    aug = ctx.recovery_augment()
+    if aug != ctx.bundle.preprocess.augment_preset:
+        ctx.log(f"{stage}: augmentation {aug} (--recovery-augment {ctx.cfg.recovery_augment}; the run's is "
+                f"{ctx.bundle.preprocess.augment_preset})")
+    return aug, *ctx.datasets(aug)
+
+
 def stage_prune(ctx: Context) -> dict:
     c = ctx.cfg
-    train, val = ctx.datasets()
+    aug, train, val = _recovery_data(ctx, PRUNE)
     base = ctx.load_stage_model(DISTILL)
     base_stats = ctx.model_stats(base)
     baseline_top1 = ctx.run.data["stages"][DISTILL].get("val_top1")
@@ -253,7 +263,7 @@ def stage_prune(ctx: Context) -> dict:
     for r in range(pr.start, steps):
         if pr.finetuned:
             t_prune += pr.prune(r, marks[r], base_stats["macs"], grad_fn, train)
-        pr.finetune(r, sched[r], train, val, epoch_base=epoch_base(PRUNE, c.stage_epochs) + sum(sched[:r]))
+        pr.finetune(r, sched[r], train, val, epoch_base(PRUNE, c.stage_epochs) + sum(sched[:r]), aug)
     model, rounds = pr.model, pr.rounds
     problems = check_se_consistency(model)
     if problems:
@@ -271,6 +281,7 @@ def stage_prune(ctx: Context) -> dict:
     return {**stats, "val_top1": top1, **bal, "baseline_top1": baseline_top1, "unpruned_macs": base_stats["macs"],
             "macs_fraction": stats["macs"] / base_stats["macs"], "target_macs": target,
             "importance": c.importance, "scope": c.prune_scope, "kd_source": ctx.recovery_source()[0],
+            "augment": aug,
             "epochs": c.epochs_prune, "lr": c.lr,
             "schedule": sched, "schedule_note": note,
             "bn_batches": 0 if c.prune_reconstruct else c.prune_bn_batches,
@@ -302,7 +313,7 @@ def _calibrate_ptq(ctx: Context, model: nn.Module, fp32_top1) -> float | None:
 
 def stage_quantize(ctx: Context) -> dict:
     c = ctx.cfg
-    train, val = ctx.datasets()
+    aug, train, val = _recovery_data(ctx, QUANTIZE)
     model = ctx.load_stage_model(PRUNE)
     fp32_top1 = ctx.run.data["stages"][PRUNE].get("val_top1")
     stats = ctx.model_stats(model)  # MACs of the float graph (QAT wrappers call F.conv2d directly)
@@ -322,7 +333,8 @@ def stage_quantize(ctx: Context) -> dict:
             set_observers(m, False)
 
     state = ctx.out / f"{QUANTIZE}.state"
-    cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=epoch_base(QUANTIZE, c.stage_epochs))
+    cfg = ctx.train_cfg(E, "qat", lr=c.lr * c.qat_lr_scale, epoch_base=epoch_base(QUANTIZE, c.stage_epochs),
+                        augment=aug)
     # the PTQ model is the candidate to beat (QAT epochs that never beat it are not kept)
     res = _kd_fit(ctx, model, train, val, cfg, state, ctx.resume, source=ctx.recovery_source()[1],
                   on_epoch_start=on_epoch_start, keep_start=True)
@@ -337,7 +349,7 @@ def stage_quantize(ctx: Context) -> dict:
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
-            "epochs": E, "kd_source": ctx.recovery_source()[0], "kept_ptq": E == 0 or res.kept_start,
+            "epochs": E, "kd_source": ctx.recovery_source()[0], "augment": aug, "kept_ptq": E == 0 or res.kept_start,
             "lr": c.lr * c.qat_lr_scale,
             "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
