@@ -204,7 +204,7 @@ def test_missing_input_stage_is_user_error(data, teacher, tmp_path):
 def test_resume_mid_prune_round(data, teacher, tmp_path):
     """An interrupted prune stage (pruned, not yet fine-tuned) continues from prune.partial.pt."""
     out = tmp_path / "r"
-    cfg = _cfg(data, teacher, out, epochs_qat=0, epochs_prune=2)  # two rounds of one fine-tune epoch
+    cfg = _cfg(data, teacher, out, epochs_qat=0, epochs_prune=3)  # two rounds: [1, 2] fine-tune epochs
     compress(cfg, stages=["distill"])
     from edgecv.compress import stages as P
 

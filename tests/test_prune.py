@@ -144,10 +144,11 @@ def test_schedules():
 
 def test_plan_rounds_never_cuts_without_recovery():
     assert plan_rounds(6, 4) == (4, [1, 1, 1, 3], None)  # the defaults: as finetune_schedule
-    assert plan_rounds(4, 4) == (4, [1, 1, 1, 1], None)  # finetune_schedule would give [0, 0, 0, 4]
+    assert plan_rounds(4, 4)[:2] == (3, [1, 1, 2])  # finetune_schedule would give [0, 0, 0, 4]
     assert plan_rounds(5, 2)[:2] == (2, [1, 4])
-    rounds, sched, note = plan_rounds(3, 4)  # the real-photo run's [0, 0, 0, 3]
-    assert (rounds, sched) == (3, [1, 1, 1]) and "--prune-steps 4 with --epochs-prune 3" in note
+    rounds, sched, note = plan_rounds(3, 4)  # the real-photo run's [0, 0, 0, 3]; [1, 1, 1] until 2026-12-07
+    assert (rounds, sched) == (2, [1, 2]) and "--prune-steps 4 with --epochs-prune 3" in note
+    assert plan_rounds(2, 4)[:2] == (1, [2]) and plan_rounds(1, 4)[:2] == (1, [1])
     rounds, sched, note = plan_rounds(0, 4)
     assert (rounds, sched) == (1, [0]) and "one cut without fine-tune" in note
     assert plan_rounds(0, 1) == (1, [0], None)
@@ -155,6 +156,7 @@ def test_plan_rounds_never_cuts_without_recovery():
         for steps in range(1, 7):
             r, s, _ = plan_rounds(total, steps)
             assert len(s) == r <= steps and sum(s) == total and (total == 0 or min(s) >= 1)
+            assert total < 2 or s[-1] >= 2  # the last, deepest cut gets two epochs where there are
 
 
 def test_recalibrate_bn_matches_the_data_and_keeps_weights():

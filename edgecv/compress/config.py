@@ -117,7 +117,8 @@ class CompressConfig:
              "cut deeper) [default: all].")
     prune_steps: int = option(
         4, kind=int, lo=1,
-        help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch].")
+        help="Pruning rounds [default: 4; fewer where --epochs-prune cannot give each round an epoch and the "
+             "last two].")
     prune_bn_batches: int = option(
         32, kind=int, lo=0,
         help="With --prune-reconstruct 0: re-estimate BatchNorm statistics on this many training batches after "
