@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does a pruned student fit its recovery source on the images it is trained on? Top-1 of a compress run's
-distilled (unpruned) and pruned checkpoints on the training and the val images (both at the evaluation transform:
-no augmentation), and how often the two agree (issue 24: what limits the prune stage).
+distilled (unpruned) and pruned checkpoints on the training and the val images (both at the evaluation
+transform: no augmentation), and how often the two agree (issue 24: what limits the prune stage).
 
     .venv/bin/python benchmarks/fit_check.py --data ~/.cache/edgecv/cifar10-mini \
         --runs ~/.cache/edgecv/runs/c10s17/compress-s0-skd15/run,~/.cache/edgecv/runs/c10s20/light-s0
@@ -29,7 +29,8 @@ def logits(path: str, folder: str) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an ImageFolder root with train/ and val/")
-    ap.add_argument("--runs", required=True, help="comma-separated compress run folders (distill.pt, prune.pt)")
+    ap.add_argument("--runs", required=True,
+                    help="comma-separated compress run folders (distill.pt, prune.pt)")
     a = ap.parse_args()
     data = os.path.expanduser(a.data)
     for run in a.runs.split(","):

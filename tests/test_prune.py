@@ -156,7 +156,7 @@ def test_plan_rounds_never_cuts_without_recovery():
         for steps in range(1, 7):
             r, s, _ = plan_rounds(total, steps)
             assert len(s) == r <= steps and sum(s) == total and (total == 0 or min(s) >= 1)
-            assert total < 2 or s[-1] >= 2  # the last, deepest cut gets two epochs where there are
+            assert total < 2 or s[-1] >= 2  # the last cut, to the target, gets two where it can
 
 
 def test_recalibrate_bn_matches_the_data_and_keeps_weights():

@@ -138,8 +138,9 @@ class CompressConfig:
              f"than the teacher and there are >= {LARGE_SET:,} training images [default: auto].")
     recovery_augment: str = option(
         "auto", choices=owned("edgecv.data.augment", "PRESETS", auto=True),
-        help="Augmentation preset of the prune stage (its repair batches and fine-tunes) and QAT; auto: light "
-             "where they distil from the distilled student (--recovery-kd), else --augment's [default: auto].")
+        help="Augmentation preset of the prune stage (its repair batches and fine-tunes) and QAT; auto: "
+             "light where they distil from the distilled student (--recovery-kd), else --augment's "
+             "[default: auto].")
     feature_kd: float = option(0.0, kind=float, lo=0,
                                help="Weight of feature-map KD on the last feature map (0 = off) [default: 0].")
     decode_cache: str = option(  # edgecv.data.cache

@@ -94,8 +94,8 @@ class Context:
     def train_cfg(self, epochs: int, desc: str, lr: float | None = None, epoch_base: int = 0,
                   augment: str | None = None) -> TrainConfig:
         """``epoch_base``: the stage's first epoch in the whole run (distill 0, then the prune rounds, then QAT),
-        so every stage draws new shuffles, augmentations and stored views (TrainConfig.epoch_base); ``augment``:
-        the stage's preset where it is not the run's (:meth:`recovery_augment`)."""
+        so every stage draws new shuffles, augmentations and stored views (TrainConfig.epoch_base);
+        ``augment``: the stage's preset where it is not the run's (:meth:`recovery_augment`)."""
         return train_config(self.cfg, epochs, desc, lr, augment or self.bundle.preprocess.augment_preset,
                             epoch_base)
 
@@ -153,11 +153,11 @@ class Context:
         return self._recovery
 
     def recovery_augment(self) -> str:
-        """The augmentation preset of the prune stage and QAT (``--recovery-augment``): auto is ``light`` where they
-        distil from the distilled student (:meth:`recovery_source`), else the run's own. The pruned student is
-        refitted to a function it already nearly matches: on cifar10-mini at 96 px, ``light`` (pad, crop, flip)
-        instead of the run's ``standard`` (random resized crops) ended the prune stage at 85.08 % instead of 83.13
-        (two seeds; the distilled student 85.18 %; docs/compress.md)."""
+        """The augmentation preset of the prune stage and QAT (``--recovery-augment``): auto is ``light``
+        where they distil from the distilled student (:meth:`recovery_source`), else the run's own. On
+        cifar10-mini at 96 px, ``light`` (pad, crop, flip) instead of the run's ``standard`` (random resized
+        crops) ended the prune stage at 85.08 % instead of 83.13 (two seeds; the distilled student 85.18 %):
+        the pruned student then fits its source on the training images (docs/compress.md)."""
         a = self.cfg.recovery_augment
         if a == "auto":
             a = "light" if self.recovery_source()[0] == "student" else self.bundle.preprocess.augment_preset

@@ -286,18 +286,18 @@ def plan_rounds(total_epochs: int, steps: int) -> tuple[int, list[int], str | No
     ``finetune_schedule`` gives each round before the last ``total // (steps + 1)`` epochs, which is 0 when there
     are fewer epochs than rounds + 1 (``--epochs-prune 3 --prune-steps 4``: ``[0, 0, 0, 3]``, one-shot pruning in
     effect: on an ImageNet-pretrained EfficientNet-Lite0, val top-1 fell to 9-16 % before the last round's
-    fine-tune). Then the rounds are reduced until each gets one epoch and the last, the deepest cut, at least two
-    (``3, 4`` -> ``[1, 2]``; ``4, 4`` -> ``[1, 1, 2]``; ``2`` or ``1`` epochs: one round; ``0``: one cut without
-    fine-tune), and the returned note says so. On cifar10-mini at 96 px (two seeds, from the distilled student),
-    ``[1, 2]`` ended 3 epochs 1.30 pt above ``[1, 1, 1]`` (docs/compress.md). Returns ``(rounds, schedule, note or
-    None)``."""
+    fine-tune). Then the rounds are reduced until each gets one epoch and the last (the cut to the target)
+    at least two (``3, 4`` -> ``[1, 2]``; ``4, 4`` -> ``[1, 1, 2]``; ``2`` or ``1`` epochs: one round; ``0``:
+    one cut without fine-tune), and the returned note says so. On cifar10-mini at 96 px (two seeds, from the
+    distilled student), ``[1, 2]`` ended 3 epochs 1.30 pt above ``[1, 1, 1]`` (docs/compress.md). Returns
+    ``(rounds, schedule, note or None)``."""
     sched = finetune_schedule(total_epochs, steps)
     if min(sched) > 0 or steps == 1:
         return steps, sched, None
     rounds = max(1, min(steps, total_epochs - 1))
     sched = [1] * (rounds - 1) + [total_epochs - rounds + 1]
     what = "one cut without fine-tune" if total_epochs == 0 else \
-        f"{rounds} round(s), fine-tune epochs {sched} (the last, deepest cut gets two where there are)"
+        f"{rounds} round(s) with fine-tune epochs {sched}"
     return rounds, sched, (f"--prune-steps {steps} with --epochs-prune {total_epochs} would leave rounds without "
                            f"a fine-tune epoch; pruning in {what}")
 

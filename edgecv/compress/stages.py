@@ -349,7 +349,8 @@ def stage_quantize(ctx: Context) -> dict:
     if D.is_main():
         state.unlink(missing_ok=True)
     return {**stats, "val_top1": qat_top1, **res.best_metrics, "ptq_top1": ptq_top1, "fp32_top1": fp32_top1,
-            "epochs": E, "kd_source": ctx.recovery_source()[0], "augment": aug, "kept_ptq": E == 0 or res.kept_start,
+            "epochs": E, "kd_source": ctx.recovery_source()[0], "augment": aug,
+            "kept_ptq": E == 0 or res.kept_start,
             "lr": c.lr * c.qat_lr_scale,
             "freeze_bn_epoch": bn_epoch, "freeze_observers_epoch": obs_epoch,
             "quant": qmeta, "history": res.history, "checkpoint": ck, "sha256": sha,
