@@ -65,7 +65,7 @@ def test_run_json_contract(full_run):
     assert gap["stage"] == "quantize" and list(gap["by_stage"]) == ["distill", "prune", "quantize"]
     assert gap["top1_pt"] == round(run["stages"]["quantize"]["val_top1"] - run["teacher"]["val_top1"], 2)
     pr = run["stages"]["prune"]  # --epochs-prune 1 --prune-steps 2: one round with its epoch, said so
-    assert pr["schedule"] == [1] and "would leave rounds without a fine-tune epoch" in pr["schedule_note"]
+    assert pr["schedule"] == [1] and "cannot give every round a fine-tune epoch" in pr["schedule_note"]
     # the default: every cut followed by the least-squares refit (4 batches: here all 48 training images, 3 batches
     # of 16), BatchNorm not re-estimated
     assert pr["reconstruct_batches"] == 4 and pr["bn_batches"] == 0

@@ -298,8 +298,8 @@ def plan_rounds(total_epochs: int, steps: int) -> tuple[int, list[int], str | No
     sched = [1] * (rounds - 1) + [total_epochs - rounds + 1]
     what = "one cut without fine-tune" if total_epochs == 0 else \
         f"{rounds} round(s) with fine-tune epochs {sched}"
-    return rounds, sched, (f"--prune-steps {steps} with --epochs-prune {total_epochs} would leave rounds without "
-                           f"a fine-tune epoch; pruning in {what}")
+    return rounds, sched, (f"--prune-steps {steps} with --epochs-prune {total_epochs} cannot give every round a "
+                           f"fine-tune epoch and the last two; pruning in {what}")
 
 
 def seeded_batches(ds, n: int, batch_size: int, seed: int):
