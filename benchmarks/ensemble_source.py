@@ -16,22 +16,17 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from edgecv.data.arrays import topk_correct
-from edgecv.data.datasets import load_eval_dataset
-from edgecv.models.checkpoint import load_checkpoint
-from edgecv.training.metrics import predict_logits
+from _logits import checkpoint_logits  # benchmarks/_logits.py (the script's folder is on sys.path)
+from _logits import top1 as np_top1
 
 
 def val_logits(path: str, data: str) -> tuple[torch.Tensor, np.ndarray]:
-    ck = load_checkpoint(os.path.expanduser(path))
-    ds = load_eval_dataset(data, ck.class_names).with_transform(ck.preprocess.eval_transform())
-    logits, labels = predict_logits(ck.build(), ds, batch_size=100, desc=os.path.basename(path))
+    logits, labels = checkpoint_logits(path, data)
     return torch.from_numpy(logits), labels
 
 
 def top1(p: torch.Tensor, y: np.ndarray) -> float:
-    return 100 * topk_correct(p.numpy(), y, 1) / len(y)
+    return np_top1(p.numpy(), y)
 
 
 def main() -> None:

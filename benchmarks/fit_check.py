@@ -13,17 +13,7 @@ import argparse
 import os
 
 import numpy as np
-
-from edgecv.data.arrays import topk_correct
-from edgecv.data.datasets import load_eval_dataset
-from edgecv.models.checkpoint import load_checkpoint
-from edgecv.training.metrics import predict_logits
-
-
-def logits(path: str, folder: str) -> tuple[np.ndarray, np.ndarray]:
-    ck = load_checkpoint(path)
-    ds = load_eval_dataset(folder, ck.class_names).with_transform(ck.preprocess.eval_transform())
-    return predict_logits(ck.build(), ds, batch_size=200, desc=os.path.basename(path))
+from _logits import checkpoint_logits, top1  # benchmarks/_logits.py (the script's folder is on sys.path)
 
 
 def main() -> None:
@@ -36,11 +26,12 @@ def main() -> None:
     for run in a.runs.split(","):
         run = os.path.expanduser(run)
         for split in ("train", "val"):
-            (d, y), (p, y2) = (logits(f"{run}/{name}.pt", f"{data}/{split}") for name in ("distill", "prune"))
+            (d, y), (p, y2) = (checkpoint_logits(f"{run}/{name}.pt", f"{data}/{split}", 200)
+                               for name in ("distill", "prune"))
             assert np.array_equal(y, y2)
             agree = 100 * np.mean(d.argmax(1) == p.argmax(1))
-            print(f"{run} {split} ({len(y)} images): distilled {100 * topk_correct(d, y, 1) / len(y):.2f} %, "
-                  f"pruned {100 * topk_correct(p, y, 1) / len(y):.2f} %, agreement {agree:.2f} %", flush=True)
+            print(f"{run} {split} ({len(y)} images): distilled {top1(d, y):.2f} %, pruned {top1(p, y):.2f} %, "
+                  f"agreement {agree:.2f} %", flush=True)
 
 
 if __name__ == "__main__":
